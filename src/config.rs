@@ -1,0 +1,678 @@
+//! Settings: layered, validated, and turned into typed things.
+//!
+//! Layers, later wins (CONTRACT.md section 5): built-in defaults (the
+//! `Default` impls here) → `config/default.toml` → `config/{ORDERS_ENV}.toml`
+//! → the `--config` file → `ORDERS__SECTION__KEY` environment variables.
+//! `config/` is looked up in the working directory or at `ORDERS_CONFIG_DIR`.
+//!
+//! A bad configuration is reported whole (every problem, each naming its key)
+//! before anything binds; `main` exits with 78 (`EX_CONFIG`). Secrets are
+//! wrapped in `SecretString` so `Debug` cannot print them, and serialize as
+//! `[redacted]` for `check-config`.
+
+use crate::auth::{KeySet, KeySource, TokenRules, Verifier};
+use jsonwebtoken::Algorithm;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// The exit code of a bad configuration (sysexits.h `EX_CONFIG`).
+pub const EXIT_CONFIG: i32 = 78;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Test,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Test => "test",
+            Environment::Production => "production",
+        }
+    }
+}
+
+impl FromStr for Environment {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "development" => Ok(Environment::Development),
+            "test" => Ok(Environment::Test),
+            "production" => Ok(Environment::Production),
+            other => Err(format!(
+                "ORDERS_ENV: unknown environment {other:?} (expected development, test or production)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub addr: String,
+    /// Serve gRPC reflection (v1 and v1alpha) so grpcurl works without protos.
+    pub reflection: bool,
+    pub default_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+    pub max_message_bytes: usize,
+    pub max_concurrent_streams: u32,
+    pub concurrency_limit: usize,
+    pub max_connection_age_secs: u64,
+    pub keepalive_interval_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            addr: "0.0.0.0:50051".into(),
+            reflection: true,
+            default_timeout_ms: 10_000,
+            max_timeout_ms: 60_000,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 200,
+            concurrency_limit: 1_000,
+            max_connection_age_secs: 300,
+            keepalive_interval_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    pub addr: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            addr: "0.0.0.0:8081".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    pub enabled: bool,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+    pub reload_secs: u64,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cert: None,
+            key: None,
+            client_ca: None,
+            reload_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub algorithms: Vec<String>,
+    pub leeway_secs: u64,
+    pub public_keys: Vec<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    #[serde(serialize_with = "redact_opt")]
+    pub hs256_secret: Option<SecretString>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            algorithms: vec!["ES256".into(), "RS256".into(), "EdDSA".into()],
+            leeway_secs: 30,
+            public_keys: Vec::new(),
+            jwks_file: None,
+            jwks_url: None,
+            hs256_secret: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// May hold a password: only shown with it masked.
+    #[serde(serialize_with = "redact_url")]
+    pub url: SecretString,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("sqlite://data/orders.db"),
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            log_level: "info".into(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Lame-duck time: health says NOT_SERVING but calls are still served.
+    pub drain_secs: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self { drain_secs: 5 }
+    }
+}
+
+/// Development conveniences (refused in production).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevSettings {
+    /// Where `dev-certs` writes, and `dev-token` reads, the development CA,
+    /// server certificate and token-signing key.
+    pub certs_dir: PathBuf,
+    /// Create `certs_dir` on start when it is missing.
+    pub generate_certs: bool,
+    pub token_issuer: String,
+    pub token_audience: String,
+}
+
+impl Default for DevSettings {
+    fn default() -> Self {
+        Self {
+            certs_dir: PathBuf::from("certs/dev"),
+            generate_certs: false,
+            token_issuer: "orders-dev".into(),
+            token_audience: "orders".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    #[serde(skip_deserializing, default = "default_env")]
+    pub environment: Environment,
+    pub server: ServerSettings,
+    pub admin: AdminSettings,
+    pub tls: TlsSettings,
+    pub auth: AuthSettings,
+    pub database: DatabaseSettings,
+    pub telemetry: TelemetrySettings,
+    pub shutdown: ShutdownSettings,
+    pub dev: DevSettings,
+}
+
+fn default_env() -> Environment {
+    Environment::Development
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            environment: Environment::Development,
+            server: Default::default(),
+            admin: Default::default(),
+            tls: Default::default(),
+            auth: Default::default(),
+            database: Default::default(),
+            telemetry: Default::default(),
+            shutdown: Default::default(),
+            dev: Default::default(),
+        }
+    }
+}
+
+fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+fn redact_url<S: Serializer>(v: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&mask_password(v.expose_secret()))
+}
+
+/// The URL with any password replaced, fit for logs.
+pub fn mask_password(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("[redacted]"));
+            u.to_string()
+        }
+        Ok(_) => raw.to_owned(),
+        Err(_) => "[unparsable url]".to_owned(),
+    }
+}
+
+/// Everything wrong with a configuration, each line naming its key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// Where to read configuration from; tests build one by hand.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `ORDERS_ENV`.
+    pub environment: Option<String>,
+    /// `ORDERS_CONFIG_DIR` (default `./config`).
+    pub config_dir: Option<PathBuf>,
+    /// `--config`.
+    pub file: Option<PathBuf>,
+    /// Read `ORDERS__*` environment variables.
+    pub use_env_vars: bool,
+}
+
+impl Sources {
+    /// The sources a real process uses.
+    pub fn from_process(file: Option<PathBuf>) -> Self {
+        Self {
+            environment: std::env::var("ORDERS_ENV").ok(),
+            config_dir: std::env::var_os("ORDERS_CONFIG_DIR").map(PathBuf::from),
+            file,
+            use_env_vars: true,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads every layer, then validates the result.
+    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        use config::{Config, Environment as Env, File};
+
+        let environment: Environment = sources
+            .environment
+            .as_deref()
+            .unwrap_or("development")
+            .parse()
+            .map_err(|e| ConfigError(vec![e]))?;
+        let dir = sources
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let mut builder = Config::builder()
+            .add_source(File::from(dir.join("default.toml")).required(false))
+            .add_source(
+                File::from(dir.join(format!("{}.toml", environment.as_str()))).required(false),
+            );
+        if let Some(file) = &sources.file {
+            if !file.is_file() {
+                return Err(ConfigError(vec![format!(
+                    "--config: cannot read {}",
+                    file.display()
+                )]));
+            }
+            builder = builder.add_source(File::from(file.as_path()).required(true));
+        }
+        if sources.use_env_vars {
+            builder = builder.add_source(
+                Env::with_prefix("ORDERS")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("auth.algorithms")
+                    .with_list_parse_key("auth.public_keys")
+                    .try_parsing(true),
+            );
+        }
+        let mut settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        settings.environment = environment;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Reports every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let production = self.environment == Environment::Production;
+        for (key, addr) in [
+            ("server.addr", &self.server.addr),
+            ("admin.addr", &self.admin.addr),
+        ] {
+            if addr.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
+                    "{key}: {addr:?} is not an address like 0.0.0.0:50051"
+                ));
+            }
+        }
+        if self.server.default_timeout_ms == 0 {
+            problems.push("server.default_timeout_ms: must be more than 0".into());
+        }
+        if self.server.max_timeout_ms < self.server.default_timeout_ms {
+            problems
+                .push("server.max_timeout_ms: must be at least server.default_timeout_ms".into());
+        }
+        if self.server.max_message_bytes < 1024 {
+            problems.push("server.max_message_bytes: must be at least 1024".into());
+        }
+        if self.server.max_concurrent_streams == 0 {
+            problems.push("server.max_concurrent_streams: must be more than 0".into());
+        }
+        if self.server.concurrency_limit == 0 {
+            problems.push("server.concurrency_limit: must be more than 0".into());
+        }
+        if self.tls.enabled {
+            let generated = self.dev.generate_certs && !production;
+            for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+                match path {
+                    None => problems.push(format!("{key}: required when tls.enabled = true")),
+                    Some(p) if !p.is_file() && !generated => {
+                        problems.push(format!("{key}: cannot read {}", p.display()))
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(ca) = &self.tls.client_ca
+                && !ca.is_file()
+            {
+                problems.push(format!("tls.client_ca: cannot read {}", ca.display()));
+            }
+        } else if production {
+            problems.push("tls.enabled: plaintext is refused in production".into());
+        }
+        if self.auth.issuer.is_empty() {
+            problems.push("auth.issuer: required".into());
+        }
+        if self.auth.audience.is_empty() {
+            problems.push("auth.audience: required".into());
+        }
+        match self.algorithms() {
+            Ok(algs) if algs.is_empty() => {
+                problems.push("auth.algorithms: at least one is required".into())
+            }
+            Ok(algs) => {
+                let hs = algs.contains(&Algorithm::HS256);
+                if hs && production {
+                    problems.push("auth.algorithms: HS256 is refused in production".into());
+                }
+                if hs && self.auth.hs256_secret.is_none() {
+                    problems
+                        .push("auth.hs256_secret: required when auth.algorithms has HS256".into());
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+        if let Some(secret) = &self.auth.hs256_secret {
+            if production {
+                problems.push("auth.hs256_secret: refused in production".into());
+            } else if secret.expose_secret().len() < 32 {
+                problems.push("auth.hs256_secret: must be at least 32 bytes".into());
+            }
+        }
+        let generated_keys = self.dev.generate_certs && !production;
+        if self.auth.public_keys.is_empty()
+            && self.auth.jwks_file.is_none()
+            && self.auth.jwks_url.is_none()
+            && self.auth.hs256_secret.is_none()
+        {
+            problems.push(
+                "auth: no verification keys (set auth.public_keys, auth.jwks_file, auth.jwks_url or auth.hs256_secret)"
+                    .into(),
+            );
+        }
+        for (i, p) in self.auth.public_keys.iter().enumerate() {
+            if !p.is_file() {
+                problems.push(format!(
+                    "auth.public_keys[{i}]: cannot read {}",
+                    p.display()
+                ));
+            }
+        }
+        if let Some(p) = &self.auth.jwks_file
+            && !p.is_file()
+            && !generated_keys
+        {
+            problems.push(format!("auth.jwks_file: cannot read {}", p.display()));
+        }
+        if self.auth.jwks_url.is_some() {
+            problems.push("auth.jwks_url: not supported yet; use auth.jwks_file".into());
+        }
+        let url = self.database.url.expose_secret();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            problems.push(format!(
+                "database.url: {} is neither sqlite://… nor postgres://…",
+                mask_password(url)
+            ));
+        }
+        if self.database.max_connections == 0 {
+            problems.push("database.max_connections: must be more than 0".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
+            problems.push(format!(
+                "telemetry.log_level: {:?} is not a log filter",
+                self.telemetry.log_level
+            ));
+        }
+        if production && self.dev.generate_certs {
+            problems.push("dev.generate_certs: refused in production".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    pub fn algorithms(&self) -> Result<Vec<Algorithm>, String> {
+        self.auth
+            .algorithms
+            .iter()
+            .map(|a| {
+                let alg = Algorithm::from_str(a.trim())
+                    .map_err(|_| format!("auth.algorithms: unknown algorithm {a:?}"))?;
+                match alg {
+                    Algorithm::ES256 | Algorithm::RS256 | Algorithm::EdDSA | Algorithm::HS256 => {
+                        Ok(alg)
+                    }
+                    _ => Err(format!(
+                        "auth.algorithms: {a} is not allowed (ES256, RS256, EdDSA, HS256)"
+                    )),
+                }
+            })
+            .collect()
+    }
+
+    pub fn server_addr(&self) -> SocketAddr {
+        self.server.addr.parse().expect("validated")
+    }
+
+    /// The key sources the configuration names.
+    pub fn key_sources(&self) -> Vec<KeySource> {
+        let mut sources: Vec<KeySource> = self
+            .auth
+            .public_keys
+            .iter()
+            .cloned()
+            .map(KeySource::PemFile)
+            .collect();
+        if let Some(p) = &self.auth.jwks_file {
+            sources.push(KeySource::JwksFile(p.clone()));
+        }
+        if let Some(s) = &self.auth.hs256_secret {
+            sources.push(KeySource::Hs256Secret(
+                s.expose_secret().as_bytes().to_vec(),
+            ));
+        }
+        sources
+    }
+
+    /// The token verifier these settings describe, with its keys loaded.
+    pub fn verifier(&self) -> anyhow::Result<Verifier> {
+        let keys = KeySet::load(&self.key_sources())?;
+        let rules = TokenRules {
+            issuer: self.auth.issuer.clone(),
+            audience: self.auth.audience.clone(),
+            algorithms: self.algorithms().map_err(anyhow::Error::msg)?,
+            leeway_secs: self.auth.leeway_secs,
+        };
+        Ok(Verifier::new(rules, keys))
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
+    /// `database.url`, unmasked (it may hold a password: never log it).
+    pub fn database_url(&self) -> &str {
+        self.database.url.expose_secret()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn write(dir: &Path, name: &str, body: &str) {
+        std::fs::write(dir.join(name), body).unwrap();
+    }
+
+    fn keyed(dir: &Path) -> String {
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
+        format!(
+            "[auth]\nissuer = \"i\"\naudience = \"a\"\njwks_file = {:?}\n[tls]\nenabled = false\n",
+            jwks.display().to_string()
+        )
+    }
+
+    #[test]
+    fn later_layers_win_over_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "default.toml",
+            &format!(
+                "{}[server]\naddr = \"127.0.0.1:1\"\nreflection = false\n",
+                keyed(dir.path())
+            ),
+        );
+        write(
+            dir.path(),
+            "test.toml",
+            "[server]\naddr = \"127.0.0.1:2\"\n",
+        );
+        let extra = dir.path().join("extra.toml");
+        std::fs::write(&extra, "[database]\nmax_connections = 3\n").unwrap();
+        let s = Settings::load(&Sources {
+            environment: Some("test".into()),
+            config_dir: Some(dir.path().into()),
+            file: Some(extra),
+            use_env_vars: false,
+        })
+        .unwrap();
+        assert_eq!(s.server.addr, "127.0.0.1:2");
+        assert!(!s.server.reflection);
+        assert_eq!(s.database.max_connections, 3);
+        assert_eq!(s.environment, Environment::Test);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "production.toml",
+            "[server]\naddr = \"nowhere\"\n[tls]\nenabled = false\n[auth]\nalgorithms = [\"HS256\", \"none\"]\nhs256_secret = \"short\"\n",
+        );
+        let err = Settings::load(&Sources {
+            environment: Some("production".into()),
+            config_dir: Some(dir.path().into()),
+            file: None,
+            use_env_vars: false,
+        })
+        .unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "server.addr",
+            "tls.enabled",
+            "auth.issuer",
+            "auth.audience",
+            "auth.algorithms",
+            "auth.hs256_secret",
+        ] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+        assert!(!text.contains("short"), "secret leaked: {text}");
+    }
+
+    #[test]
+    fn unknown_environments_and_keys_are_refused() {
+        let err = Settings::load(&Sources {
+            environment: Some("staging".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("ORDERS_ENV"));
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "default.toml", "[server]\nadress = \"x\"\n");
+        let err = Settings::load(&Sources {
+            config_dir: Some(dir.path().into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_the_rendered_configuration() {
+        let mut s = Settings::default();
+        s.auth.hs256_secret = Some(SecretString::from("super-secret-value-that-is-long-enough"));
+        s.database.url = SecretString::from("postgres://app:hunter2@db:5432/orders");
+        let text = s.redacted_toml();
+        assert!(!text.contains("super-secret"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("postgres://app:"), "{text}");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,58 @@
+//! Field violations, collected across a whole request so the caller learns of
+//! every problem at once (AIP-193 `google.rpc.BadRequest`).
+
+/// One field that breaks a rule, with its path as the client wrote it
+/// (`items[0].quantity`, `address.city`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+/// Every violation found in one request, in the order found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &FieldViolation> {
+        self.0.iter()
+    }
+
+    pub fn extend(&mut self, other: Violations) {
+        self.0.extend(other.0);
+    }
+
+    /// `Ok(value)` when nothing was violated.
+    pub fn into_result<T>(self, value: Option<T>) -> Result<T, Violations> {
+        match value {
+            Some(v) if self.is_empty() => Ok(v),
+            _ => Err(self),
+        }
+    }
+}
+
+impl std::fmt::Display for Violations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect();
+        f.write_str(&parts.join("; "))
+    }
+}

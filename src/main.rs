@@ -1,0 +1,149 @@
+//! `orders-server`: parse arguments, load configuration, build, run.
+//! Everything else lives in the library, where tests reach it.
+
+use clap::{Parser, Subcommand};
+use orders::config::{EXIT_CONFIG, Environment, Settings, Sources};
+use orders::dev::{DevCerts, DevClaims};
+use orders::startup::Application;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "orders-server", version, about = "The orders gRPC service")]
+struct Cli {
+    /// A configuration file layered over config/ (before environment variables).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Print the effective configuration (secrets redacted) and exit 0, or 78 with the reasons.
+    CheckConfig,
+    /// Write a development CA, server certificate and token-signing key.
+    DevCerts {
+        /// Where to write them (default: dev.certs_dir, certs/dev).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print a development token signed with the dev signing key.
+    DevToken {
+        #[arg(long, default_value = "alice")]
+        sub: String,
+        #[arg(long, default_value = "orders:read orders:write")]
+        scope: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+        /// Where the signing key is (default: dev.certs_dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&Sources::from_process(cli.config.clone())) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("orders-server: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            println!("# environment: {}", settings.environment.as_str());
+            print!("{}", settings.redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Command::DevCerts { dir } => {
+            let certs = DevCerts::new(dir.unwrap_or(settings.dev.certs_dir.clone()));
+            match certs.generate() {
+                Ok(()) => {
+                    println!(
+                        "wrote development certificates and signing key to {}",
+                        certs.dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("orders-server: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::DevToken {
+            sub,
+            scope,
+            ttl,
+            dir,
+        } => {
+            if settings.environment == Environment::Production {
+                eprintln!("orders-server: dev-token is refused in production");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+            let certs = DevCerts::new(dir.unwrap_or(settings.dev.certs_dir.clone()));
+            let now = chrono::Utc::now().timestamp();
+            let claims = DevClaims {
+                sub,
+                scope,
+                iss: settings.dev.token_issuer.clone(),
+                aud: settings.dev.token_audience.clone(),
+                iat: now,
+                nbf: now,
+                exp: now + ttl,
+            };
+            match certs.token(&claims) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("orders-server: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve => serve(settings),
+    }
+}
+
+fn serve(settings: Settings) -> ExitCode {
+    orders::telemetry::init(&settings.telemetry);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orders-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let dev = settings.environment == Environment::Development;
+        let app = match Application::build(settings.clone()).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        if dev {
+            let addr = app.local_addr();
+            tracing::info!(
+                "development mode: get a token with `cargo run --bin orders-server -- dev-token --sub alice`, then call with `grpcurl -cacert {}/ca.pem -H \"authorization: Bearer $TOKEN\" localhost:{} list` (see README)",
+                settings.dev.certs_dir.display(),
+                addr.port()
+            );
+        }
+        match app.run_until_stopped(orders::shutdown::signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "server failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,13 @@
+//! Generated protobuf and gRPC code (the only place that includes it).
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+pub mod orders {
+    pub mod v1 {
+        tonic::include_proto!("orders.v1");
+    }
+}
+
+pub use orders::v1::*;
+
+/// The encoded descriptors of `proto/`, served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("orders_descriptor");

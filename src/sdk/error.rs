@@ -1,0 +1,87 @@
+//! The SDK's error: the gRPC status, with the rich details read out.
+
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// A failed call, or a client that could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server (or the transport) answered with this status.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    /// The endpoint could not be reached.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The client was configured wrongly.
+    #[error("{0}")]
+    Config(String),
+    /// The server answered something the contract does not allow.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    pub(crate) fn config(msg: impl Into<String>) -> Self {
+        Error::Config(msg.into())
+    }
+    pub(crate) fn protocol(msg: impl Into<String>) -> Self {
+        Error::Protocol(msg.into())
+    }
+    pub(crate) fn connect(err: tonic::transport::Error) -> Self {
+        use std::error::Error as _;
+        let mut msg = err.to_string();
+        let mut source = err.source();
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        Error::Connect(msg)
+    }
+
+    /// The gRPC code (UNAVAILABLE for connection failures, INVALID_ARGUMENT
+    /// for configuration mistakes).
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Status(s) => s.code(),
+            Error::Connect(_) => Code::Unavailable,
+            Error::Config(_) => Code::InvalidArgument,
+            Error::Protocol(_) => Code::Internal,
+        }
+    }
+
+    pub fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            Error::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The `google.rpc.BadRequest` violations, as `(field, description)`.
+    pub fn violations(&self) -> Vec<(String, String)> {
+        self.status()
+            .and_then(|s| s.get_details_bad_request())
+            .map(|b| {
+                b.field_violations
+                    .into_iter()
+                    .map(|v| (v.field, v.description))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The `google.rpc.ErrorInfo` reason (`TOKEN_EXPIRED`, `MISSING_SCOPE`, …).
+    pub fn reason(&self) -> Option<String> {
+        self.status()
+            .and_then(|s| s.get_details_error_info())
+            .map(|i| i.reason)
+    }
+
+    /// The `google.rpc.ErrorInfo` metadata.
+    pub fn error_metadata(&self) -> std::collections::HashMap<String, String> {
+        self.status()
+            .and_then(|s| s.get_details_error_info())
+            .map(|i| i.metadata)
+            .unwrap_or_default()
+    }
+}

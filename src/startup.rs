@@ -1,0 +1,179 @@
+//! `Application`: binds first (so callers learn the real port, even for port
+//! 0), serves later, and stops when the shutdown future it is given resolves.
+
+use crate::auth::{AuthLayer, Verifier};
+use crate::config::{Environment, Settings};
+use crate::pb::order_service_server::OrderServiceServer;
+use crate::service::Orders;
+use crate::store::{self, Store};
+use crate::{dev, tls};
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+/// Health names that follow readiness (CONTRACT.md section 4).
+pub const READINESS_NAMES: [&str; 3] = ["", "readiness", "orders.v1.OrderService"];
+pub const LIVENESS: &str = "liveness";
+
+pub struct Application {
+    settings: Settings,
+    listener: TcpListener,
+    addr: SocketAddr,
+    store: Arc<dyn Store>,
+    verifier: Verifier,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Application {
+    /// Prepares everything that can fail (certificates, keys, database,
+    /// migrations, the port) before anything is served.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        if settings.dev.generate_certs && settings.environment != Environment::Production {
+            let certs = dev::DevCerts::new(&settings.dev.certs_dir);
+            if !certs.complete() {
+                certs.generate()?;
+                tracing::info!(dir = %certs.dir.display(), "generated development certificates and signing key");
+            }
+        }
+        let verifier = settings.verifier().context("auth")?;
+        let tls = if settings.tls.enabled {
+            let cert = settings
+                .tls
+                .cert
+                .as_deref()
+                .context("tls.cert is required")?;
+            let key = settings.tls.key.as_deref().context("tls.key is required")?;
+            let config =
+                tls::server_config(cert, key, settings.tls.client_ca.as_deref()).context("tls")?;
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        } else {
+            None
+        };
+        let store = store::connect(settings.database_url(), settings.database.max_connections)
+            .await
+            .with_context(|| {
+                format!(
+                    "database {}",
+                    crate::config::mask_password(settings.database_url())
+                )
+            })?;
+        let listener = TcpListener::bind(settings.server_addr())
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.server.addr))?;
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            settings,
+            listener,
+            addr,
+            store,
+            verifier,
+            tls,
+        })
+    }
+
+    /// The bound gRPC address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` resolves; then turns health NOT_SERVING (all
+    /// names but `liveness`), keeps serving for `shutdown.drain_secs` so load
+    /// balancers move away, ends open streams with UNAVAILABLE (clients
+    /// resume elsewhere), finishes in-flight calls and returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
+        for name in READINESS_NAMES {
+            reporter
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
+
+        let (stopping_tx, stopping) = watch::channel(false);
+        let max = s.server.max_message_bytes;
+        let orders = OrderServiceServer::new(Orders::new(self.store.clone(), stopping))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Zstd);
+
+        let (reflection_v1, reflection_v1alpha) = if s.server.reflection {
+            let v1 = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()?;
+            // grpcurl 1.8 and many older tools speak only v1alpha.
+            let v1alpha = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1alpha()?;
+            (Some(v1), Some(v1alpha))
+        } else {
+            (None, None)
+        };
+
+        let keepalive = Duration::from_secs(s.server.keepalive_interval_secs);
+        let mut server = Server::builder()
+            .max_concurrent_streams(s.server.max_concurrent_streams)
+            .http2_keepalive_interval((!keepalive.is_zero()).then_some(keepalive))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .tcp_nodelay(true)
+            // Auth sits outermost of the per-call work: an unauthenticated
+            // call costs a header parse, never a handler or a database query.
+            .layer(AuthLayer::new(self.verifier.clone()));
+        let router = server
+            .add_service(health)
+            .add_service(orders)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha);
+
+        let drain = Duration::from_secs(s.shutdown.drain_secs);
+        let signal = async move {
+            shutdown.await;
+            tracing::info!(drain_secs = drain.as_secs(), "shutting down: draining");
+            for name in READINESS_NAMES {
+                reporter
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+            tokio::time::sleep(drain).await;
+            let _ = stopping_tx.send(true);
+            tracing::info!("drained: finishing in-flight calls");
+        };
+
+        tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "serving orders.v1.OrderService");
+        match self.tls {
+            Some(acceptor) => {
+                router
+                    .serve_with_incoming_shutdown(tls::incoming(self.listener, acceptor), signal)
+                    .await?
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(tls::plaintext_incoming(self.listener), signal)
+                    .await?
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

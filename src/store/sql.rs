@@ -1,0 +1,404 @@
+//! The two SQL stores. They share every statement (sqlx accepts `$N`
+//! placeholders on SQLite too), so the `Store` implementation is written once
+//! in `sql_store!` and stamped out per backend; each backend only says how a
+//! write transaction begins and how a change is announced.
+
+use super::feed::{self, Change};
+use super::{Idempotency, Inserted, ListQuery, Result, Store, StoreError};
+use crate::domain::{Order, OrderId};
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, Postgres};
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+const INSERT_ORDER: &str = "INSERT INTO orders \
+     (id, customer_id, status, version, request_id, request_fingerprint, doc) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (customer_id, request_id) DO NOTHING RETURNING id";
+const FIND_BY_REQUEST: &str = "SELECT doc, request_fingerprint FROM orders \
+     WHERE customer_id = $1 AND request_id = $2";
+const INSERT_VERSION: &str =
+    "INSERT INTO order_versions (order_id, version, doc) VALUES ($1, $2, $3)";
+const UPDATE_ORDER: &str =
+    "UPDATE orders SET status = $1, version = $2, doc = $3 WHERE id = $4 AND version = $5";
+const GET_ORDER: &str = "SELECT doc FROM orders WHERE id = $1";
+const HISTORY: &str =
+    "SELECT doc FROM order_versions WHERE order_id = $1 AND version > $2 ORDER BY version";
+const INSERT_KEY: &str =
+    "INSERT INTO service_keys (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+const GET_KEY: &str = "SELECT value FROM service_keys WHERE name = $1";
+const CURSOR_KEY_NAME: &str = "page_token_hmac";
+/// The PostgreSQL NOTIFY channel of the change feed.
+const CHANNEL: &str = "orders_changes";
+/// How long a call waits for a pooled connection before answering UNAVAILABLE.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn decode(doc: &str) -> Result<Order> {
+    Ok(serde_json::from_str(doc)?)
+}
+
+fn new_cursor_key() -> Vec<u8> {
+    use rand::RngCore;
+    let mut key = vec![0u8; 32];
+    // ThreadRng is a CSPRNG seeded from the OS.
+    rand::rng().fill_bytes(&mut key);
+    key
+}
+
+macro_rules! sql_store {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            /// Makes the shared page-token key once (the first replica to get
+            /// here wins) and reads whichever key won.
+            async fn load_cursor_key(pool: &sqlx::Pool<$db>) -> Result<Vec<u8>> {
+                sqlx::query(INSERT_KEY)
+                    .bind(CURSOR_KEY_NAME)
+                    .bind(new_cursor_key())
+                    .execute(pool)
+                    .await
+                    .map_err(StoreError::classify)?;
+                let row = sqlx::query(GET_KEY)
+                    .bind(CURSOR_KEY_NAME)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(StoreError::classify)?;
+                Ok(row.try_get::<Vec<u8>, _>("value")?)
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            async fn insert(
+                &self,
+                order: &Order,
+                idempotency: Option<Idempotency<'_>>,
+            ) -> Result<Inserted> {
+                let doc = serde_json::to_string(order)?;
+                let mut tx = self.begin_write().await?;
+                let inserted = sqlx::query(INSERT_ORDER)
+                    .bind(order.id().as_str())
+                    .bind(order.customer_id().as_str())
+                    .bind(order.status().code())
+                    .bind(order.version())
+                    .bind(idempotency.map(|i| i.request_id))
+                    .bind(idempotency.map(|i| i.fingerprint))
+                    .bind(&doc)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::classify)?;
+                if inserted.is_none() {
+                    // Only the (customer, request_id) constraint is allowed to
+                    // conflict quietly: the caller registered this before.
+                    let Some(key) = idempotency else {
+                        return Err(StoreError::Conflict);
+                    };
+                    let row = sqlx::query(FIND_BY_REQUEST)
+                        .bind(order.customer_id().as_str())
+                        .bind(key.request_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(StoreError::classify)?;
+                    let existing = decode(&row.try_get::<String, _>("doc")?)?;
+                    let fingerprint: Option<String> = row.try_get("request_fingerprint")?;
+                    return Ok(Inserted::Existing {
+                        order: Box::new(existing),
+                        fingerprint: fingerprint.unwrap_or_default(),
+                    });
+                }
+                sqlx::query(INSERT_VERSION)
+                    .bind(order.id().as_str())
+                    .bind(order.version())
+                    .bind(&doc)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::classify)?;
+                self.announce_in_tx(&mut tx, order.id(), order.version())
+                    .await?;
+                tx.commit().await.map_err(StoreError::classify)?;
+                self.announce_after_commit(order.id(), order.version());
+                Ok(Inserted::Created)
+            }
+
+            async fn get(&self, id: &OrderId) -> Result<Option<Order>> {
+                let row = sqlx::query(GET_ORDER)
+                    .bind(id.as_str())
+                    .fetch_optional(self.reader())
+                    .await
+                    .map_err(StoreError::classify)?;
+                row.map(|r| decode(&r.try_get::<String, _>("doc")?))
+                    .transpose()
+            }
+
+            async fn list(&self, query: &ListQuery) -> Result<Vec<Order>> {
+                let mut q = sqlx::QueryBuilder::<$db>::new("SELECT doc FROM orders WHERE 1 = 1");
+                if let Some(customer) = &query.customer {
+                    q.push(" AND customer_id = ").push_bind(customer.as_str());
+                }
+                if let Some(status) = query.status {
+                    q.push(" AND status = ").push_bind(status.code());
+                }
+                if let Some(after) = &query.after {
+                    q.push(" AND id > ").push_bind(after.as_str());
+                }
+                q.push(" ORDER BY id LIMIT ")
+                    .push_bind(i64::from(query.limit));
+                let rows = q
+                    .build()
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err(StoreError::classify)?;
+                rows.iter()
+                    .map(|r| decode(&r.try_get::<String, _>("doc")?))
+                    .collect()
+            }
+
+            async fn commit(&self, base_version: i64, versions: &[Order]) -> Result<()> {
+                let Some(last) = versions.last() else {
+                    return Ok(());
+                };
+                let mut tx = self.begin_write().await?;
+                let updated = sqlx::query(UPDATE_ORDER)
+                    .bind(last.status().code())
+                    .bind(last.version())
+                    .bind(serde_json::to_string(last)?)
+                    .bind(last.id().as_str())
+                    .bind(base_version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::classify)?;
+                if updated.rows_affected() == 0 {
+                    return Err(StoreError::Conflict);
+                }
+                for version in versions {
+                    sqlx::query(INSERT_VERSION)
+                        .bind(version.id().as_str())
+                        .bind(version.version())
+                        .bind(serde_json::to_string(version)?)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::classify)?;
+                }
+                self.announce_in_tx(&mut tx, last.id(), last.version())
+                    .await?;
+                tx.commit().await.map_err(StoreError::classify)?;
+                self.announce_after_commit(last.id(), last.version());
+                Ok(())
+            }
+
+            async fn history(&self, id: &OrderId, after_version: i64) -> Result<Vec<Order>> {
+                let rows = sqlx::query(HISTORY)
+                    .bind(id.as_str())
+                    .bind(after_version)
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err(StoreError::classify)?;
+                rows.iter()
+                    .map(|r| decode(&r.try_get::<String, _>("doc")?))
+                    .collect()
+            }
+
+            fn cursor_key(&self) -> &[u8] {
+                &self.cursor_key
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1")
+                    .execute(self.reader())
+                    .await
+                    .map_err(StoreError::classify)?;
+                Ok(())
+            }
+
+            fn changes(&self) -> broadcast::Receiver<Change> {
+                self.feed.subscribe()
+            }
+        }
+    };
+}
+
+/// SQLite: one file, WAL mode, `synchronous = FULL` so an acknowledged order
+/// survives a crash or power loss. Writes go through a pool of one connection
+/// (SQLite has one writer anyway; queuing in-process beats BUSY retries),
+/// reads through a pool of many (WAL lets them run beside the writer).
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+    feed: broadcast::Sender<Change>,
+    cursor_key: Vec<u8>,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        if let Some(parent) = options.get_filename().parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Database(e.into()))?;
+        }
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(StoreError::classify)?;
+        sqlx::migrate!("migrations/sqlite").run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(StoreError::classify)?;
+        let cursor_key = Self::load_cursor_key(&write).await?;
+        Ok(Self {
+            read,
+            write,
+            feed: feed::channel(),
+            cursor_key,
+        })
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.read
+    }
+
+    /// `BEGIN IMMEDIATE` takes the write lock up front, so a transaction never
+    /// fails half-way trying to upgrade a read lock.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        self.write
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::classify)
+    }
+
+    async fn announce_in_tx(
+        &self,
+        _tx: &mut sqlx::Transaction<'static, Sqlite>,
+        _id: &OrderId,
+        _version: i64,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// One process owns the file, so the in-process broadcast is the feed.
+    fn announce_after_commit(&self, id: &OrderId, version: i64) {
+        // No receivers is fine: nobody is watching.
+        let _ = self.feed.send(Change::Order {
+            id: id.clone(),
+            version,
+        });
+    }
+}
+
+sql_store!(SqliteStore, Sqlite);
+
+/// PostgreSQL: one database shared by every replica. Changes are announced
+/// with `pg_notify` inside the writing transaction (delivered on commit, in
+/// commit order) and heard by a `LISTEN` task on every replica.
+pub struct PostgresStore {
+    pool: PgPool,
+    feed: broadcast::Sender<Change>,
+    cursor_key: Vec<u8>,
+    _listener: AbortOnDrop,
+}
+
+/// Stops the LISTEN task (and frees its connection) with the store.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl PostgresStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await
+            .map_err(StoreError::classify)?;
+        // sqlx takes an advisory lock, so replicas starting together migrate once.
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        let cursor_key = Self::load_cursor_key(&pool).await?;
+        let feed = feed::channel();
+        let mut listener = PgListener::connect_with(&pool)
+            .await
+            .map_err(StoreError::classify)?;
+        listener
+            .listen(CHANNEL)
+            .await
+            .map_err(StoreError::classify)?;
+        let task = tokio::spawn(listen(listener, feed.clone()));
+        Ok(Self {
+            pool,
+            feed,
+            cursor_key,
+            _listener: AbortOnDrop(task),
+        })
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
+        self.pool.begin().await.map_err(StoreError::classify)
+    }
+
+    async fn announce_in_tx(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        id: &OrderId,
+        version: i64,
+    ) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(Change::payload(id, version))
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::classify)?;
+        Ok(())
+    }
+
+    /// Our own NOTIFY comes back through LISTEN like everyone else's.
+    fn announce_after_commit(&self, _id: &OrderId, _version: i64) {}
+}
+
+sql_store!(PostgresStore, Postgres);
+
+/// Relays notifications to the in-process feed. When the LISTEN connection
+/// drops, notifications sent meanwhile are lost, so watchers are told to
+/// re-read (`Resync`) once it is back.
+async fn listen(mut listener: PgListener, feed: broadcast::Sender<Change>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                if let Some(change) = Change::parse_payload(notification.payload()) {
+                    let _ = feed.send(change);
+                }
+            }
+            Ok(None) => {
+                tracing::warn!("change feed connection lost; reconnecting");
+                let _ = feed.send(Change::Resync);
+            }
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "change feed unavailable; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = feed.send(Change::Resync);
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+"""Shared set-up of the interop tests: generated stubs, the TLS channel and the callers.
+
+The Rust integration test starts the real server and runs this suite against it with
+the environment described in ``REQUIRED_ENV``. A missing variable fails the tests that
+need it with a message naming it: nothing is skipped.
+
+The Python stubs are generated from the proto files at session start (``pytest_configure``,
+before test modules are imported) into a temporary folder put first on ``sys.path``, so
+the tests always exercise the proto the server was built from.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import grpc
+import jwt
+import pytest
+
+# Deadline of every unary call, in seconds; streams get STREAM_TIMEOUT as a whole.
+TIMEOUT = 10.0
+STREAM_TIMEOUT = 30.0
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+REQUIRED_ENV = {
+    "ORDERS_ENDPOINT": "host:port of the server under test (TLS)",
+    "ORDERS_CA_CERT": "path of the PEM CA certificate that signed the server certificate",
+    "ORDERS_TOKEN": "JWT for customer alice, scopes orders:read orders:write",
+    "ORDERS_TOKEN_BOB": "JWT for customer bob, scopes orders:read orders:write",
+    "ORDERS_TOKEN_STAFF": "JWT for staff, scopes orders:read orders:write orders:admin",
+    "ORDERS_TOKEN_READONLY": "JWT for customer alice, scope orders:read only",
+    "ORDERS_PROTO_DIR": "the proto/ folder the server was built from (default: the repository's)",
+}
+
+
+def require_env(name: str) -> str:
+    """The value of an environment variable of ``REQUIRED_ENV``, or a failed test saying which."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        pytest.fail(
+            f"environment variable {name} is not set ({REQUIRED_ENV.get(name, '')}); "
+            "the interop suite is run by the Rust integration test, which sets it",
+            pytrace=False,
+        )
+    return value
+
+
+# --- stubs -------------------------------------------------------------------
+
+
+def _proto_dir() -> Path:
+    # Defaults to the repository's proto/ so `pytest --collect-only` works by hand;
+    # the Rust side always sets it.
+    proto_dir = Path(os.environ.get("ORDERS_PROTO_DIR") or REPO_ROOT / "proto")
+    if not proto_dir.is_dir():
+        raise pytest.UsageError(f"ORDERS_PROTO_DIR={proto_dir} is not a directory")
+    return proto_dir
+
+
+def _generate_stubs(out_dir: Path) -> None:
+    """Runs grpc_tools.protoc on every .proto under the proto dir, writing *_pb2(_grpc).py."""
+    from grpc_tools import protoc
+
+    proto_dir = _proto_dir()
+    protos = sorted(str(p.relative_to(proto_dir)) for p in proto_dir.rglob("*.proto"))
+    if not protos:
+        raise pytest.UsageError(f"no .proto files under {proto_dir}")
+    # The well-known types (google/protobuf/timestamp.proto, ...) ship inside
+    # grpc_tools, which pip always installs as plain files.
+    well_known = resources.files("grpc_tools") / "_proto"
+    code = protoc.main(
+        [
+            "grpc_tools.protoc",
+            f"-I{proto_dir}",
+            f"-I{well_known}",
+            f"--python_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            *protos,
+        ]
+    )
+    if code != 0:
+        raise pytest.UsageError(f"grpc_tools.protoc failed (exit {code}) on {protos} in {proto_dir}")
+    # Regular packages (not namespace ones), so nothing else named `orders` on
+    # sys.path can shadow or merge with the generated code.
+    for package in {p.parent for p in out_dir.rglob("*_pb2.py")}:
+        for folder in (package, *package.parents):
+            if folder == out_dir:
+                break
+            (folder / "__init__.py").touch()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    out_dir = Path(tempfile.mkdtemp(prefix="orders-interop-stubs-"))
+    config.add_cleanup(lambda: shutil.rmtree(out_dir, ignore_errors=True))
+    _generate_stubs(out_dir)
+    sys.path.insert(0, str(out_dir))
+
+
+# --- channel -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def endpoint() -> str:
+    return require_env("ORDERS_ENDPOINT")
+
+
+@pytest.fixture(scope="session")
+def ca_cert_path() -> str:
+    path = require_env("ORDERS_CA_CERT")
+    if not Path(path).is_file():
+        pytest.fail(f"ORDERS_CA_CERT={path} is not a file", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def channel(endpoint: str, ca_cert_path: str):
+    """One TLS channel shared by the whole session, verified against the test CA."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_cert_path).read_bytes())
+    with grpc.secure_channel(endpoint, credentials) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
+        except grpc.FutureTimeoutError:
+            pytest.fail(f"no TLS connection to {endpoint} within {TIMEOUT} s", pytrace=False)
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def stub(channel):
+    from orders.v1 import orders_pb2_grpc
+
+    return orders_pb2_grpc.OrderServiceStub(channel)
+
+
+# --- callers -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """One identity: its token (empty: no authorization metadata at all)."""
+
+    name: str
+    token: str
+
+    @property
+    def subject(self) -> str:
+        """The token's `sub`, which the server uses as customer id. Read unverified:
+        only to learn whom the Rust side made the token for."""
+        return jwt.decode(self.token, options={"verify_signature": False})["sub"]
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+class Client:
+    """The OrderService stub bound to one caller: every call carries the caller's
+    token and a deadline (TIMEOUT, or STREAM_TIMEOUT for the whole of a streaming
+    call); a call may override either with its own ``metadata=`` / ``timeout=``."""
+
+    STREAMING = frozenset({"UpdateOrder", "WatchOrder", "TrackOrders"})
+
+    def __init__(self, stub, caller: Caller):
+        self.stub = stub
+        self.caller = caller
+
+    def __getattr__(self, method: str):
+        rpc = getattr(self.stub, method)
+        timeout = STREAM_TIMEOUT if method in self.STREAMING else TIMEOUT
+
+        def call(request, **kwargs):
+            kwargs.setdefault("metadata", self.caller.metadata)
+            kwargs.setdefault("timeout", timeout)
+            return rpc(request, **kwargs)
+
+        return call
+
+
+@pytest.fixture(scope="session")
+def alice_token() -> str:
+    return require_env("ORDERS_TOKEN")
+
+
+@pytest.fixture(scope="session")
+def bob_token() -> str:
+    return require_env("ORDERS_TOKEN_BOB")
+
+
+@pytest.fixture(scope="session")
+def staff_token() -> str:
+    return require_env("ORDERS_TOKEN_STAFF")
+
+
+@pytest.fixture(scope="session")
+def readonly_token() -> str:
+    return require_env("ORDERS_TOKEN_READONLY")
+
+
+@pytest.fixture(scope="session")
+def alice(stub, alice_token) -> Client:
+    return Client(stub, Caller("alice", alice_token))
+
+
+@pytest.fixture(scope="session")
+def bob(stub, bob_token) -> Client:
+    return Client(stub, Caller("bob", bob_token))
+
+
+@pytest.fixture(scope="session")
+def staff(stub, staff_token) -> Client:
+    return Client(stub, Caller("staff", staff_token))
+
+
+@pytest.fixture(scope="session")
+def alice_readonly(stub, readonly_token) -> Client:
+    return Client(stub, Caller("alice (read-only)", readonly_token))
+
+
+@pytest.fixture(scope="session")
+def anonymous(stub) -> Client:
+    """Calls without any authorization metadata."""
+    return Client(stub, Caller("anonymous", ""))
