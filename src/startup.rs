@@ -117,16 +117,11 @@ impl Application {
             .send_compressed(CompressionEncoding::Zstd);
 
         let (reflection_v1, reflection_v1alpha) = if s.server.reflection {
-            let v1 = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1()?;
             // grpcurl 1.8 and many older tools speak only v1alpha.
-            let v1alpha = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1alpha()?;
-            (Some(v1), Some(v1alpha))
+            (
+                Some(reflection().build_v1()?),
+                Some(reflection().build_v1alpha()?),
+            )
         } else {
             (None, None)
         };
@@ -176,4 +171,13 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Reflection over our protos, health, and `google.rpc` (so tools such as
+/// grpcurl can decode the error details we send).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }

@@ -1,0 +1,314 @@
+//! The test harness: real servers on port 0 with real TLS certificates, real
+//! ES256 tokens, real SQLite files and a real PostgreSQL database (a fresh one
+//! per test run, dropped afterwards). Tests talk to them through the SDK.
+#![allow(dead_code)]
+
+use orders::config::{Environment, Settings};
+use orders::dev::{DevCerts, DevClaims};
+use orders::sdk::{Client, pb};
+use orders::startup::Application;
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const ISSUER: &str = "orders-test";
+pub const AUDIENCE: &str = "orders";
+pub const READ_WRITE: &str = "orders:read orders:write";
+pub const STAFF: &str = "orders:read orders:write orders:admin";
+
+/// A development CA, server certificate and signing key in a temporary folder.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+    pub dev: DevCerts,
+}
+
+impl Certs {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = DevCerts::new(dir.path());
+        dev.generate().unwrap();
+        Self { dir, dev }
+    }
+
+    pub fn ca(&self) -> Vec<u8> {
+        std::fs::read(self.dev.path(orders::dev::CA_CERT)).unwrap()
+    }
+
+    /// A valid token for `sub` with `scope`.
+    pub fn token(&self, sub: &str, scope: &str) -> String {
+        self.token_with(sub, scope, |_| {})
+    }
+
+    /// A token whose claims `edit` may spoil.
+    pub fn token_with(&self, sub: &str, scope: &str, edit: impl FnOnce(&mut DevClaims)) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let mut claims = DevClaims {
+            sub: sub.into(),
+            scope: scope.into(),
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            iat: now,
+            nbf: now,
+            exp: now + 600,
+        };
+        edit(&mut claims);
+        self.dev.token(&claims).unwrap()
+    }
+}
+
+/// Where a test server keeps its orders.
+#[derive(Clone)]
+pub enum Backend {
+    Sqlite(Arc<tempfile::TempDir>),
+    Postgres(Arc<PgDatabase>),
+}
+
+impl Backend {
+    pub fn sqlite() -> Self {
+        Backend::Sqlite(Arc::new(tempfile::tempdir().unwrap()))
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Backend::Sqlite(dir) => format!("sqlite://{}/orders.db", dir.path().display()),
+            Backend::Postgres(db) => db.url.clone(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// A PostgreSQL database made for this test run, dropped with the last handle.
+pub struct PgDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+/// The server to make test databases on (trust auth, a maintenance database).
+pub fn admin_url() -> String {
+    std::env::var("ORDERS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// In CI, PostgreSQL must be there: a missing server fails the test.
+pub fn postgres_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
+
+impl PgDatabase {
+    /// `None` (the test is skipped, saying so) when PostgreSQL is not
+    /// reachable outside CI.
+    pub async fn create() -> Option<Arc<Self>> {
+        use sqlx::Connection;
+        let admin_url = admin_url();
+        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(c) => c,
+            Err(e) if !postgres_required() => {
+                eprintln!("SKIPPED: PostgreSQL at {admin_url} unreachable ({e}); CI requires it");
+                return None;
+            }
+            Err(e) => panic!("PostgreSQL at {admin_url} unreachable: {e}"),
+        };
+        let name = format!("orders_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&name);
+        Some(Arc::new(Self {
+            url: url.to_string(),
+            admin_url,
+            name,
+        }))
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside any runtime guarantee: use a thread of our own.
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The backends a test runs against: SQLite always, PostgreSQL when reachable
+/// (always in CI).
+pub async fn backends() -> Vec<Backend> {
+    let mut all = vec![Backend::sqlite()];
+    if let Some(db) = PgDatabase::create().await {
+        all.push(Backend::Postgres(db));
+    }
+    all
+}
+
+/// Settings for a test server: port 0, TLS with `certs`, tokens from `certs`.
+pub fn settings(certs: &Certs, backend: &Backend) -> Settings {
+    let mut s = Settings {
+        environment: Environment::Test,
+        ..Settings::default()
+    };
+    s.server.addr = "127.0.0.1:0".into();
+    s.admin.addr = "127.0.0.1:0".into();
+    s.tls.cert = Some(certs.dev.path(orders::dev::SERVER_CERT));
+    s.tls.key = Some(certs.dev.path(orders::dev::SERVER_KEY));
+    s.auth.issuer = ISSUER.into();
+    s.auth.audience = AUDIENCE.into();
+    s.auth.jwks_file = Some(certs.dev.path(orders::dev::JWKS));
+    s.database.url = SecretString::from(backend.url());
+    s.shutdown.drain_secs = 0;
+    s.validate().expect("test settings are valid");
+    s
+}
+
+/// A running server; stops (and waits for the stop) when dropped or `stop`ped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub certs: Arc<Certs>,
+    pub backend: Backend,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(Arc::new(Certs::new()), backend, |_| {}).await
+    }
+
+    pub async fn start_with(
+        certs: Arc<Certs>,
+        backend: Backend,
+        edit: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let mut s = settings(&certs, &backend);
+        edit(&mut s);
+        let app = Application::build(s).await.expect("server builds");
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            certs,
+            backend,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// An SDK client for `sub` with `scope`.
+    pub async fn client(&self, sub: &str, scope: &str) -> Client {
+        self.client_with_token(&self.certs.token(sub, scope)).await
+    }
+
+    pub async fn client_with_token(&self, token: &str) -> Client {
+        Client::builder(self.endpoint())
+            .ca_certificate(self.certs.ca())
+            .token(token)
+            .connect()
+            .await
+            .expect("client connects")
+    }
+
+    /// A client that sends no token at all.
+    pub async fn anonymous(&self) -> Client {
+        Client::builder(self.endpoint())
+            .ca_certificate(self.certs.ca())
+            .connect()
+            .await
+            .expect("client connects")
+    }
+
+    pub async fn alice(&self) -> Client {
+        self.client("alice", READ_WRITE).await
+    }
+    pub async fn bob(&self) -> Client {
+        self.client("bob", READ_WRITE).await
+    }
+    pub async fn staff(&self) -> Client {
+        self.client("staff-1", STAFF).await
+    }
+
+    /// Stops the server and waits until it has.
+    pub async fn stop(mut self) {
+        self.stop_inner().await;
+    }
+
+    async fn stop_inner(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(std::time::Duration::from_secs(20), task)
+                .await
+                .expect("server stops within 20 s");
+            result.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn item(sku: &str, quantity: i32, unit_price_cents: i64) -> pb::LineItem {
+    pb::LineItem {
+        sku: sku.into(),
+        quantity,
+        unit_price_cents,
+    }
+}
+
+pub fn address(street: &str) -> pb::Address {
+    pb::Address {
+        street: street.into(),
+        number: 12,
+        city: "Utrecht".into(),
+        postal_code: "3511 AB".into(),
+    }
+}
+
+pub fn register_request(request_id: &str) -> pb::RegisterOrderRequest {
+    pb::RegisterOrderRequest {
+        items: vec![item("APPLE-1", 3, 250), item("MILK", 2, 99)],
+        address: Some(address("Main Street")),
+        request_id: request_id.into(),
+    }
+}
+
+/// The repo root (for proto/, scripts/, .venv/).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
