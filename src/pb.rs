@@ -4,6 +4,7 @@
 pub mod orders {
     pub mod v1 {
         tonic::include_proto!("orders.v1");
+        include!(concat!(env!("OUT_DIR"), "/orders.v1.serde.rs"));
     }
 }
 

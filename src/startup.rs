@@ -21,6 +21,8 @@ use tonic_health::ServingStatus;
 /// Health names that follow readiness (CONTRACT.md section 4).
 pub const READINESS_NAMES: [&str; 3] = ["", "readiness", "orders.v1.OrderService"];
 pub const LIVENESS: &str = "liveness";
+/// How long in-flight calls may take to finish once draining is over.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 pub struct Application {
     settings: Settings,
@@ -142,6 +144,7 @@ impl Application {
             .add_optional_service(reflection_v1alpha);
 
         let drain = Duration::from_secs(s.shutdown.drain_secs);
+        let (drained_tx, drained) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
             tracing::info!(drain_secs = drain.as_secs(), "shutting down: draining");
@@ -152,21 +155,46 @@ impl Application {
             }
             tokio::time::sleep(drain).await;
             let _ = stopping_tx.send(true);
+            let _ = drained_tx.send(());
             tracing::info!("drained: finishing in-flight calls");
         };
 
         tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "serving orders.v1.OrderService");
-        match self.tls {
-            Some(acceptor) => {
-                router
-                    .serve_with_incoming_shutdown(tls::incoming(self.listener, acceptor), signal)
-                    .await?
+        let serve = async move {
+            match self.tls {
+                Some(acceptor) => {
+                    router
+                        .serve_with_incoming_shutdown(
+                            tls::incoming(self.listener, acceptor),
+                            signal,
+                        )
+                        .await
+                }
+                None => {
+                    router
+                        .serve_with_incoming_shutdown(
+                            tls::plaintext_incoming(self.listener),
+                            signal,
+                        )
+                        .await
+                }
             }
-            None => {
-                router
-                    .serve_with_incoming_shutdown(tls::plaintext_incoming(self.listener), signal)
-                    .await?
+        };
+        // Graceful shutdown waits for every connection to close; a client that
+        // never answers GOAWAY must not keep the process alive for ever.
+        let grace_expired = async {
+            if drained.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
             }
+        };
+        tokio::select! {
+            served = serve => served?,
+            _ = grace_expired => tracing::warn!(
+                grace_secs = SHUTDOWN_GRACE.as_secs(),
+                "in-flight calls did not finish in time; closing their connections"
+            ),
         }
         tracing::info!("stopped");
         Ok(())

@@ -1,0 +1,334 @@
+//! Authentication and authorization (CONTRACT.md section 3) against a running
+//! TLS server: real ES256/EdDSA/HS256 tokens, spoiled one way at a time.
+
+mod common;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use orders::sdk::{Client, pb};
+use serde_json::json;
+use std::sync::Arc;
+use tonic::Code;
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn claims(sub: &str, scope: &str) -> serde_json::Value {
+    json!({"sub": sub, "scope": scope, "iss": ISSUER, "aud": AUDIENCE, "iat": now(), "nbf": now(), "exp": now() + 600})
+}
+
+/// The kid the server knows the dev signing key by.
+fn kid(certs: &Certs) -> String {
+    let token = certs.token("alice", READ_WRITE);
+    jsonwebtoken::decode_header(&token).unwrap().kid.unwrap()
+}
+
+/// Signs `claims` with the server's dev ES256 key and `header`.
+fn sign_es256(certs: &Certs, header: Header, claims: &serde_json::Value) -> String {
+    let pem = std::fs::read(certs.dev.path(orders::dev::SIGNING_KEY)).unwrap();
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_pem(&pem).unwrap()).unwrap()
+}
+
+fn es256_header(kid: &str) -> Header {
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some(kid.into());
+    h
+}
+
+/// A token with an arbitrary (unsigned) header, as an attacker would craft it.
+fn crafted(header: serde_json::Value, claims: &serde_json::Value, signature: &[u8]) -> String {
+    let enc = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+    format!(
+        "{}.{}.{}",
+        enc(&header),
+        enc(claims),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+async fn call_with(server: &TestServer, metadata: &[(&'static str, &str)]) -> tonic::Status {
+    let client = server.anonymous().await;
+    let mut raw = pb::order_service_client::OrderServiceClient::new(client.channel());
+    let mut request = tonic::Request::new(pb::GetOrderRequest {
+        order_id: uuid::Uuid::now_v7().to_string(),
+    });
+    for (k, v) in metadata {
+        request.metadata_mut().insert(*k, v.parse().unwrap());
+    }
+    raw.get_order(request).await.unwrap_err()
+}
+
+#[tokio::test]
+async fn tokens_spoiled_one_way_at_a_time_are_unauthenticated_with_a_reason() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let certs = server.certs.clone();
+    let other = Certs::new();
+    let our_kid = kid(&certs);
+    let valid = certs.token("alice", READ_WRITE);
+    let (head, rest) = valid.split_once('.').unwrap();
+    let (payload, signature) = rest.split_once('.').unwrap();
+    let mut sig = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    sig[10] ^= 0xff;
+    let public_jwks = std::fs::read(certs.dev.path(orders::dev::JWKS)).unwrap();
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("garbage", "not.a.token".into(), "MALFORMED_TOKEN"),
+        ("two parts", format!("{head}.{payload}"), "MALFORMED_TOKEN"),
+        (
+            "expired",
+            certs.token_with("alice", READ_WRITE, |c| c.exp = now() - 3600),
+            "TOKEN_EXPIRED",
+        ),
+        (
+            "not yet valid",
+            certs.token_with("alice", READ_WRITE, |c| c.nbf = now() + 3600),
+            "TOKEN_NOT_YET_VALID",
+        ),
+        (
+            "wrong issuer",
+            certs.token_with("alice", READ_WRITE, |c| c.iss = "evil".into()),
+            "WRONG_ISSUER",
+        ),
+        (
+            "wrong audience",
+            certs.token_with("alice", READ_WRITE, |c| c.aud = "other".into()),
+            "WRONG_AUDIENCE",
+        ),
+        (
+            "tampered signature",
+            format!("{head}.{payload}.{}", URL_SAFE_NO_PAD.encode(&sig)),
+            "BAD_SIGNATURE",
+        ),
+        (
+            "tampered payload",
+            format!(
+                "{head}.{}.{signature}",
+                URL_SAFE_NO_PAD
+                    .encode(serde_json::to_vec(&claims("staff-1", "orders:admin")).unwrap())
+            ),
+            "BAD_SIGNATURE",
+        ),
+        (
+            "another issuer's key (unknown kid)",
+            other.token("alice", READ_WRITE),
+            "UNKNOWN_KEY",
+        ),
+        (
+            "another key claiming our kid",
+            {
+                let pem = std::fs::read(other.dev.path(orders::dev::SIGNING_KEY)).unwrap();
+                jsonwebtoken::encode(
+                    &es256_header(&our_kid),
+                    &claims("alice", READ_WRITE),
+                    &EncodingKey::from_ec_pem(&pem).unwrap(),
+                )
+                .unwrap()
+            },
+            "BAD_SIGNATURE",
+        ),
+        (
+            "unknown kid",
+            sign_es256(&certs, es256_header("nobody"), &claims("alice", READ_WRITE)),
+            "UNKNOWN_KEY",
+        ),
+        (
+            "alg none",
+            crafted(
+                json!({"alg": "none", "typ": "JWT", "kid": our_kid}),
+                &claims("alice", READ_WRITE),
+                b"",
+            ),
+            "MALFORMED_TOKEN",
+        ),
+        (
+            "HS256 signed with the public key (algorithm confusion)",
+            {
+                let mut h = Header::new(Algorithm::HS256);
+                h.kid = Some(our_kid.clone());
+                jsonwebtoken::encode(
+                    &h,
+                    &claims("alice", READ_WRITE),
+                    &EncodingKey::from_secret(&public_jwks),
+                )
+                .unwrap()
+            },
+            "ALGORITHM_NOT_ALLOWED",
+        ),
+        (
+            "no subject",
+            sign_es256(
+                &certs,
+                es256_header(&our_kid),
+                &json!({"scope": READ_WRITE, "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600}),
+            ),
+            "MALFORMED_TOKEN",
+        ),
+        (
+            "no expiry",
+            sign_es256(
+                &certs,
+                es256_header(&our_kid),
+                &json!({"sub": "alice", "scope": READ_WRITE, "iss": ISSUER, "aud": AUDIENCE}),
+            ),
+            "MALFORMED_TOKEN",
+        ),
+        (
+            "oversized (over the 8 KiB token limit)",
+            "a".repeat(10 * 1024),
+            "TOKEN_TOO_LARGE",
+        ),
+    ];
+    for (what, token, reason) in &cases {
+        let status = call_with(&server, &[("authorization", &format!("Bearer {token}"))]).await;
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        let info = tonic_types::StatusExt::get_details_error_info(&status)
+            .unwrap_or_else(|| panic!("{what}: ErrorInfo details"));
+        assert_eq!(info.reason, *reason, "{what}");
+        assert!(
+            !status.message().contains(token.as_str()),
+            "{what}: the token is never echoed"
+        );
+    }
+
+    // Wrong places and schemes.
+    for (what, metadata) in [
+        ("no metadata", vec![]),
+        ("wrong key", vec![("x-token", valid.as_str())]),
+        (
+            "basic scheme",
+            vec![("authorization", "Basic YWxpY2U6c2VjcmV0")],
+        ),
+    ] {
+        let status = call_with(&server, &metadata).await;
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}");
+    }
+    // After all that, a valid call still works.
+    let alice = server.alice().await;
+    alice
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn scopes_gate_methods_and_scp_arrays_count() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let reader = server.client("alice", "orders:read").await;
+    let err = reader
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.reason().as_deref(), Some("MISSING_SCOPE"));
+    assert_eq!(err.error_metadata()["required_scope"], "orders:write");
+
+    let writer = server.client("alice", "orders:write").await;
+    let order = writer
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
+    assert_eq!(
+        writer.get_order(&order.id).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        writer.watch_order(&order.id, 0).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        writer.cancel_order(&order.id, 3).await.unwrap_err().code(),
+        Code::Aborted
+    );
+    assert!(reader.get_order(&order.id).await.is_ok());
+
+    // `scp` (array) works like `scope` (string).
+    let certs = &server.certs;
+    let token = sign_es256(
+        certs,
+        es256_header(&kid(certs)),
+        &json!({"sub": "alice", "scp": ["orders:read", "orders:admin"], "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600}),
+    );
+    let staff_by_scp = server.client_with_token(&token).await;
+    assert_eq!(
+        staff_by_scp
+            .advance_order(&order.id, 0)
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+}
+
+#[tokio::test]
+async fn health_needs_no_token() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let anonymous = server.anonymous().await;
+    for name in ["", "readiness", "liveness", "orders.v1.OrderService"] {
+        let status = anonymous.health(name).await.unwrap();
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{name:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn eddsa_pem_keys_and_development_hs256_secrets_verify() {
+    // An Ed25519 key from a PEM file (kid: the file stem) and an HS256 secret.
+    let certs = Arc::new(Certs::new());
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let pem_dir = tempfile::tempdir().unwrap();
+    let public = pem_dir.path().join("ed-key.pem");
+    std::fs::write(&public, ed.public_key_pem()).unwrap();
+    let secret = "a-development-secret-of-at-least-32-bytes";
+    let server = TestServer::start_with(certs.clone(), Backend::sqlite(), |s| {
+        s.auth.public_keys = vec![public.clone()];
+        s.auth.algorithms = vec!["ES256".into(), "EdDSA".into(), "HS256".into()];
+        s.auth.hs256_secret = Some(secret.to_string().into());
+        s.validate().unwrap();
+    })
+    .await;
+
+    let ed_key = EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap();
+    let mut with_kid = Header::new(Algorithm::EdDSA);
+    with_kid.kid = Some("ed-key".into());
+    let without_kid = Header::new(Algorithm::EdDSA);
+    for header in [with_kid, without_kid] {
+        let token = jsonwebtoken::encode(&header, &claims("erin", READ_WRITE), &ed_key).unwrap();
+        let erin = server.client_with_token(&token).await;
+        erin.register_order(vec![item("A", 1, 1)], address("A"))
+            .await
+            .unwrap();
+    }
+    let hs = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims("hank", READ_WRITE),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    server
+        .client_with_token(&hs)
+        .await
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
+    // The ES256 JWKS key still works beside them.
+    server
+        .alice()
+        .await
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
+    // An EdDSA token naming the ES256 key's kid is refused: key families never mix.
+    let mut confused = Header::new(Algorithm::EdDSA);
+    confused.kid = Some(kid(&certs));
+    let token = jsonwebtoken::encode(&confused, &claims("erin", READ_WRITE), &ed_key).unwrap();
+    let err = Client::get_order(&server.client_with_token(&token).await, "x")
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason().as_deref(), Some("ALGORITHM_NOT_ALLOWED"));
+}
