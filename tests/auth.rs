@@ -277,17 +277,25 @@ async fn health_needs_no_token() {
 }
 
 #[tokio::test]
-async fn eddsa_pem_keys_and_development_hs256_secrets_verify() {
-    // An Ed25519 key from a PEM file (kid: the file stem) and an HS256 secret.
+async fn rs256_and_eddsa_pem_keys_and_development_hs256_secrets_verify() {
+    // RSA and Ed25519 keys from PEM files (kid: the file stem) and an HS256 secret.
     let certs = Arc::new(Certs::new());
     let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let pem_dir = tempfile::tempdir().unwrap();
     let public = pem_dir.path().join("ed-key.pem");
     std::fs::write(&public, ed.public_key_pem()).unwrap();
+    let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let rsa_public = pem_dir.path().join("rsa-key.pem");
+    std::fs::write(&rsa_public, rsa.public_key_pem()).unwrap();
     let secret = "a-development-secret-of-at-least-32-bytes";
     let server = TestServer::start_with(certs.clone(), Backend::sqlite(), |s| {
-        s.auth.public_keys = vec![public.clone()];
-        s.auth.algorithms = vec!["ES256".into(), "EdDSA".into(), "HS256".into()];
+        s.auth.public_keys = vec![public.clone(), rsa_public.clone()];
+        s.auth.algorithms = vec![
+            "ES256".into(),
+            "RS256".into(),
+            "EdDSA".into(),
+            "HS256".into(),
+        ];
         s.auth.hs256_secret = Some(secret.to_string().into());
         s.validate().unwrap();
     })
@@ -304,6 +312,16 @@ async fn eddsa_pem_keys_and_development_hs256_secrets_verify() {
             .await
             .unwrap();
     }
+    let rsa_key = EncodingKey::from_rsa_pem(rsa.serialize_pem().as_bytes()).unwrap();
+    let mut rs = Header::new(Algorithm::RS256);
+    rs.kid = Some("rsa-key".into());
+    let token = jsonwebtoken::encode(&rs, &claims("rita", READ_WRITE), &rsa_key).unwrap();
+    server
+        .client_with_token(&token)
+        .await
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
     let hs = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims("hank", READ_WRITE),

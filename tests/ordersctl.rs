@@ -103,7 +103,8 @@ impl Ctl {
         let mut child = self
             .command(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            // Shown with the test's output if something goes wrong.
+            .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -142,7 +143,6 @@ async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
         .expect("a line within the limit")
         .unwrap()
         .expect("a line, not the end of the output");
-    eprintln!("LINE {line}");
     serde_json::from_str(&line).unwrap()
 }
 
@@ -207,7 +207,11 @@ async fn get_prints_the_order_as_json_and_as_a_table() {
     let server = TestServer::start(Backend::sqlite()).await;
     let ctl = Ctl::alice(&server);
     let id = ctl.register_id().await;
-    let order = ctl.ok(&["--output", "json", "get", &id]).await.json();
+    let run = ctl.ok(&["--output", "json", "get", &id]).await;
+    // Fields in proto order, as grpcurl prints them; one line.
+    assert!(run.stdout().starts_with("{\"id\":"), "{}", run.stdout());
+    assert_eq!(run.stdout().lines().count(), 1);
+    let order = run.json();
     assert_eq!(order["id"], id.as_str());
     assert_eq!(order["status"], "ORDER_STATUS_PENDING");
 
@@ -366,8 +370,9 @@ async fn update_sends_every_address_on_one_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_prints_every_version_and_exits_when_the_order_is_final() {
     let server = TestServer::start(Backend::sqlite()).await;
-    let id = Ctl::alice(&server).register_id().await;
-    let (child, mut lines) = Ctl::alice(&server).spawn(&["--output", "json", "watch", &id]);
+    let ctl = Ctl::alice(&server);
+    let id = ctl.register_id().await;
+    let (child, mut lines) = ctl.spawn(&["--output", "json", "watch", &id]);
     let first = next_json(&mut lines).await;
     assert_eq!(field(&first, &["order", "id"]), id);
     assert_eq!(field(&first, &["order", "version"]), "1");
@@ -386,7 +391,7 @@ async fn watch_prints_every_version_and_exits_when_the_order_is_final() {
     assert_eq!(exit_code(child, &mut lines).await, 0);
 
     // Resuming after version 2 replays 3 and 4, then ends: the order is final.
-    let replay = Ctl::alice(&server)
+    let replay = ctl
         .ok(&["--output", "json", "watch", &id, "--after-version", "2"])
         .await
         .json_lines();
@@ -607,4 +612,56 @@ async fn an_untrusted_server_certificate_suggests_ca_cert() {
     let stderr = run.stderr();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--ca-cert"), "{stderr}");
+}
+
+/// A client CA and a certificate it signed, as PEM files in `dir`.
+fn client_pki(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["ordersctl-test".to_string()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join("client-ca.pem"),
+        dir.join("client.pem"),
+        dir.join("client.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_uses_client_cert_and_client_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_ca, cert, key) = client_pki(dir.path());
+    let server =
+        TestServer::start_with(std::sync::Arc::new(Certs::new()), Backend::sqlite(), |s| {
+            s.tls.client_ca = Some(client_ca)
+        })
+        .await;
+    let ctl = Ctl::alice(&server);
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    ctl.ok(&["--client-cert", cert, "--client-key", key, "list"])
+        .await;
+    let refused = ctl.run(&["list"]).await;
+    assert_ne!(refused.code(), 0, "no client certificate, no service");
+    assert!(refused.code() > 10, "a gRPC code: {}", refused.stderr());
+    assert!(
+        refused.stderr().contains("--client-cert"),
+        "{}",
+        refused.stderr()
+    );
+    // The certificate without its key is a usage error.
+    assert_eq!(ctl.run(&["--client-cert", cert, "list"]).await.code(), 2);
 }

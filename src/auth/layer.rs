@@ -76,7 +76,6 @@ where
                 });
             match checked {
                 Ok(principal) => {
-                    tracing::Span::current().record("subject", principal.subject().as_str());
                     request.extensions_mut().insert(principal);
                 }
                 Err(err) => {

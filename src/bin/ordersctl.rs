@@ -38,6 +38,9 @@ Exit codes:
             17 PERMISSION_DENIED, 19 FAILED_PRECONDITION, 20 ABORTED,
             24 UNAVAILABLE (also: endpoint unreachable), 26 UNAUTHENTICATED";
 
+/// Subcommand help lists the connection flags apart from the command's own.
+const GLOBAL: &str = "Global options";
+
 /// Command-line client of the orders service (orders.v1.OrderService).
 #[derive(Debug, Parser)]
 #[command(name = "ordersctl", version, after_help = AFTER_HELP)]
@@ -48,33 +51,71 @@ struct Cli {
         long,
         env = "ORDERS_ENDPOINT",
         default_value = "https://localhost:50051",
-        global = true
+        global = true,
+        help_heading = GLOBAL
     )]
     endpoint: String,
 
     /// PEM file of the CA that signed the server's certificate.
-    #[arg(long, env = "ORDERS_CA_CERT", value_name = "PEM", global = true)]
+    #[arg(
+        long,
+        env = "ORDERS_CA_CERT",
+        value_name = "PEM",
+        global = true,
+        help_heading = GLOBAL
+    )]
     ca_cert: Option<PathBuf>,
 
     /// Bearer token (JWT) sent with every call.
     // hide_env_values: `--help` must never show the token taken from the environment.
-    #[arg(long, env = "ORDERS_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "ORDERS_TOKEN",
+        hide_env_values = true,
+        global = true,
+        help_heading = GLOBAL
+    )]
     token: Option<String>,
 
     /// PEM client certificate, for servers that require mutual TLS.
-    #[arg(long, value_name = "PEM", requires = "client_key", global = true)]
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "client_key",
+        global = true,
+        help_heading = GLOBAL
+    )]
     client_cert: Option<PathBuf>,
 
     /// PEM private key of --client-cert.
-    #[arg(long, value_name = "PEM", requires = "client_cert", global = true)]
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "client_cert",
+        global = true,
+        help_heading = GLOBAL
+    )]
     client_key: Option<PathBuf>,
 
     /// Deadline of each call, e.g. 5s, 500ms, 1m (watch and track have none).
-    #[arg(long, default_value = "10s", value_parser = parse_timeout, global = true)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_timeout,
+        global = true,
+        help_heading = GLOBAL
+    )]
     timeout: Duration,
 
     /// How to print results.
-    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = Output::Table,
+        global = true,
+        help_heading = GLOBAL
+    )]
     output: Output,
 
     #[command(subcommand)]
@@ -121,7 +162,12 @@ enum Command {
         /// The order id.
         id: String,
         /// A new address, "STREET|NUMBER|CITY|POSTAL_CODE" (repeatable).
-        #[arg(long = "address", required = true, value_parser = parse_address)]
+        #[arg(
+            long = "address",
+            value_name = "STREET|NUMBER|CITY|POSTAL_CODE",
+            required = true,
+            value_parser = parse_address
+        )]
         addresses: Vec<pb::Address>,
     },
     /// Print the order, then every change, one event per line, until it is
@@ -151,7 +197,12 @@ enum Command {
 #[derive(Debug, Args)]
 struct RegisterArgs {
     /// A line item, SKU:QUANTITY:UNIT_PRICE_CENTS (repeatable, at least one).
-    #[arg(long = "item", required = true, value_parser = parse_item)]
+    #[arg(
+        long = "item",
+        value_name = "SKU:QUANTITY:UNIT_PRICE_CENTS",
+        required = true,
+        value_parser = parse_item
+    )]
     items: Vec<pb::LineItem>,
     /// Delivery address: street.
     #[arg(long)]
@@ -256,6 +307,7 @@ struct Setup {
     endpoint: String,
     token_given: bool,
     ca_given: bool,
+    client_cert_given: bool,
 }
 
 enum Failure {
@@ -307,12 +359,28 @@ impl Failure {
 /// The one-line summary: `ordersctl: CODE: message (hint)`.
 fn describe(error: &Error, setup: &Setup) -> String {
     let message = match error {
-        Error::Status(status) => status.message().to_string(),
-        Error::Connect(cause) => format!("cannot connect to {}: {cause}", setup.endpoint),
+        Error::Status(status) => {
+            let message = without_violations(status.message(), &error.violations());
+            // A transport failure mid-call says only "transport error"; the
+            // why (a TLS alert, a reset) is in the status's source chain.
+            let mut chain = message.clone();
+            let mut source = std::error::Error::source(status);
+            while let Some(cause) = source {
+                chain.push_str(": ");
+                chain.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            if chain == message {
+                message
+            } else {
+                tidy(&chain)
+            }
+        }
+        Error::Connect(chain) => format!("cannot connect to {}: {}", setup.endpoint, tidy(chain)),
         other => other.to_string(),
     };
     let mut line = format!("ordersctl: {}: {message}", code_name(error.code()));
-    if let Some(hint) = hint(error, setup) {
+    if let Some(hint) = hint(error, &message, setup) {
         line.push_str(" (");
         line.push_str(&hint);
         line.push(')');
@@ -321,14 +389,50 @@ fn describe(error: &Error, setup: &Setup) -> String {
     line.replace(['\n', '\r'], " ")
 }
 
-fn hint(error: &Error, setup: &Setup) -> Option<String> {
-    let message = match error {
-        Error::Status(status) => status.message().to_ascii_lowercase(),
-        other => other.to_string().to_ascii_lowercase(),
+/// The server's message up to where it starts listing the violations, which
+/// follow on lines of their own: saying them twice buries them.
+fn without_violations(message: &str, violations: &[(String, String)]) -> String {
+    let Some((field, _)) = violations.first() else {
+        return message.to_string();
     };
-    let tls_trouble = ["certificate", "unknownissuer", "tls", "handshake"]
-        .iter()
-        .any(|needle| message.contains(needle));
+    match message.find(&format!("{field}: ")) {
+        Some(at) => {
+            let head = message[..at].trim_end_matches([':', ';', ' ']);
+            if head.is_empty() {
+                "invalid request"
+            } else {
+                head
+            }
+            .to_string()
+        }
+        None => message.to_string(),
+    }
+}
+
+/// The SDK joins a connection error's source chain with ": ", and tonic's and
+/// hyper's errors repeat their source in their own text, so the chain says
+/// things twice ("dns error: dns error: ..."). Each part is kept once, and the
+/// uninformative "transport error" not at all.
+fn tidy(chain: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in chain.split(": ") {
+        if part != "transport error" && !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}
+
+/// How to fix the common mistakes, when the error shows which one it is.
+fn hint(error: &Error, message: &str, setup: &Setup) -> Option<String> {
+    let lower = message.to_ascii_lowercase();
+    let mentions = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+    // Codes tonic gives failures of the connection rather than of the call
+    // (CANCELLED too: this client never cancels, the transport did).
+    let transport = matches!(
+        error.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    );
     match error.code() {
         Code::Unauthenticated if !setup.token_given => {
             Some("no token was sent: pass --token or set ORDERS_TOKEN".into())
@@ -343,8 +447,34 @@ fn hint(error: &Error, setup: &Setup) -> Option<String> {
         Code::PermissionDenied => error
             .error_metadata()
             .get("required_scope")
+            .filter(|scope| !message.contains(scope.as_str()))
             .map(|scope| format!("the token lacks the scope {scope}")),
-        Code::Unavailable | Code::Unknown | Code::Internal if tls_trouble => {
+        _ if transport && mentions(&["certificaterequired"]) => Some(
+            "the server requires a client certificate: pass --client-cert and --client-key".into(),
+        ),
+        _ if transport && setup.client_cert_given && mentions(&["fatal alert"]) => Some(
+            "the server refused the TLS connection: is --client-cert signed by a CA it trusts?"
+                .into(),
+        ),
+        // With TLS 1.3 a server that wants a client certificate may just
+        // hang up after the handshake, before its alert is read.
+        _ if transport
+            && !setup.client_cert_given
+            && !setup.endpoint.starts_with("http://")
+            && mentions(&["connection closed", "broken pipe", "connection reset"]) =>
+        {
+            Some(
+                "the server closed the connection; if it requires mutual TLS, \
+                 pass --client-cert and --client-key"
+                    .into(),
+            )
+        }
+        // A TLS client talking to a plaintext port reads garbage as a record.
+        _ if transport && mentions(&["corrupt message", "invalidcontenttype"]) => Some(
+            "the server did not answer in TLS; for a plaintext server use an http:// endpoint"
+                .into(),
+        ),
+        _ if transport && mentions(&["certificate", "unknownissuer", "tls", "handshake"]) => {
             Some(if setup.ca_given {
                 "TLS failed: is --ca-cert the CA that signed the server's certificate, \
                  and does that certificate name the --endpoint host?"
@@ -359,6 +489,10 @@ fn hint(error: &Error, setup: &Setup) -> Option<String> {
             "is the server running at {}? set --endpoint or ORDERS_ENDPOINT",
             setup.endpoint
         )),
+        // Plaintext HTTP/2 to a TLS port fails without saying why.
+        _ if transport && setup.endpoint.starts_with("http://") => {
+            Some("the endpoint is plaintext http://; if the server uses TLS, use https://".into())
+        }
         _ => None,
     }
 }
@@ -476,10 +610,48 @@ fn money(cents: i64) -> String {
     format!("{sign}{}.{:02}", abs / 100, abs % 100)
 }
 
+/// How the Timestamp fields of this API (`Order.create_time`, `update_time`)
+/// open in serde_json's compact output.
+const TIMESTAMP_KEYS: [&str; 2] = ["\"createTime\":\"", "\"updateTime\":\""];
+
+/// pbjson-types 0.9 writes Timestamps with chrono's `to_rfc3339`, which ends
+/// in `+00:00`; the proto3 JSON mapping (and grpcurl) writes `Z`. The digits
+/// before it (0, 3, 6 or 9 fractional) already match, so only the suffix is
+/// rewritten. This works on the text, not a `serde_json::Value`, to keep the
+/// fields in proto order as grpcurl prints them (a `Value` sorts its keys).
+/// The key pattern cannot occur inside a string value, where every quote is
+/// escaped, so user data is never touched.
+fn z_normalize_timestamps(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let mut rest = json;
+    while let Some((at, key)) = TIMESTAMP_KEYS
+        .iter()
+        .filter_map(|key| rest.find(key).map(|at| (at, key)))
+        .min()
+    {
+        let value_at = at + key.len();
+        out.push_str(&rest[..value_at]);
+        rest = &rest[value_at..];
+        // A timestamp has no escapes: its value ends at the next quote.
+        let end = rest.find('"').unwrap_or(rest.len());
+        match rest[..end].strip_suffix("+00:00") {
+            Some(utc) => {
+                out.push_str(utc);
+                out.push('Z');
+            }
+            None => out.push_str(&rest[..end]),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 struct Printer {
     format: Output,
     out: io::Stdout,
-    stream_table: Option<Table>,
+    /// Whether a stream's table header is out (it goes before the first row).
+    stream_header_done: bool,
 }
 
 impl Printer {
@@ -487,7 +659,7 @@ impl Printer {
         Self {
             format,
             out: io::stdout(),
-            stream_table: None,
+            stream_header_done: false,
         }
     }
 
@@ -500,7 +672,7 @@ impl Printer {
 
     fn json<T: serde::Serialize>(&mut self, message: &T) -> io::Result<()> {
         let text = serde_json::to_string(message).map_err(io::Error::other)?;
-        self.line(&text)
+        self.line(&z_normalize_timestamps(&text))
     }
 
     fn orders(&mut self, orders: &[pb::Order]) -> io::Result<()> {
@@ -527,13 +699,12 @@ impl Printer {
         let Some(order) = &event.order else {
             return Ok(());
         };
-        if self.stream_table.is_none() {
-            let table = Table::streaming();
+        let table = Table::streaming();
+        if !self.stream_header_done {
             self.line(&table.header())?;
-            self.stream_table = Some(table);
+            self.stream_header_done = true;
         }
-        let row = self.stream_table.as_ref().map(|t| t.row(&cells(order)));
-        self.line(&row.unwrap_or_default())
+        self.line(&table.row(&cells(order)))
     }
 }
 
@@ -680,9 +851,134 @@ async fn main() -> ExitCode {
         endpoint: cli.endpoint.clone(),
         token_given: cli.token.as_deref().is_some_and(|t| !t.is_empty()),
         ca_given: cli.ca_cert.is_some(),
+        client_cert_given: cli.client_cert.is_some(),
     };
     match run(cli).await {
         Ok(code) => code,
         Err(failure) => failure.report(&setup),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_parse_as_sku_quantity_and_price() {
+        let item = parse_item("APPLE-1:3:250").unwrap();
+        assert_eq!(
+            (item.sku.as_str(), item.quantity, item.unit_price_cents),
+            ("APPLE-1", 3, 250)
+        );
+        // Ranges are the server's to judge (it reports every violation at once).
+        assert_eq!(parse_item("APPLE-1:0:-1").unwrap().quantity, 0);
+        for bad in ["APPLE:x:1", "APPLE:1", "APPLE:1:2:3", "APPLE:1:1.5"] {
+            assert!(parse_item(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses_parse_from_four_parts() {
+        let a = parse_address("Oak Lane | 7 | Delft | 2611 AA").unwrap();
+        assert_eq!(
+            (
+                a.street.as_str(),
+                a.number,
+                a.city.as_str(),
+                a.postal_code.as_str()
+            ),
+            ("Oak Lane", 7, "Delft", "2611 AA")
+        );
+        for bad in [
+            "Oak Lane|7|Delft",
+            "Oak Lane|seven|Delft|2611 AA",
+            "a|1|b|c|d",
+        ] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn statuses_parse_in_any_case_and_either_form() {
+        for (text, status) in [
+            ("pending", pb::OrderStatus::Pending),
+            ("Shipped", pb::OrderStatus::Shipped),
+            ("ORDER_STATUS_CANCELLED", pb::OrderStatus::Cancelled),
+            ("order_status_delivered", pb::OrderStatus::Delivered),
+        ] {
+            assert_eq!(parse_status(text), Ok(status), "{text}");
+        }
+        for bad in ["unspecified", "lost", ""] {
+            assert!(parse_status(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timeouts_take_units() {
+        assert_eq!(parse_timeout("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("7"), Ok(Duration::from_secs(7)));
+        for bad in ["0s", "soon", "5d", "-1s", ""] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn money_has_two_decimals() {
+        assert_eq!(money(948), "9.48");
+        assert_eq!(money(5), "0.05");
+        assert_eq!(money(100), "1.00");
+        assert_eq!(money(-250), "-2.50");
+    }
+
+    #[test]
+    fn timestamps_end_in_z_and_nothing_else_changes() {
+        let json = r#"{"id":"x","address":{"street":"\"createTime\":\"+00:00"},"createTime":"2025-01-02T03:04:05.123+00:00","updateTime":"2025-01-02T03:04:05+00:00"}"#;
+        assert_eq!(
+            z_normalize_timestamps(json),
+            r#"{"id":"x","address":{"street":"\"createTime\":\"+00:00"},"createTime":"2025-01-02T03:04:05.123Z","updateTime":"2025-01-02T03:04:05Z"}"#
+        );
+    }
+
+    #[test]
+    fn connection_error_chains_say_each_thing_once() {
+        assert_eq!(
+            tidy("transport error: dns error: dns error: failed to lookup"),
+            "dns error: failed to lookup"
+        );
+        assert_eq!(
+            tidy(
+                "transport error: invalid peer certificate: UnknownIssuer: invalid peer certificate: UnknownIssuer"
+            ),
+            "invalid peer certificate: UnknownIssuer"
+        );
+    }
+
+    #[test]
+    fn the_summary_leaves_violations_to_their_own_lines() {
+        let violations = vec![(
+            "items[0].quantity".to_string(),
+            "must be between 1 and 1000".to_string(),
+        )];
+        assert_eq!(
+            without_violations(
+                "invalid request: items[0].quantity: must be between 1 and 1000",
+                &violations
+            ),
+            "invalid request"
+        );
+        assert_eq!(
+            without_violations("something else", &violations),
+            "something else"
+        );
+        assert_eq!(without_violations("not found", &[]), "not found");
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

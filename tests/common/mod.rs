@@ -308,6 +308,15 @@ pub fn register_request(request_id: &str) -> pb::RegisterOrderRequest {
     }
 }
 
+/// How many orders `client` can see (all pages).
+pub async fn count_orders(client: &Client) -> usize {
+    client
+        .list_all(pb::OrderStatus::Unspecified, 500)
+        .await
+        .expect("list orders")
+        .len()
+}
+
 /// The repo root (for proto/, scripts/, .venv/).
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
