@@ -88,12 +88,18 @@ impl Default for ServerSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminSettings {
     pub addr: String,
+    /// How often readiness checks the database.
+    pub check_interval_ms: u64,
+    /// How long one database check may take before it counts as failed.
+    pub check_timeout_ms: u64,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
         Self {
             addr: "0.0.0.0:8081".into(),
+            check_interval_ms: 1_000,
+            check_timeout_ms: 1_000,
         }
     }
 }
@@ -394,6 +400,12 @@ impl Settings {
         if self.server.max_concurrent_streams == 0 {
             problems.push("server.max_concurrent_streams: must be more than 0".into());
         }
+        if self.admin.check_interval_ms == 0 {
+            problems.push("admin.check_interval_ms: must be more than 0".into());
+        }
+        if self.admin.check_timeout_ms == 0 {
+            problems.push("admin.check_timeout_ms: must be more than 0".into());
+        }
         if self.server.concurrency_limit == 0 {
             problems.push("server.concurrency_limit: must be more than 0".into());
         }
@@ -523,6 +535,10 @@ impl Settings {
 
     pub fn server_addr(&self) -> SocketAddr {
         self.server.addr.parse().expect("validated")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.addr.parse().expect("validated")
     }
 
     /// The key sources the configuration names.

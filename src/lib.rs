@@ -17,6 +17,10 @@
 //! - [`startup`]: `Application::build` binds; `run_until_stopped` serves.
 //! - [`domain`]: orders, addresses, items, the lifecycle; no I/O.
 //! - [`store`]: the `Store` trait, SQLite and PostgreSQL, the change feed.
+//! - [`middleware`]: the tower layers (request id, metrics, access log,
+//!   load shedding, deadlines, panic guard).
+//! - [`health`] and [`admin`]: probes, and the plaintext admin port with
+//!   health and `GET /metrics`.
 //! - [`dev`]: development certificates and tokens.
 //!
 //! # Invariants
@@ -33,6 +37,8 @@ pub mod pb;
 pub mod sdk;
 
 #[cfg(feature = "server")]
+pub mod admin;
+#[cfg(feature = "server")]
 pub mod auth;
 #[cfg(feature = "server")]
 pub mod config;
@@ -40,6 +46,10 @@ pub mod config;
 pub mod dev;
 #[cfg(feature = "server")]
 pub mod domain;
+#[cfg(feature = "server")]
+pub mod health;
+#[cfg(feature = "server")]
+pub mod middleware;
 #[cfg(feature = "server")]
 pub mod service;
 #[cfg(feature = "server")]
@@ -52,3 +62,14 @@ pub mod store;
 pub mod telemetry;
 #[cfg(feature = "server")]
 pub mod tls;
+
+/// Aborts a background task when dropped, so tasks end with their owner.
+#[cfg(feature = "server")]
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+#[cfg(feature = "server")]
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

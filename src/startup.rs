@@ -3,10 +3,17 @@
 
 use crate::auth::{AuthLayer, Verifier};
 use crate::config::{Environment, Settings};
+use crate::health::HealthState;
+use crate::middleware::{
+    access_log::AccessLogLayer, concurrency::ConcurrencyLimitLayer, deadline::DeadlineLayer,
+    message_size::MessageSizeLayer, metrics::MetricsLayer, panic_guard::PanicGuardLayer,
+    request_id::RequestIdLayer,
+};
 use crate::pb::order_service_server::OrderServiceServer;
 use crate::service::Orders;
 use crate::store::{self, Store};
-use crate::{dev, tls};
+use crate::telemetry::Metrics;
+use crate::{admin, dev, tls};
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,11 +23,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
-use tonic_health::ServingStatus;
+use tower::ServiceBuilder;
+/// How long a connection past its maximum age may finish its calls.
+pub const CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 
-/// Health names that follow readiness (CONTRACT.md section 4).
-pub const READINESS_NAMES: [&str; 3] = ["", "readiness", "orders.v1.OrderService"];
-pub const LIVENESS: &str = "liveness";
+/// The maximum connection age, plus up to 10% at random per process, so the
+/// connections of replicas started together do not all recycle at once.
+fn jittered(age: Duration) -> Duration {
+    use rand::Rng;
+    age + age.mul_f64(rand::rng().random_range(0.0..0.1))
+}
+
 /// How long in-flight calls may take to finish once draining is over.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -28,6 +41,10 @@ pub struct Application {
     settings: Settings,
     listener: TcpListener,
     addr: SocketAddr,
+    admin_listener: TcpListener,
+    admin_addr: SocketAddr,
+    health: HealthState,
+    metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
     verifier: Verifier,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -70,10 +87,18 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.addr))?;
         let addr = listener.local_addr()?;
+        let admin_listener = TcpListener::bind(settings.admin_addr())
+            .await
+            .with_context(|| format!("cannot listen on {} (admin.addr)", settings.admin.addr))?;
+        let admin_addr = admin_listener.local_addr()?;
         Ok(Self {
             settings,
             listener,
             addr,
+            admin_listener,
+            admin_addr,
+            health: HealthState::new(),
+            metrics: Arc::new(Metrics::new()),
             store,
             verifier,
             tls,
@@ -85,8 +110,17 @@ impl Application {
         self.addr
     }
 
+    /// The bound admin address (health and `/metrics`, plaintext).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    pub fn health(&self) -> HealthState {
+        self.health.clone()
     }
 
     /// Serves until `shutdown` resolves; then turns health NOT_SERVING (all
@@ -98,15 +132,23 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let s = &self.settings;
-        let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_service_status(LIVENESS, ServingStatus::Serving)
-            .await;
-        for name in READINESS_NAMES {
-            reporter
-                .set_service_status(name, ServingStatus::Serving)
-                .await;
-        }
+        let health = self.health.clone();
+        let _database_checks = health.watch_database(
+            self.store.clone(),
+            Duration::from_millis(s.admin.check_interval_ms),
+            Duration::from_millis(s.admin.check_timeout_ms),
+        );
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = tokio::spawn(admin::serve(
+            self.admin_listener,
+            health.clone(),
+            self.metrics.clone(),
+            self.store.clone(),
+            async {
+                let _ = admin_stopped.await;
+            },
+        ));
+        tracing::info!(addr = %self.admin_addr, "serving health and /metrics (admin)");
 
         let (stopping_tx, stopping) = watch::channel(false);
         let max = s.server.max_message_bytes;
@@ -129,16 +171,33 @@ impl Application {
         };
 
         let keepalive = Duration::from_secs(s.server.keepalive_interval_secs);
+        // The order of the stack is explained in `crate::middleware`.
+        let stack = ServiceBuilder::new()
+            .layer(RequestIdLayer)
+            .layer(MetricsLayer::new(self.metrics.grpc.clone()))
+            .layer(AccessLogLayer)
+            .layer(ConcurrencyLimitLayer::new(s.server.concurrency_limit))
+            .layer(DeadlineLayer::new(
+                Duration::from_millis(s.server.default_timeout_ms),
+                Duration::from_millis(s.server.max_timeout_ms),
+            ))
+            // Auth: an unauthenticated call costs a header parse, never a
+            // handler or a database query.
+            .layer(AuthLayer::new(self.verifier.clone()))
+            .layer(MessageSizeLayer)
+            .layer(PanicGuardLayer);
         let mut server = Server::builder()
             .max_concurrent_streams(s.server.max_concurrent_streams)
             .http2_keepalive_interval((!keepalive.is_zero()).then_some(keepalive))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .max_connection_age(jittered(Duration::from_secs(
+                s.server.max_connection_age_secs,
+            )))
+            .max_connection_age_grace(CONNECTION_AGE_GRACE)
             .tcp_nodelay(true)
-            // Auth sits outermost of the per-call work: an unauthenticated
-            // call costs a header parse, never a handler or a database query.
-            .layer(AuthLayer::new(self.verifier.clone()));
+            .layer(stack);
         let router = server
-            .add_service(health)
+            .add_service(self.health.service())
             .add_service(orders)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha);
@@ -148,11 +207,7 @@ impl Application {
         let signal = async move {
             shutdown.await;
             tracing::info!(drain_secs = drain.as_secs(), "shutting down: draining");
-            for name in READINESS_NAMES {
-                reporter
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
-            }
+            health.drain();
             tokio::time::sleep(drain).await;
             let _ = stopping_tx.send(true);
             let _ = drained_tx.send(());
@@ -195,6 +250,14 @@ impl Application {
                 grace_secs = SHUTDOWN_GRACE.as_secs(),
                 "in-flight calls did not finish in time; closing their connections"
             ),
+        }
+        let _ = admin_stop.send(());
+        // Health watches on the admin port never end by themselves.
+        if tokio::time::timeout(Duration::from_secs(1), admin)
+            .await
+            .is_err()
+        {
+            tracing::debug!("admin port closed with health watches open");
         }
         tracing::info!("stopped");
         Ok(())

@@ -5,7 +5,9 @@
 //! alone, which share the port but need no token.
 
 use super::{AuthError, SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Verifier, require};
+use crate::middleware::CallContext;
 use futures::future::{Either, Ready, ready};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::Status;
 use tower::{Layer, Service};
@@ -76,6 +78,9 @@ where
                 });
             match checked {
                 Ok(principal) => {
+                    if let Some(call) = request.extensions().get::<Arc<CallContext>>() {
+                        let _ = call.subject.set(principal.subject().as_str().to_owned());
+                    }
                     request.extensions_mut().insert(principal);
                 }
                 Err(err) => {

@@ -94,6 +94,15 @@ impl StoreError {
     }
 }
 
+/// A snapshot of a connection pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub max: u32,
+    pub open: u32,
+    pub idle: u32,
+    pub in_use: u32,
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[async_trait]
@@ -124,6 +133,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Announcements of committed changes, from any replica.
     fn changes(&self) -> broadcast::Receiver<Change>;
+
+    /// The connection pool serving reads (for the pool gauges).
+    fn pool_stats(&self) -> PoolStats;
 }
 
 /// Opens the store a `database.url` names and runs its migrations.

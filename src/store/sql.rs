@@ -4,7 +4,7 @@
 //! write transaction begins and how a change is announced.
 
 use super::feed::{self, Change};
-use super::{Idempotency, Inserted, ListQuery, Result, Store, StoreError};
+use super::{Idempotency, Inserted, ListQuery, PoolStats, Result, Store, StoreError};
 use crate::domain::{Order, OrderId};
 use async_trait::async_trait;
 use sqlx::Row;
@@ -218,6 +218,18 @@ macro_rules! sql_store {
             fn changes(&self) -> broadcast::Receiver<Change> {
                 self.feed.subscribe()
             }
+
+            fn pool_stats(&self) -> PoolStats {
+                let pool = self.reader();
+                let size = pool.size();
+                let idle = pool.num_idle() as u32;
+                PoolStats {
+                    max: pool.options().get_max_connections(),
+                    open: size,
+                    idle,
+                    in_use: size.saturating_sub(idle),
+                }
+            }
         }
     };
 }
@@ -309,16 +321,8 @@ pub struct PostgresStore {
     pool: PgPool,
     feed: broadcast::Sender<Change>,
     cursor_key: Vec<u8>,
-    _listener: AbortOnDrop,
-}
-
-/// Stops the LISTEN task (and frees its connection) with the store.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    /// Stops the LISTEN task (and frees its connection) with the store.
+    _listener: crate::AbortOnDrop,
 }
 
 impl PostgresStore {
@@ -345,7 +349,7 @@ impl PostgresStore {
             pool,
             feed,
             cursor_key,
-            _listener: AbortOnDrop(task),
+            _listener: crate::AbortOnDrop(task),
         })
     }
 

@@ -1,0 +1,181 @@
+//! `grpc.health.v1.Health` for probes (CONTRACT.md section 4).
+//!
+//! Names: `liveness` is SERVING while the process can serve at all;
+//! `readiness`, `` (the empty name) and `orders.v1.OrderService` are SERVING
+//! only while the database answers the periodic check and the server is not
+//! draining. `Watch` streams every change.
+//!
+//! Hand-written over tonic-health's generated trait rather than its
+//! `HealthReporter`, because that one answers `Watch` for an unknown name with
+//! NOT_FOUND, where the health-checking spec wants a SERVICE_UNKNOWN message
+//! on a stream that stays open; and because readiness here is derived from two
+//! facts (database, draining) that must change together.
+
+use crate::store::Store;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+pub const LIVENESS: &str = "liveness";
+/// The names that follow readiness.
+pub const READINESS_NAMES: [&str; 3] = ["", "readiness", "orders.v1.OrderService"];
+
+/// The server's health, shared by the probes on both ports.
+#[derive(Clone)]
+pub struct HealthState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    liveness: watch::Sender<ServingStatus>,
+    readiness: watch::Sender<ServingStatus>,
+    database_ok: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Default for HealthState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HealthState {
+    /// Live and ready: the server is only built once the database answered.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                liveness: watch::Sender::new(ServingStatus::Serving),
+                readiness: watch::Sender::new(ServingStatus::Serving),
+                database_ok: AtomicBool::new(true),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn update(&self) {
+        let ready = self.inner.database_ok.load(Ordering::SeqCst)
+            && !self.inner.draining.load(Ordering::SeqCst);
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.inner.readiness.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+    }
+
+    pub fn set_database_ok(&self, ok: bool) {
+        if self.inner.database_ok.swap(ok, Ordering::SeqCst) != ok {
+            if ok {
+                tracing::info!("database answers again: ready");
+            } else {
+                tracing::warn!("database does not answer: not ready");
+            }
+        }
+        self.update();
+    }
+
+    /// Lame duck: not ready from now on, whatever the database says.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        self.update();
+    }
+
+    fn sender(&self, name: &str) -> Option<&watch::Sender<ServingStatus>> {
+        if name == LIVENESS {
+            Some(&self.inner.liveness)
+        } else if READINESS_NAMES.contains(&name) {
+            Some(&self.inner.readiness)
+        } else {
+            None
+        }
+    }
+
+    /// The status of a name (`None` for an unknown name).
+    pub fn status(&self, name: &str) -> Option<ServingStatus> {
+        self.sender(name).map(|s| *s.borrow())
+    }
+
+    pub fn service(&self) -> HealthServer<HealthService> {
+        HealthServer::new(HealthService {
+            state: self.clone(),
+        })
+    }
+
+    /// Checks the database every `interval` (each check bounded by
+    /// `timeout`) until the returned handle is dropped.
+    pub fn watch_database(
+        &self,
+        store: Arc<dyn Store>,
+        interval: Duration,
+        timeout: Duration,
+    ) -> crate::AbortOnDrop {
+        let state = self.clone();
+        crate::AbortOnDrop(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let ok = matches!(
+                    tokio::time::timeout(timeout, store.ping()).await,
+                    Ok(Ok(()))
+                );
+                state.set_database_ok(ok);
+            }
+        }))
+    }
+}
+
+pub struct HealthService {
+    state: HealthState,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+fn response(status: ServingStatus) -> HealthCheckResponse {
+    HealthCheckResponse {
+        status: status as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl Health for HealthService {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        match self.state.status(&request.get_ref().service) {
+            Some(status) => Ok(Response::new(response(status))),
+            None => Err(Status::not_found("unknown service name")),
+        }
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let stream: WatchStream = match self.state.sender(&request.get_ref().service) {
+            Some(sender) => Box::pin(
+                tokio_stream::wrappers::WatchStream::new(sender.subscribe())
+                    .map(|s| Ok(response(s))),
+            ),
+            None => Box::pin(
+                tokio_stream::once(Ok(response(ServingStatus::ServiceUnknown)))
+                    .chain(tokio_stream::pending()),
+            ),
+        };
+        Ok(Response::new(stream))
+    }
+}

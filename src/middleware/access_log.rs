@@ -1,0 +1,144 @@
+//! One access-log event per finished call (target `access`), with the
+//! contract's fields: `method`, `code`, `latency_ms`, `peer`, `request_id`,
+//! `trace_id`, `subject`. Never the token: only the subject auth verified.
+//!
+//! Outside auth and deadlines so refused and timed-out calls are logged too;
+//! inside request ids, so the id is known.
+
+use super::{CallContext, ObservedBody, Observer, code_name};
+use futures::future::BoxFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tonic::Code;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tower::{Layer, Service};
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id(headers: &http::HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = value.split('-');
+    let (_version, trace) = (parts.next()?, parts.next()?);
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32))
+        .then(|| trace.to_ascii_lowercase())
+}
+
+/// The remote address, over TLS or plaintext.
+pub fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
+    let ext = request.extensions();
+    ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.get_ref().remote_addr())
+        .or_else(|| ext.get::<TcpConnectInfo>().and_then(|i| i.remote_addr()))
+}
+
+struct Entry {
+    method: String,
+    peer: String,
+    trace_id: String,
+    context: Option<Arc<CallContext>>,
+    started: Instant,
+}
+
+impl Observer for Entry {
+    fn finished(self: Box<Self>, code: Code) {
+        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let (request_id, subject) = match &self.context {
+            Some(c) => (
+                c.request_id.as_str(),
+                c.subject.get().map(String::as_str).unwrap_or(""),
+            ),
+            None => ("", ""),
+        };
+        tracing::info!(
+            target: "access",
+            method = %self.method,
+            code = code_name(code),
+            latency_ms = (latency_ms * 1000.0).round() / 1000.0,
+            peer = %self.peer,
+            request_id,
+            trace_id = %self.trace_id,
+            subject,
+            "rpc finished"
+        );
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct AccessLogLayer;
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+}
+
+impl<S> Service<http::Request<tonic::body::Body>> for AccessLog<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let entry = Box::new(Entry {
+            method: request.uri().path().to_owned(),
+            peer: peer(&request).map(|p| p.to_string()).unwrap_or_default(),
+            trace_id: trace_id(request.headers()).unwrap_or_default(),
+            context: request.extensions().get::<Arc<CallContext>>().cloned(),
+            started: Instant::now(),
+        });
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let mut guard = super::FinishOnDrop(Some(entry));
+            let response = inner.call(request).await?;
+            let entry = guard.0.take().expect("taken once");
+            Ok(ObservedBody::wrap(response, entry))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            trace_id(&h).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        h.insert("traceparent", "00-xyz-00f067aa0ba902b7-01".parse().unwrap());
+        assert_eq!(trace_id(&h), None);
+        h.insert(
+            "traceparent",
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32))
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(trace_id(&h), None);
+    }
+}

@@ -1,0 +1,331 @@
+//! The tower stack every call passes through, one layer per concern.
+//!
+//! Order, outermost first (each file says why it sits where it does):
+//!
+//! 1. [`request_id`]: names the call before anything can log about it.
+//! 2. [`metrics`] and [`access_log`]: see every outcome, including refusals
+//!    by the layers below, with the status read from the trailers.
+//! 3. [`concurrency`]: sheds load before any work is done.
+//! 4. [`deadline`]: the budget covers authentication and the handler.
+//! 5. `auth` (in `crate::auth`): only authenticated calls reach handlers.
+//! 6. [`panic_guard`]: closest to the handlers, turns a panic into INTERNAL.
+//!
+//! Shared here: the method table (unary or streaming, for labels and
+//! deadlines), the per-call [`CallContext`], and [`ObservedBody`], which
+//! counts gRPC messages and reports the final `grpc-status` of a response.
+
+pub mod access_log;
+pub mod concurrency;
+pub mod deadline;
+pub mod message_size;
+pub mod metrics;
+pub mod panic_guard;
+pub mod request_id;
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tonic::Code;
+
+/// How a method streams, labelled as go-grpc-prometheus labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcKind {
+    Unary,
+    ClientStream,
+    ServerStream,
+    BidiStream,
+}
+
+impl RpcKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            RpcKind::Unary => "unary",
+            RpcKind::ClientStream => "client_stream",
+            RpcKind::ServerStream => "server_stream",
+            RpcKind::BidiStream => "bidi_stream",
+        }
+    }
+}
+
+/// A call's service and method, from its path `/package.Service/Method`.
+#[derive(Debug, Clone)]
+pub struct RpcMethod {
+    pub service: Arc<str>,
+    pub method: Arc<str>,
+    pub kind: RpcKind,
+}
+
+impl RpcMethod {
+    pub fn from_path(path: &str) -> Self {
+        let trimmed = path.trim_start_matches('/');
+        let (service, method) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+        Self {
+            kind: kind_of(service, method),
+            service: service.into(),
+            method: method.into(),
+        }
+    }
+}
+
+/// The streaming kind of the methods this server serves; anything else is
+/// treated as unary (it will be UNIMPLEMENTED anyway).
+fn kind_of(service: &str, method: &str) -> RpcKind {
+    match (service, method) {
+        ("orders.v1.OrderService", "UpdateOrder") => RpcKind::ClientStream,
+        ("orders.v1.OrderService", "WatchOrder") | ("grpc.health.v1.Health", "Watch") => {
+            RpcKind::ServerStream
+        }
+        ("orders.v1.OrderService", "TrackOrders") => RpcKind::BidiStream,
+        (s, _) if s.starts_with("grpc.reflection.") => RpcKind::BidiStream,
+        _ => RpcKind::Unary,
+    }
+}
+
+/// What the layers learn about a call, shared through request extensions:
+/// the request id (set by the outermost layer) and the authenticated subject
+/// (set by auth, read by the access log, which sits outside auth).
+#[derive(Debug, Default)]
+pub struct CallContext {
+    pub request_id: String,
+    pub subject: OnceLock<String>,
+}
+
+/// The Go-style name of a code, as dashboards label `grpc_code`.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// `grpc-status` from a header map (trailers, or the headers of a
+/// trailers-only response).
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    Some(Code::from_i32(value.parse().ok()?))
+}
+
+/// Counts length-prefixed gRPC messages in a byte stream (a message may span
+/// data frames, and a frame may hold several messages). Hand-written: it is
+/// the 5-byte framing of the gRPC spec, which no crate exposes on its own.
+#[derive(Debug, Default)]
+pub struct MessageCounter {
+    /// Bytes of the current message's body still to skip.
+    remaining: u64,
+    /// Prefix bytes of the next message seen so far (flag + 4-byte length).
+    prefix: [u8; 5],
+    prefix_len: usize,
+    pub messages: u64,
+}
+
+impl MessageCounter {
+    pub fn feed(&mut self, mut data: &[u8]) -> u64 {
+        let before = self.messages;
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let skip = self.remaining.min(data.len() as u64) as usize;
+                self.remaining -= skip as u64;
+                data = &data[skip..];
+                continue;
+            }
+            let take = (5 - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&data[..take]);
+            self.prefix_len += take;
+            data = &data[take..];
+            if self.prefix_len == 5 {
+                self.messages += 1;
+                self.remaining = u64::from(u32::from_be_bytes([
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ]));
+                self.prefix_len = 0;
+            }
+        }
+        self.messages - before
+    }
+}
+
+/// How a response ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub code: Code,
+    pub started: Instant,
+}
+
+/// Callbacks of an [`ObservedBody`].
+pub trait Observer: Send + 'static {
+    /// Some gRPC messages went out.
+    fn messages_sent(&mut self, _count: u64) {}
+    /// The response ended with `code` (CANCELLED when the client went away).
+    fn finished(self: Box<Self>, code: Code);
+}
+
+/// A response body that reports messages sent and the final status. The
+/// status of a streaming call is only known from its trailers; a body dropped
+/// before its end means the client cancelled.
+pub struct ObservedBody {
+    inner: tonic::body::Body,
+    counter: MessageCounter,
+    observer: Option<Box<dyn Observer>>,
+}
+
+impl ObservedBody {
+    /// Wraps `response`'s body; a trailers-only response (status in the
+    /// headers) is reported at once.
+    pub fn wrap(
+        response: http::Response<tonic::body::Body>,
+        observer: Box<dyn Observer>,
+    ) -> http::Response<tonic::body::Body> {
+        if let Some(code) = grpc_status(response.headers()) {
+            observer.finished(code);
+            return response;
+        }
+        if response.body().is_end_stream() {
+            // No trailers will follow: not a valid gRPC response.
+            observer.finished(Code::Unknown);
+            return response;
+        }
+        response.map(|inner| {
+            tonic::body::Body::new(ObservedBody {
+                inner,
+                counter: MessageCounter::default(),
+                observer: Some(observer),
+            })
+        })
+    }
+
+    fn finish(&mut self, code: Code) {
+        if let Some(observer) = self.observer.take() {
+            observer.finished(code);
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = this.counter.feed(data.chunk());
+                    if n > 0
+                        && let Some(o) = this.observer.as_mut()
+                    {
+                        o.messages_sent(n);
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    let code = grpc_status(trailers).unwrap_or(Code::Unknown);
+                    this.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(status))) => this.finish(status.code()),
+            // Ended without trailers: not a valid gRPC response.
+            Poll::Ready(None) => this.finish(Code::Unknown),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // Dropped before the end: the client cancelled or the connection died.
+        self.finish(Code::Cancelled);
+    }
+}
+
+/// Reports a call whose response future was dropped before it produced a
+/// response (client cancel during a unary handler).
+pub struct FinishOnDrop(pub Option<Box<dyn Observer>>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        if let Some(observer) = self.0.take() {
+            observer.finished(Code::Cancelled);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: u32) -> Vec<u8> {
+        let mut v = vec![0u8];
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend(std::iter::repeat_n(7u8, len as usize));
+        v
+    }
+
+    #[test]
+    fn counts_messages_across_and_within_chunks() {
+        let mut bytes = frame(3);
+        bytes.extend(frame(0));
+        bytes.extend(frame(10));
+        let mut c = MessageCounter::default();
+        assert_eq!(c.feed(&bytes), 3);
+        let mut c = MessageCounter::default();
+        let total: u64 = bytes.chunks(2).map(|chunk| c.feed(chunk)).sum();
+        assert_eq!(total, 3);
+    }
+
+    #[test]
+    fn methods_are_classified_by_streaming_kind() {
+        assert_eq!(
+            RpcMethod::from_path("/orders.v1.OrderService/GetOrder").kind,
+            RpcKind::Unary
+        );
+        assert_eq!(
+            RpcMethod::from_path("/orders.v1.OrderService/UpdateOrder").kind,
+            RpcKind::ClientStream
+        );
+        assert_eq!(
+            RpcMethod::from_path("/orders.v1.OrderService/WatchOrder").kind,
+            RpcKind::ServerStream
+        );
+        assert_eq!(
+            RpcMethod::from_path("/orders.v1.OrderService/TrackOrders").kind,
+            RpcKind::BidiStream
+        );
+        let m = RpcMethod::from_path("/grpc.health.v1.Health/Check");
+        assert_eq!(
+            (&*m.service, &*m.method, m.kind),
+            ("grpc.health.v1.Health", "Check", RpcKind::Unary)
+        );
+    }
+}

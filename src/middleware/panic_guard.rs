@@ -1,0 +1,69 @@
+//! A handler that panics answers INTERNAL (the cause goes to the log) and the
+//! server keeps serving; without this the panic would tear down the client's
+//! whole HTTP/2 connection, failing its other calls too.
+//!
+//! Innermost, around the handlers, so every layer outside sees an ordinary
+//! gRPC response. Hand-written over `catch_unwind` because tower-http's
+//! `CatchPanic` answers with a plain HTTP body, not a gRPC status.
+
+use futures::future::{BoxFuture, FutureExt};
+use std::panic::AssertUnwindSafe;
+use std::task::{Context, Poll};
+use tonic::Status;
+use tower::{Layer, Service};
+
+#[derive(Clone, Default)]
+pub struct PanicGuardLayer;
+
+impl<S> Layer<S> for PanicGuardLayer {
+    type Service = PanicGuard<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        PanicGuard { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct PanicGuard<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for PanicGuard<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        // A panic may also happen while the handler's future is created.
+        let future = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+            Ok(future) => future,
+            Err(panic) => return futures::future::ready(Ok(internal(&path, panic))).boxed(),
+        };
+        AssertUnwindSafe(future)
+            .catch_unwind()
+            .map(move |result| match result {
+                Ok(response) => response,
+                Err(panic) => Ok(internal(&path, panic)),
+            })
+            .boxed()
+    }
+}
+
+fn internal(path: &str, panic: Box<dyn std::any::Any + Send>) -> http::Response<tonic::body::Body> {
+    let cause = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    tracing::error!(method = path, cause, "handler panicked");
+    Status::internal("internal error").into_http()
+}
