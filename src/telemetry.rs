@@ -57,17 +57,17 @@ impl Metrics {
         let tls_expiry = Gauge::default();
         registry.register(
             "orders_db_pool_connections",
-            "Database connections by state (idle, in_use).",
+            "Database connections by state (idle, in_use)",
             pool_connections.clone(),
         );
         registry.register(
             "orders_db_pool_max_connections",
-            "Largest size of the database connection pool.",
+            "Largest size of the database connection pool",
             pool_max.clone(),
         );
         registry.register(
             "orders_tls_cert_expiry_timestamp_seconds",
-            "When the serving TLS certificate expires (Unix seconds); 0 without TLS.",
+            "When the serving TLS certificate expires (Unix seconds); 0 without TLS",
             tls_expiry.clone(),
         );
         Self {

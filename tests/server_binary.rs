@@ -101,6 +101,7 @@ async fn a_fresh_checkout_serves_tls_and_jwt_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = server(dir.path())
         .env("ORDERS__SERVER__ADDR", "127.0.0.1:0")
+        .env("ORDERS__ADMIN__ADDR", "127.0.0.1:0")
         .env("ORDERS__TELEMETRY__LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -169,4 +170,229 @@ async fn a_fresh_checkout_serves_tls_and_jwt_and_stops_cleanly_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.code(), Some(0));
+}
+
+/// A running `orders-server` process with its stdout lines collected.
+struct Running {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+    admin_port: u16,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn start(envs: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = server(dir.path());
+        cmd.env("ORDERS__SERVER__ADDR", "127.0.0.1:0")
+            .env("ORDERS__ADMIN__ADDR", "127.0.0.1:0")
+            .env("ORDERS__TELEMETRY__LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let msg = v["message"].as_str().unwrap_or_default();
+                    if msg.starts_with("serving") {
+                        let _ = tx.send((
+                            msg.to_owned(),
+                            v["addr"].as_str().unwrap_or_default().to_owned(),
+                        ));
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut port = 0;
+        let mut admin_port = 0;
+        while port == 0 || admin_port == 0 {
+            let (msg, addr) = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the server starts");
+            let p: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+            if msg.contains("admin") {
+                admin_port = p;
+            } else {
+                port = p;
+            }
+        }
+        Self {
+            child,
+            dir,
+            port,
+            admin_port,
+            lines,
+        }
+    }
+
+    fn token(&self, sub: &str) -> String {
+        let out = server(self.dir.path())
+            .args(["dev-token", "--sub", sub])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    async fn client(&self, sub: &str) -> Client {
+        Client::builder(format!("https://localhost:{}", self.port))
+            .ca_certificate(std::fs::read(self.dir.path().join("certs/dev/ca.pem")).unwrap())
+            .token(self.token(sub))
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    fn sigterm(&self) {
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    }
+
+    async fn exit_code(&mut self) -> Option<i32> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "exits within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn readiness(&self, name: &str) -> i32 {
+        let channel = tonic::transport::Endpoint::from_shared(format!(
+            "http://127.0.0.1:{}",
+            self.admin_port
+        ))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: name.into(),
+        };
+        health.check(request).await.unwrap().into_inner().status
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[tokio::test]
+async fn every_call_leaves_one_json_access_log_line_without_the_token() {
+    let mut server = Running::start(&[]);
+    let alice = server.client("alice").await;
+    let token = server.token("alice");
+    let mut raw = orders::sdk::pb::order_service_client::OrderServiceClient::new(alice.channel());
+    let mut request = tonic::Request::new(common::register_request(""));
+    let metadata = request.metadata_mut();
+    metadata.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    metadata.insert("x-request-id", "log-test-1".parse().unwrap());
+    metadata.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    raw.register_order(request).await.unwrap();
+    let mut request = tonic::Request::new(orders::sdk::pb::GetOrderRequest {
+        order_id: "x".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer not-a-token".parse().unwrap());
+    raw.get_order(request).await.unwrap_err();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let lines = server.lines.lock().unwrap().clone();
+    let access: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert_eq!(access.len(), 2, "one line per call: {access:#?}");
+    let ok = &access[0];
+    assert_eq!(ok["method"], "/orders.v1.OrderService/RegisterOrder");
+    assert_eq!(ok["code"], "OK");
+    assert_eq!(ok["request_id"], "log-test-1");
+    assert_eq!(ok["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(ok["subject"], "alice");
+    assert!(ok["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert!(ok["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let refused = &access[1];
+    assert_eq!(refused["code"], "Unauthenticated");
+    assert_eq!(refused["subject"], "");
+    assert!(uuid::Uuid::try_parse(refused["request_id"].as_str().unwrap()).is_ok());
+    let everything = lines.join("\n");
+    assert!(
+        !everything.contains(&token) && !everything.contains("not-a-token"),
+        "no token is ever logged"
+    );
+    server.sigterm();
+    assert_eq!(server.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn on_sigterm_readiness_drops_at_once_calls_in_flight_finish_and_the_exit_is_0() {
+    use sqlx::Connection;
+    let mut server = Running::start(&[("ORDERS__SHUTDOWN__DRAIN_SECS", "2")]);
+    let alice = server.client("alice").await;
+    let order = alice
+        .register_order(vec![common::item("A", 1, 1)], common::address("A"))
+        .await
+        .unwrap();
+    // Hold SQLite's write lock so the next write is in flight when the signal comes.
+    let db = format!("sqlite://{}/data/orders.db", server.dir.path().display());
+    let mut lock = sqlx::SqliteConnection::connect(&db).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let in_flight = {
+        let alice = alice.clone();
+        let id = order.id.clone();
+        tokio::spawn(async move { alice.cancel_order(&id, 0).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.sigterm();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    assert_eq!(
+        server.readiness("readiness").await,
+        ServingStatus::NotServing as i32
+    );
+    assert_eq!(server.readiness("").await, ServingStatus::NotServing as i32);
+    assert_eq!(
+        server.readiness("liveness").await,
+        ServingStatus::Serving as i32
+    );
+    // Lame duck: still serving new calls while draining.
+    assert_eq!(alice.get_order(&order.id).await.unwrap().version, 1);
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+    let cancelled = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call completes");
+    assert_eq!(cancelled.version, 2);
+    drop(alice);
+    assert_eq!(server.exit_code().await, Some(0));
 }

@@ -67,3 +67,43 @@ fn internal(path: &str, panic: Box<dyn std::any::Any + Send>) -> http::Response<
     tracing::error!(method = path, cause, "handler panicked");
     Status::internal("internal error").into_http()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_internal_and_the_service_keeps_serving() {
+        let handler = tower::service_fn(|request: http::Request<()>| async move {
+            if request.uri().path() == "/boom" {
+                panic!("handler bug");
+            }
+            Ok::<_, std::convert::Infallible>(Status::ok("").into_http())
+        });
+        let mut guarded = PanicGuardLayer.layer(handler);
+        let call = |path: &'static str| http::Request::builder().uri(path).body(()).unwrap();
+        let response = guarded
+            .ready()
+            .await
+            .unwrap()
+            .call(call("/boom"))
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::middleware::grpc_status(response.headers()),
+            Some(tonic::Code::Internal)
+        );
+        let response = guarded
+            .ready()
+            .await
+            .unwrap()
+            .call(call("/fine"))
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::middleware::grpc_status(response.headers()),
+            Some(tonic::Code::Ok)
+        );
+    }
+}

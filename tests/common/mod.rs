@@ -187,6 +187,8 @@ pub fn settings(certs: &Certs, backend: &Backend) -> Settings {
 /// A running server; stops (and waits for the stop) when dropped or `stop`ped.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub health: orders::health::HealthState,
     pub certs: Arc<Certs>,
     pub backend: Backend,
     stop: Option<oneshot::Sender<()>>,
@@ -207,17 +209,58 @@ impl TestServer {
         edit(&mut s);
         let app = Application::build(s).await.expect("server builds");
         let addr = app.local_addr();
+        let admin_addr = app.admin_addr();
+        let health = app.health();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }));
         Self {
             addr,
+            admin_addr,
+            health,
             certs,
             backend,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// `GET path` on the admin port (HTTP/1.1): the status code and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(self.admin_addr)
+            .await
+            .unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, dechunk(&body))
+    }
+
+    /// A health client on the plaintext admin port.
+    pub async fn admin_health(
+        &self,
+    ) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.admin_addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        tonic_health::pb::health_client::HealthClient::new(channel)
     }
 
     pub fn endpoint(&self) -> String {
@@ -320,4 +363,44 @@ pub async fn count_orders(client: &Client) -> usize {
 /// The repo root (for proto/, scripts/, .venv/).
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Undoes HTTP/1.1 chunked transfer encoding (hyper chunks unknown-length bodies).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return body.to_owned();
+        };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_owned();
+        };
+        if n == 0 {
+            return out;
+        }
+        if after.len() < n {
+            return body.to_owned();
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+}
+
+/// The value of one Prometheus sample, e.g.
+/// `metric(text, "grpc_server_handled_total", &[("grpc_code", "OK"), …])`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric_name, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if metric_name != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse().ok()).flatten()
+        })
 }

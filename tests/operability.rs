@@ -1,0 +1,394 @@
+//! Operability (CONTRACT.md sections 4, 5, 7): metrics with exact counts,
+//! deadlines that stop the work, load shedding, request ids, and health on
+//! the admin port.
+
+mod common;
+
+use common::*;
+use orders::sdk::pb;
+use sqlx::Connection;
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+const ORDERS: &str = "orders.v1.OrderService";
+
+/// Holds SQLite's write lock from outside the server, so the server's next
+/// write waits: a dependency made slow on purpose.
+async fn hold_write_lock(backend: &Backend) -> sqlx::SqliteConnection {
+    let mut conn = sqlx::SqliteConnection::connect(&backend.url())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+async fn release(mut lock: sqlx::SqliteConnection) {
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    lock.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_the_calls_made_with_codes_read_from_trailers() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let alice = server.alice().await;
+    let order = alice
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
+    alice
+        .register(pb::RegisterOrderRequest::default())
+        .await
+        .unwrap_err();
+    alice.get_order("no-such-order").await.unwrap_err();
+    server
+        .anonymous()
+        .await
+        .get_order(&order.id)
+        .await
+        .unwrap_err();
+    let mut watch = alice.watch_order(&order.id, 0).await.unwrap();
+    watch.next().await.unwrap().unwrap();
+    alice.cancel_order(&order.id, 0).await.unwrap();
+    watch.next().await.unwrap().unwrap();
+    assert!(watch.next().await.is_none());
+    // The server records a stream's end when its trailers go out.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (status, text) = server.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    let handled = |method: &str, kind: &str, code: &str| {
+        metric(
+            &text,
+            "grpc_server_handled_total",
+            &[
+                ("grpc_service", ORDERS),
+                ("grpc_method", method),
+                ("grpc_type", kind),
+                ("grpc_code", code),
+            ],
+        )
+    };
+    assert_eq!(handled("RegisterOrder", "unary", "OK"), Some(1.0), "{text}");
+    assert_eq!(
+        handled("RegisterOrder", "unary", "InvalidArgument"),
+        Some(1.0)
+    );
+    assert_eq!(handled("GetOrder", "unary", "NotFound"), Some(1.0));
+    assert_eq!(handled("GetOrder", "unary", "Unauthenticated"), Some(1.0));
+    assert_eq!(handled("CancelOrder", "unary", "OK"), Some(1.0));
+    assert_eq!(handled("WatchOrder", "server_stream", "OK"), Some(1.0));
+    let method = |m: &'static str, kind: &'static str| {
+        [
+            ("grpc_service", ORDERS),
+            ("grpc_method", m),
+            ("grpc_type", kind),
+        ]
+    };
+    assert_eq!(
+        metric(
+            &text,
+            "grpc_server_started_total",
+            &method("RegisterOrder", "unary")
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "grpc_server_started_total",
+            &method("GetOrder", "unary")
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "grpc_server_msg_sent_total",
+            &method("WatchOrder", "server_stream")
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "grpc_server_msg_received_total",
+            &method("WatchOrder", "server_stream")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "grpc_server_msg_received_total",
+            &method("RegisterOrder", "unary")
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "grpc_server_handling_seconds_count",
+            &method("GetOrder", "unary")
+        ),
+        Some(2.0)
+    );
+    assert!(metric(&text, "orders_db_pool_max_connections", &[]).unwrap() >= 1.0);
+    assert!(metric(&text, "orders_db_pool_connections", &[("state", "idle")]).is_some());
+    assert!(metric(&text, "orders_tls_cert_expiry_timestamp_seconds", &[]).is_some());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_default_deadline_ends_a_slow_unary_call_and_its_work_stops() {
+    let backend = Backend::sqlite();
+    let server = TestServer::start_with(std::sync::Arc::new(Certs::new()), backend.clone(), |s| {
+        s.server.default_timeout_ms = 300;
+    })
+    .await;
+    // A raw client that sends no grpc-timeout: only the server's default applies.
+    let alice = server.alice().await;
+    let mut raw = pb::order_service_client::OrderServiceClient::new(alice.channel());
+    let mut request = tonic::Request::new(register_request(""));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", server.certs.token("alice", READ_WRITE))
+            .parse()
+            .unwrap(),
+    );
+    let lock = hold_write_lock(&backend).await;
+    let started = Instant::now();
+    let err = raw.register_order(request).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::DeadlineExceeded,
+        "{err} after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "ended near its deadline, not the 5 s lock wait"
+    );
+    // Had the handler lived on, it would register the order once the lock goes.
+    release(lock).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count_orders(&alice).await,
+        0,
+        "the dropped handler wrote nothing"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_deadline_is_answered_deadline_exceeded_and_caps_apply_to_streams() {
+    let backend = Backend::sqlite();
+    let server = TestServer::start_with(std::sync::Arc::new(Certs::new()), backend.clone(), |s| {
+        s.server.max_timeout_ms = 400;
+    })
+    .await;
+    let alice = server.alice().await;
+    let order = alice
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
+
+    // The client's 300 ms deadline: the server answers, not just the client's timer.
+    let mut raw = pb::order_service_client::OrderServiceClient::new(alice.channel());
+    let lock = hold_write_lock(&backend).await;
+    let mut request = tonic::Request::new(pb::CancelOrderRequest {
+        order_id: order.id.clone(),
+        expected_version: 0,
+    });
+    request.set_timeout(Duration::from_millis(300));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", server.certs.token("alice", READ_WRITE))
+            .parse()
+            .unwrap(),
+    );
+    let status = raw.cancel_order(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    release(lock).await;
+
+    // A watch asking for an hour is capped at server.max_timeout_ms (400 ms).
+    let mut request = tonic::Request::new(pb::WatchOrderRequest {
+        order_id: order.id.clone(),
+        after_version: 0,
+    });
+    request.set_timeout(Duration::from_secs(3600));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", server.certs.token("alice", READ_WRITE))
+            .parse()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let mut stream = raw.watch_order(request).await.unwrap().into_inner();
+    assert_eq!(
+        stream.next().await.unwrap().unwrap().order.unwrap().version,
+        1
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("the stream ends");
+    assert_eq!(end.unwrap().unwrap_err().code(), Code::DeadlineExceeded);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The order was not changed by the cancel whose deadline passed.
+    assert_eq!(alice.get_order(&order.id).await.unwrap().version, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_concurrency_limit_calls_are_shed_and_the_server_recovers() {
+    let backend = Backend::sqlite();
+    let server = TestServer::start_with(std::sync::Arc::new(Certs::new()), backend.clone(), |s| {
+        s.server.concurrency_limit = 1;
+    })
+    .await;
+    let alice = server.alice().await;
+    let lock = hold_write_lock(&backend).await;
+    let busy = {
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            alice
+                .register_order(vec![item("A", 1, 1)], address("A"))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let err = alice.get_order("any").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    // Probes are never shed.
+    assert_eq!(
+        alice.health("readiness").await.unwrap(),
+        ServingStatus::Serving
+    );
+    release(lock).await;
+    busy.await.unwrap().unwrap();
+    assert_eq!(
+        count_orders(&alice).await,
+        1,
+        "recovered once the load dropped"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_made() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let mut raw = pb::order_service_client::OrderServiceClient::new(server.alice().await.channel());
+    let token = format!("Bearer {}", server.certs.token("alice", READ_WRITE));
+    let mut request = tonic::Request::new(pb::GetOrderRequest {
+        order_id: "x".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", token.parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-42".parse().unwrap());
+    let status = raw.get_order(request).await.unwrap_err();
+    assert_eq!(status.metadata().get("x-request-id").unwrap(), "req-42");
+    let mut request = tonic::Request::new(pb::ListOrdersRequest::default());
+    request
+        .metadata_mut()
+        .insert("authorization", token.parse().unwrap());
+    let response = raw.list_orders(request).await.unwrap();
+    let made = response
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(uuid::Uuid::try_parse(made).is_ok(), "{made}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_port_serves_health_watch_and_metrics_without_tls_or_token() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let mut health = server.admin_health().await;
+    for (name, expected) in [
+        ("liveness", ServingStatus::Serving),
+        ("readiness", ServingStatus::Serving),
+        ("", ServingStatus::Serving),
+        (ORDERS, ServingStatus::Serving),
+    ] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: name.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, expected as i32, "{name:?}");
+    }
+    let err = health
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let mut unknown = health
+        .watch(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        unknown.next().await.unwrap().unwrap().status,
+        ServingStatus::ServiceUnknown as i32
+    );
+
+    // Watch follows readiness: the database check failing and recovering.
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "readiness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    server.health.set_database_ok(false);
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    let live = health
+        .check(HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        live.status,
+        ServingStatus::Serving as i32,
+        "liveness does not follow the database"
+    );
+    server.health.set_database_ok(true);
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    let (status, text) = server.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("# TYPE orders_db_pool_max_connections gauge"),
+        "{text}"
+    );
+    server.stop().await;
+}
