@@ -504,6 +504,13 @@ impl Settings {
                 self.telemetry.log_level
             ));
         }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            problems.push(format!(
+                "telemetry.otlp_endpoint: {endpoint:?} is not an http:// or https:// URL"
+            ));
+        }
         if production && self.dev.generate_certs {
             problems.push("dev.generate_certs: refused in production".into());
         }

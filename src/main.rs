@@ -113,7 +113,6 @@ fn main() -> ExitCode {
 }
 
 fn serve(settings: Settings) -> ExitCode {
-    orders::telemetry::init(&settings.telemetry);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -122,6 +121,21 @@ fn serve(settings: Settings) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let telemetry = match orders::telemetry::init(&settings.telemetry) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("orders-server: telemetry.otlp_endpoint: {e:#}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+        };
+        let code = run(settings).await;
+        telemetry.shutdown().await;
+        code
+    })
+}
+
+async fn run(settings: Settings) -> ExitCode {
+    {
         let dev = settings.environment == Environment::Development;
         let app = match Application::build(settings.clone()).await {
             Ok(app) => app,
@@ -145,5 +159,5 @@ fn serve(settings: Settings) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    }
 }

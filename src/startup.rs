@@ -7,7 +7,7 @@ use crate::health::HealthState;
 use crate::middleware::{
     access_log::AccessLogLayer, concurrency::ConcurrencyLimitLayer, deadline::DeadlineLayer,
     message_size::MessageSizeLayer, metrics::MetricsLayer, panic_guard::PanicGuardLayer,
-    request_id::RequestIdLayer,
+    request_id::RequestIdLayer, trace::TraceLayer,
 };
 use crate::pb::order_service_server::OrderServiceServer;
 use crate::service::Orders;
@@ -174,6 +174,7 @@ impl Application {
         // The order of the stack is explained in `crate::middleware`.
         let stack = ServiceBuilder::new()
             .layer(RequestIdLayer)
+            .layer(TraceLayer)
             .layer(MetricsLayer::new(self.metrics.grpc.clone()))
             .layer(AccessLogLayer)
             .layer(ConcurrencyLimitLayer::new(s.server.concurrency_limit))

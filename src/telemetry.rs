@@ -1,24 +1,125 @@
-//! Logging: human-readable in development, one JSON object per line in
-//! production (`telemetry.log_format`), filtered by `telemetry.log_level`
-//! (an `EnvFilter` directive; `RUST_LOG` overrides it).
+//! Logs, traces and metrics.
+//!
+//! - Logs: human-readable in development, one JSON object per line in
+//!   production (`telemetry.log_format`), filtered by `telemetry.log_level`
+//!   (an `EnvFilter` directive; `RUST_LOG` overrides it).
+//! - Traces: the spans of `middleware::trace`, exported over OTLP/gRPC when
+//!   `telemetry.otlp_endpoint` is set.
+//! - Metrics: [`Metrics`], rendered on the admin port.
 
 use crate::config::{LogFormat, TelemetrySettings};
-use tracing_subscriber::{EnvFilter, fmt};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, fmt};
 
-/// Installs the global subscriber; a second call (tests) is a no-op.
-pub fn init(settings: &TelemetrySettings) {
+/// Keeps trace export running; [`TelemetryGuard::shutdown`] flushes it.
+#[derive(Default)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Sends the spans still buffered (bounded by the exporter's timeout).
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        }
+    }
+}
+
+/// Installs the global subscriber. Call inside the Tokio runtime (the OTLP
+/// exporter's channel lives there). A second call (tests) installs nothing.
+pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stdout);
-    let _ = match settings.log_format {
-        LogFormat::Json => builder
+    let logs = match settings.log_format {
+        LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+            .with_writer(std::io::stdout)
+            .boxed(),
+        LogFormat::Pretty => fmt::layer().with_writer(std::io::stdout).boxed(),
     };
+    let provider = match &settings.otlp_endpoint {
+        Some(endpoint) => Some(tracer_provider(endpoint)?),
+        None => None,
+    };
+    let traces = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("orders")));
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .try_init()
+        .is_ok();
+    Ok(TelemetryGuard {
+        provider: provider.filter(|_| installed),
+    })
+}
+
+fn tracer_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(Duration::from_secs(5))
+        .build()?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(OnRuntime {
+            inner: Arc::new(exporter),
+            handle: tokio::runtime::Handle::current(),
+        })
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("orders")
+                .build(),
+        )
+        .build())
+}
+
+/// Runs each export as a task on the server's Tokio runtime. The SDK's batch
+/// processor exports from a plain OS thread, where tonic's HTTP/2 client has
+/// no reactor and panics ("there is no reactor running"); awaiting a
+/// `JoinHandle` works from any thread.
+#[derive(Debug)]
+struct OnRuntime<E> {
+    inner: Arc<E>,
+    handle: tokio::runtime::Handle,
+}
+
+impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let inner = self.inner.clone();
+        let task = self.handle.spawn(async move { inner.export(batch).await });
+        async move {
+            task.await
+                .unwrap_or_else(|e| Err(OTelSdkError::InternalFailure(e.to_string())))
+        }
+    }
+
+    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.shutdown_with_timeout(timeout),
+            None => Ok(()),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.set_resource(resource);
+        }
+    }
 }
 
 use crate::middleware::metrics::GrpcMetrics;

@@ -99,7 +99,11 @@ where
         let entry = Box::new(Entry {
             method: request.uri().path().to_owned(),
             peer: peer(&request).map(|p| p.to_string()).unwrap_or_default(),
-            trace_id: trace_id(request.headers()).unwrap_or_default(),
+            // The span's trace id when traces are recorded (made here if the
+            // caller sent none), else the caller's `traceparent`.
+            trace_id: super::trace::current_trace_id()
+                .or_else(|| trace_id(request.headers()))
+                .unwrap_or_default(),
             context: request.extensions().get::<Arc<CallContext>>().cloned(),
             started: Instant::now(),
         });

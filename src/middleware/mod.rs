@@ -3,12 +3,14 @@
 //! Order, outermost first (each file says why it sits where it does):
 //!
 //! 1. [`request_id`]: names the call before anything can log about it.
-//! 2. [`metrics`] and [`access_log`]: see every outcome, including refusals
+//! 2. [`trace`]: the call's span (joining the caller's trace), so every log
+//!    line below happens inside it.
+//! 3. [`metrics`] and [`access_log`]: see every outcome, including refusals
 //!    by the layers below, with the status read from the trailers.
-//! 3. [`concurrency`]: sheds load before any work is done.
-//! 4. [`deadline`]: the budget covers authentication and the handler.
-//! 5. `auth` (in `crate::auth`): only authenticated calls reach handlers.
-//! 6. [`panic_guard`]: closest to the handlers, turns a panic into INTERNAL.
+//! 4. [`concurrency`]: sheds load before any work is done.
+//! 5. [`deadline`]: the budget covers authentication and the handler.
+//! 6. `auth` (in `crate::auth`): only authenticated calls reach handlers.
+//! 7. [`message_size`] and [`panic_guard`]: closest to the handlers, turns a panic into INTERNAL.
 //!
 //! Shared here: the method table (unary or streaming, for labels and
 //! deadlines), the per-call [`CallContext`], and [`ObservedBody`], which
@@ -21,6 +23,7 @@ pub mod message_size;
 pub mod metrics;
 pub mod panic_guard;
 pub mod request_id;
+pub mod trace;
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame};

@@ -1,6 +1,6 @@
 //! Request ids: accept the caller's `x-request-id` or make one, echo it in
-//! the response metadata, and open the call's span with it, so every log line
-//! of the call (and the access log) carries it.
+//! the response metadata, and hand it to the call's span (the trace layer)
+//! and the access log through the [`CallContext`].
 //!
 //! Outermost: nothing may log about a call before it has a name.
 
@@ -9,7 +9,6 @@ use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
-use tracing::Instrument;
 
 pub const HEADER: &str = "x-request-id";
 
@@ -58,13 +57,6 @@ where
             .map(str::to_owned)
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let method = RpcMethod::from_path(request.uri().path());
-        let span = tracing::info_span!(
-            "grpc",
-            request_id = %id,
-            rpc.system = "grpc",
-            rpc.service = %method.service,
-            rpc.method = %method.method,
-        );
         request.extensions_mut().insert(Arc::new(CallContext {
             request_id: id.clone(),
             ..Default::default()
@@ -72,15 +64,12 @@ where
         request.extensions_mut().insert(method);
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(
-            async move {
-                let mut response = inner.call(request).await?;
-                if let Ok(value) = http::HeaderValue::from_str(&id) {
-                    response.headers_mut().insert(HEADER, value);
-                }
-                Ok(response)
+        Box::pin(async move {
+            let mut response = inner.call(request).await?;
+            if let Ok(value) = http::HeaderValue::from_str(&id) {
+                response.headers_mut().insert(HEADER, value);
             }
-            .instrument(span),
-        )
+            Ok(response)
+        })
     }
 }
