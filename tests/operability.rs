@@ -392,3 +392,108 @@ async fn the_admin_port_serves_health_watch_and_metrics_without_tls_or_token() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn readiness_follows_a_real_database_outage_and_recovery() {
+    let Some(pg) = TempPostgres::start() else {
+        return;
+    };
+    let url = pg.url();
+    let server =
+        TestServer::start_with(std::sync::Arc::new(Certs::new()), Backend::sqlite(), |s| {
+            s.database.url = url.clone().into();
+            s.admin.check_interval_ms = 250;
+            s.admin.check_timeout_ms = 500;
+        })
+        .await;
+    let alice = server.alice().await;
+    let order = alice
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
+    let mut health = server.admin_health().await;
+    let mut readiness = health
+        .watch(HealthCheckRequest {
+            service: "readiness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        readiness.next().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    pg.stop();
+    let stopped = Instant::now();
+    let next = tokio::time::timeout(Duration::from_secs(5), readiness.next())
+        .await
+        .expect("readiness changes");
+    assert_eq!(
+        next.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    eprintln!(
+        "readiness turned NOT_SERVING {:?} after the database stopped",
+        stopped.elapsed()
+    );
+    let err = alice.get_order(&order.id).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    let live = health
+        .check(HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(live.status, ServingStatus::Serving as i32);
+
+    pg.start_again();
+    let next = tokio::time::timeout(Duration::from_secs(10), readiness.next())
+        .await
+        .expect("readiness recovers");
+    assert_eq!(next.unwrap().unwrap().status, ServingStatus::Serving as i32);
+    assert_eq!(
+        alice.get_order(&order.id).await.unwrap().id,
+        order.id,
+        "nothing acknowledged was lost"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn gzip_and_zstd_are_used_when_the_client_asks() {
+    use tonic::codec::CompressionEncoding;
+    let server = TestServer::start(Backend::sqlite()).await;
+    let alice = server.alice().await;
+    let order = alice
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
+    for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+        let mut raw = pb::order_service_client::OrderServiceClient::new(alice.channel())
+            .send_compressed(encoding)
+            .accept_compressed(encoding);
+        let mut request = tonic::Request::new(pb::GetOrderRequest {
+            order_id: order.id.clone(),
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", server.certs.token("alice", READ_WRITE))
+                .parse()
+                .unwrap(),
+        );
+        let response = raw.get_order(request).await.unwrap();
+        let sent = response
+            .metadata()
+            .get("grpc-encoding")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            sent.as_deref(),
+            Some(encoding.to_string().as_str()),
+            "{encoding:?}"
+        );
+        assert_eq!(response.into_inner().id, order.id);
+    }
+    server.stop().await;
+}

@@ -396,3 +396,175 @@ async fn on_sigterm_readiness_drops_at_once_calls_in_flight_finish_and_the_exit_
     drop(alice);
     assert_eq!(server.exit_code().await, Some(0));
 }
+
+#[test]
+fn each_configuration_layer_wins_over_the_one_below() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    // Keys that every layer sets to its own value: the highest layer must show.
+    std::fs::write(
+        config.join("default.toml"),
+        "[auth]\nissuer = \"i\"\naudience = \"a\"\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\nalgorithms = [\"HS256\"]\n\
+         [tls]\nenabled = false\n\
+         [server]\nconcurrency_limit = 11\nmax_concurrent_streams = 21\nkeepalive_interval_secs = 31\nmax_connection_age_secs = 41\n",
+    )
+    .unwrap();
+    std::fs::write(
+        config.join("test.toml"),
+        "[server]\nconcurrency_limit = 12\nmax_concurrent_streams = 22\nkeepalive_interval_secs = 32\n",
+    )
+    .unwrap();
+    let extra = dir.path().join("extra.toml");
+    std::fs::write(
+        &extra,
+        "[server]\nconcurrency_limit = 13\nmax_concurrent_streams = 23\n",
+    )
+    .unwrap();
+    let out = Command::new(SERVER)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("ORDERS_ENV", "test")
+        .env("ORDERS_CONFIG_DIR", &config)
+        .env("ORDERS__SERVER__CONCURRENCY_LIMIT", "14")
+        .args(["--config", extra.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "concurrency_limit = 14",       // environment variable
+        "max_concurrent_streams = 23",  // --config
+        "keepalive_interval_secs = 32", // config/test.toml
+        "max_connection_age_secs = 41", // config/default.toml
+        "max_timeout_ms = 60000",       // built-in default
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    assert!(text.contains("# environment: test"));
+}
+
+#[test]
+fn each_kind_of_bad_value_exits_78_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_file = dir.path().join("bad.toml");
+    std::fs::write(&bad_file, "[server]\nreflection = \"sometimes\"\n").unwrap();
+    let unknown_key = dir.path().join("unknown.toml");
+    std::fs::write(&unknown_key, "[server]\nadress = \"127.0.0.1:1\"\n").unwrap();
+    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<&str>, &str)> = vec![
+        (
+            "unparsable number",
+            vec![("ORDERS__SERVER__MAX_MESSAGE_BYTES", "lots")],
+            vec![],
+            "max_message_bytes",
+        ),
+        (
+            "bad address",
+            vec![("ORDERS__ADMIN__ADDR", "port-eighty")],
+            vec![],
+            "admin.addr",
+        ),
+        (
+            "bad enum",
+            vec![("ORDERS__TELEMETRY__LOG_FORMAT", "xml")],
+            vec![],
+            "log_format",
+        ),
+        (
+            "bad log filter",
+            vec![("ORDERS__TELEMETRY__LOG_LEVEL", "=[")],
+            vec![],
+            "telemetry.log_level",
+        ),
+        (
+            "bad url",
+            vec![("ORDERS__DATABASE__URL", "mysql://db")],
+            vec![],
+            "database.url",
+        ),
+        (
+            "bad otlp endpoint",
+            vec![("ORDERS__TELEMETRY__OTLP_ENDPOINT", "collector:4317")],
+            vec![],
+            "telemetry.otlp_endpoint",
+        ),
+        (
+            "unknown algorithm",
+            vec![("ORDERS__AUTH__ALGORITHMS", "ES256,XS999")],
+            vec![],
+            "auth.algorithms",
+        ),
+        (
+            "unreadable key file",
+            vec![("ORDERS__AUTH__PUBLIC_KEYS", "/nonexistent.pem")],
+            vec![],
+            "auth.public_keys[0]",
+        ),
+        (
+            "wrong type in a file",
+            vec![],
+            vec!["--config", bad_file.to_str().unwrap()],
+            "reflection",
+        ),
+        (
+            "unknown key",
+            vec![],
+            vec!["--config", unknown_key.to_str().unwrap()],
+            "adress",
+        ),
+        (
+            "missing --config file",
+            vec![],
+            vec!["--config", "/nonexistent.toml"],
+            "--config",
+        ),
+        (
+            "unknown environment",
+            vec![("ORDERS_ENV", "staging")],
+            vec![],
+            "ORDERS_ENV",
+        ),
+        (
+            "plaintext in production",
+            vec![
+                ("ORDERS_ENV", "production"),
+                ("ORDERS__TLS__ENABLED", "false"),
+            ],
+            vec![],
+            "tls.enabled",
+        ),
+        (
+            "HS256 in production",
+            vec![
+                ("ORDERS_ENV", "production"),
+                (
+                    "ORDERS__AUTH__HS256_SECRET",
+                    "0123456789abcdef0123456789abcdef",
+                ),
+            ],
+            vec![],
+            "auth.hs256_secret",
+        ),
+    ];
+    for (what, envs, args, key) in cases {
+        let mut cmd = server(dir.path());
+        for (k, v) in &envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.args(&args).arg("check-config").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{what}: {err}");
+        assert!(err.contains(key), "{what}: {key} not named in: {err}");
+    }
+    // `serve` refuses the same way, before binding anything.
+    let out = server(dir.path())
+        .env("ORDERS__SERVER__MAX_MESSAGE_BYTES", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+}
