@@ -456,7 +456,10 @@ fn each_kind_of_bad_value_exits_78_naming_the_key() {
     std::fs::write(&bad_file, "[server]\nreflection = \"sometimes\"\n").unwrap();
     let unknown_key = dir.path().join("unknown.toml");
     std::fs::write(&unknown_key, "[server]\nadress = \"127.0.0.1:1\"\n").unwrap();
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<&str>, &str)> = vec![
+    /// What is wrong, the environment and arguments that make it so, the key
+    /// the message must name.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "unparsable number",
             vec![("ORDERS__SERVER__MAX_MESSAGE_BYTES", "lots")],
