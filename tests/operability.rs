@@ -497,3 +497,40 @@ async fn gzip_and_zstd_are_used_when_the_client_asks() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_cancel_ends_the_servers_stream_work() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let alice = server.alice().await;
+    let order = alice
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
+    let mut watch = alice.watch_order(&order.id, 0).await.unwrap();
+    watch.next().await.unwrap().unwrap();
+    drop(watch); // the client cancels: RST_STREAM
+    let labels = [
+        ("grpc_service", ORDERS),
+        ("grpc_method", "WatchOrder"),
+        ("grpc_type", "server_stream"),
+        ("grpc_code", "Canceled"),
+    ];
+    let started = Instant::now();
+    loop {
+        let (_, text) = server.admin_get("/metrics").await;
+        if metric(&text, "grpc_server_handled_total", &labels) == Some(1.0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the server ended the stream: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The stream's task is gone too: a later change is not sent anywhere, and
+    // the server still shuts down at once (an open stream would hold it).
+    alice.cancel_order(&order.id, 0).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.stop())
+        .await
+        .expect("stops promptly");
+}
