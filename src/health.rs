@@ -85,6 +85,14 @@ impl HealthState {
         self.update();
     }
 
+    /// Whether the last database check succeeded. Handlers fail fast with
+    /// UNAVAILABLE while it did not, instead of each waiting for a
+    /// connection that will not come; the periodic check keeps probing and
+    /// lets calls through again as soon as the database answers.
+    pub fn database_ok(&self) -> bool {
+        self.inner.database_ok.load(Ordering::SeqCst)
+    }
+
     /// Lame duck: not ready from now on, whatever the database says.
     pub fn drain(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);

@@ -152,13 +152,14 @@ impl Application {
 
         let (stopping_tx, stopping) = watch::channel(false);
         let max = s.server.max_message_bytes;
-        let orders = OrderServiceServer::new(Orders::new(self.store.clone(), stopping))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max)
-            .accept_compressed(CompressionEncoding::Gzip)
-            .accept_compressed(CompressionEncoding::Zstd)
-            .send_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Zstd);
+        let orders =
+            OrderServiceServer::new(Orders::new(self.store.clone(), stopping, health.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .send_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Zstd);
 
         let (reflection_v1, reflection_v1alpha) = if s.server.reflection {
             // grpcurl 1.8 and many older tools speak only v1alpha.

@@ -306,7 +306,10 @@ async fn another_customers_order_and_any_malformed_id_are_not_found() {
             Code::NotFound
         );
         assert_eq!(
-            bob.watch_order(&order.id, 0).await.unwrap_err().code(),
+            bob.watch_order_stream(&order.id, 0)
+                .await
+                .unwrap_err()
+                .code(),
             Code::NotFound
         );
         assert_eq!(staff.get_order(&order.id).await.unwrap(), order);
@@ -536,7 +539,7 @@ async fn watch_sends_the_current_order_then_every_change_and_ends_when_final() {
             .register_order(vec![item("A", 1, 1)], address("A"))
             .await
             .unwrap();
-        let mut watch = alice.watch_order(&order.id, 0).await.unwrap();
+        let mut watch = alice.watch_order_stream(&order.id, 0).await.unwrap();
         assert_eq!(next_event(&mut watch).await.version, 1);
         alice
             .update_order(&order.id, vec![address("B"), address("C")])
@@ -571,13 +574,13 @@ async fn watch_resumes_after_a_version_without_missing_or_repeating_any() {
             .await
             .unwrap();
         staff.advance_order(&order.id, 0).await.unwrap(); // version 4
-        let mut watch = alice.watch_order(&order.id, 2).await.unwrap();
+        let mut watch = alice.watch_order_stream(&order.id, 2).await.unwrap();
         assert_eq!(next_event(&mut watch).await.version, 3);
         assert_eq!(next_event(&mut watch).await.version, 4);
         staff.advance_order(&order.id, 0).await.unwrap();
         assert_eq!(next_event(&mut watch).await.version, 5);
         // Up to date: nothing is resent, later changes still arrive.
-        let mut current = alice.watch_order(&order.id, 5).await.unwrap();
+        let mut current = alice.watch_order_stream(&order.id, 5).await.unwrap();
         staff.advance_order(&order.id, 0).await.unwrap();
         let delivered = next_event(&mut current).await;
         assert_eq!(
@@ -587,11 +590,15 @@ async fn watch_resumes_after_a_version_without_missing_or_repeating_any() {
         assert_ends(&mut current).await;
         // Ahead of the order: OUT_OF_RANGE.
         assert_eq!(
-            alice.watch_order(&order.id, 99).await.unwrap_err().code(),
+            alice
+                .watch_order_stream(&order.id, 99)
+                .await
+                .unwrap_err()
+                .code(),
             Code::OutOfRange
         );
         // A final order's watch sends it and ends.
-        let mut done = alice.watch_order(&order.id, 0).await.unwrap();
+        let mut done = alice.watch_order_stream(&order.id, 0).await.unwrap();
         assert_eq!(next_event(&mut done).await.version, 6);
         assert_ends(&mut done).await;
     });
@@ -611,7 +618,7 @@ async fn track_follows_many_orders_on_one_stream() {
             .unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let mut events = alice
-            .track_orders(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .track_orders_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .unwrap();
         use pb::track_orders_request::Action;
@@ -667,7 +674,7 @@ async fn track_ends_with_not_found_for_an_order_the_caller_cannot_see() {
             action: Some(pb::track_orders_request::Action::Subscribe(a.id.clone())),
         }];
         let mut events = bob
-            .track_orders(tokio_stream::iter(requests))
+            .track_orders_stream(tokio_stream::iter(requests))
             .await
             .unwrap();
         let err = tokio::time::timeout(Duration::from_secs(10), events.next())
@@ -687,7 +694,7 @@ async fn shutdown_ends_open_streams_and_returns() {
         .register_order(vec![item("A", 1, 1)], address("A"))
         .await
         .unwrap();
-    let mut watch = alice.watch_order(&order.id, 0).await.unwrap();
+    let mut watch = alice.watch_order_stream(&order.id, 0).await.unwrap();
     next_event(&mut watch).await;
     server.stop().await; // would hang if the open watch held the server
     let end = tokio::time::timeout(Duration::from_secs(10), watch.next())

@@ -235,7 +235,11 @@ async fn scopes_gate_methods_and_scp_arrays_count() {
         Code::PermissionDenied
     );
     assert_eq!(
-        writer.watch_order(&order.id, 0).await.unwrap_err().code(),
+        writer
+            .watch_order_stream(&order.id, 0)
+            .await
+            .unwrap_err()
+            .code(),
         Code::PermissionDenied
     );
     assert_eq!(

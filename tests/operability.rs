@@ -52,7 +52,7 @@ async fn metrics_count_exactly_the_calls_made_with_codes_read_from_trailers() {
         .get_order(&order.id)
         .await
         .unwrap_err();
-    let mut watch = alice.watch_order(&order.id, 0).await.unwrap();
+    let mut watch = alice.watch_order_stream(&order.id, 0).await.unwrap();
     watch.next().await.unwrap().unwrap();
     alice.cancel_order(&order.id, 0).await.unwrap();
     watch.next().await.unwrap().unwrap();
@@ -506,7 +506,7 @@ async fn a_client_cancel_ends_the_servers_stream_work() {
         .register_order(vec![item("A", 1, 1)], address("A"))
         .await
         .unwrap();
-    let mut watch = alice.watch_order(&order.id, 0).await.unwrap();
+    let mut watch = alice.watch_order_stream(&order.id, 0).await.unwrap();
     watch.next().await.unwrap().unwrap();
     drop(watch); // the client cancels: RST_STREAM
     let labels = [

@@ -39,7 +39,12 @@ async fn a_watcher_on_one_replica_sees_every_change_made_through_the_other() {
         .register_order(vec![item("A", 1, 1)], address("A"))
         .await
         .unwrap();
-    let mut watch = a.alice().await.watch_order(&order.id, 0).await.unwrap();
+    let mut watch = a
+        .alice()
+        .await
+        .watch_order_stream(&order.id, 0)
+        .await
+        .unwrap();
     assert_eq!(next(&mut watch).await.version, 1);
     let (alice_b, staff_b) = (b.alice().await, b.staff().await);
     alice_b
@@ -77,7 +82,7 @@ async fn a_watcher_on_one_replica_sees_every_change_made_through_the_other() {
     let mut track = b
         .alice()
         .await
-        .track_orders(tokio_stream::iter(requests))
+        .track_orders_stream(tokio_stream::iter(requests))
         .await
         .unwrap();
     assert_eq!(next(&mut track).await.version, 1);

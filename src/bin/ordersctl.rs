@@ -805,17 +805,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             follow(&mut out, events).await?;
         }
         Command::Track { ids } => {
-            use pb::track_orders_request::Action;
-            // Subscribe to everything, then half-close: the server ends the
-            // stream once every tracked order is final.
-            let requests: Vec<pb::TrackOrdersRequest> = ids
-                .into_iter()
-                .map(|id| pb::TrackOrdersRequest {
-                    action: Some(Action::Subscribe(id)),
-                })
-                .collect();
-            let events = client.track_orders(tokio_stream::iter(requests)).await?;
-            follow(&mut out, events).await?;
+            // Subscribe to everything, then close: the stream ends once every
+            // tracked order is final. It survives reconnects (the SDK
+            // subscribes again and drops versions already printed).
+            let mut tracker = client.track_orders();
+            for id in &ids {
+                tracker.subscribe(id).await;
+            }
+            tracker.close();
+            follow(&mut out, tracker).await?;
         }
         Command::Health { service } => {
             let status = client.health(&service).await?;
@@ -833,12 +831,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
 }
 
 /// Prints events until the server ends the stream (OK) or fails it.
+/// Prints each version of a resumable stream (`watch`, `track`) as an event.
 async fn follow(
     out: &mut Printer,
-    mut events: tonic::Streaming<pb::OrderEvent>,
+    mut orders: impl tokio_stream::Stream<Item = Result<pb::Order, Error>> + Unpin,
 ) -> Result<(), Failure> {
-    while let Some(event) = events.message().await.map_err(Error::from)? {
-        out.event(&event)?;
+    use tokio_stream::StreamExt;
+    while let Some(order) = orders.next().await {
+        out.event(&pb::OrderEvent {
+            order: Some(order?),
+        })?;
     }
     Ok(())
 }

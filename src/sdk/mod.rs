@@ -21,13 +21,23 @@
 //!
 //! Usable without the server: `orders = { default-features = false }`.
 
+mod discovery;
 mod error;
+mod retry;
+mod streams;
+mod token;
 
 pub use crate::pb;
 pub use error::Error;
+pub use retry::RetryPolicy;
+pub use streams::{OrderWatch, Tracker};
+pub use token::{FileToken, FnToken, StaticToken, TokenProvider};
 
 use pb::order_service_client::OrderServiceClient;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -35,36 +45,99 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
-/// Adds `authorization: Bearer <token>` to every call.
+/// Adds the token (and the current trace context) to every call.
 #[derive(Clone)]
-pub struct BearerToken(Option<MetadataValue<Ascii>>);
+pub struct CallMetadata {
+    token: Option<Arc<dyn TokenProvider>>,
+}
 
-impl Interceptor for BearerToken {
+impl Interceptor for CallMetadata {
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
+        if let Some(token) = self.token.as_ref().and_then(|t| t.token()) {
+            let value: MetadataValue<Ascii> = format!("Bearer {token}").parse().map_err(|_| {
+                tonic::Status::unauthenticated("the token has characters not allowed in metadata")
+            })?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        if let Some(traceparent) = current_traceparent()
+            && let Ok(value) = traceparent.parse()
+        {
+            request.metadata_mut().insert("traceparent", value);
         }
         Ok(request)
     }
 }
 
-type Inner = OrderServiceClient<InterceptedService<Channel, BearerToken>>;
+/// The W3C `traceparent` of the current tracing span, when OpenTelemetry is
+/// recording it (feature `otel`, on with `server`).
+#[cfg(feature = "server")]
+fn current_traceparent() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+#[cfg(not(feature = "server"))]
+fn current_traceparent() -> Option<String> {
+    None
+}
+
+type Inner = OrderServiceClient<InterceptedService<Channel, CallMetadata>>;
+
+/// Where the servers are.
+#[derive(Debug, Clone)]
+enum Target {
+    /// One or more endpoints (`https://host:port`), calls balanced across them.
+    Endpoints(Vec<String>),
+    /// A DNS name whose addresses are re-resolved periodically and balanced
+    /// across (a Kubernetes headless Service).
+    Dns {
+        host: String,
+        port: u16,
+        every: Duration,
+    },
+}
 
 /// Configures a [`Client`].
-#[derive(Debug, Clone)]
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), orders::sdk::Error> {
+/// use orders::sdk::{Client, FileToken, RetryPolicy};
+/// use std::time::Duration;
+/// let client = Client::builder("https://orders.example.com:50051")
+///     .ca_certificate(std::fs::read("ca.pem").unwrap())
+///     .token_provider(FileToken::new("/var/run/secrets/tokens/orders"))
+///     .timeout(Duration::from_secs(5))
+///     .retry(RetryPolicy::default().max_attempts(4))
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
 pub struct ClientBuilder {
-    endpoint: String,
+    target: Target,
     ca: Option<Vec<u8>>,
     domain: Option<String>,
     identity: Option<(Vec<u8>, Vec<u8>)>,
-    token: Option<String>,
+    token: Option<Arc<dyn TokenProvider>>,
     timeout: Duration,
     connect_timeout: Duration,
+    keepalive: Option<Duration>,
+    gzip: bool,
+    retry: RetryPolicy,
 }
 
 impl ClientBuilder {
@@ -74,7 +147,7 @@ impl ClientBuilder {
         self
     }
 
-    /// The name to expect in the server's certificate (default: the endpoint's host).
+    /// The name to expect in the server's certificate (default: the host).
     pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
         self.domain = Some(domain.into());
         self
@@ -90,37 +163,81 @@ impl ClientBuilder {
         self
     }
 
-    /// The bearer token sent with every call.
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
+    /// A fixed bearer token for every call.
+    pub fn token(self, token: impl Into<String>) -> Self {
+        self.token_provider(StaticToken::new(token))
+    }
+
+    /// Where each call's token comes from (a file, a closure, …).
+    pub fn token_provider(mut self, provider: impl TokenProvider) -> Self {
+        self.token = Some(Arc::new(provider));
         self
     }
 
-    /// The deadline of every call (sent as `grpc-timeout`). Default 10 s.
+    /// The deadline of every unary call, retries included (sent as
+    /// `grpc-timeout`). Default 10 s. [`Client::with_timeout`] overrides it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// Connects (TLS when the endpoint is `https://`, or has no scheme).
-    pub async fn connect(self) -> Result<Client, Error> {
-        let uri = if self.endpoint.contains("://") {
-            self.endpoint.clone()
+    /// How long establishing a connection may take. Default 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// HTTP/2 keepalive pings at this interval (default 30 s).
+    pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
+        self.keepalive = interval;
+        self
+    }
+
+    /// Compress requests with gzip and accept gzip responses.
+    pub fn gzip(mut self, on: bool) -> Self {
+        self.gzip = on;
+        self
+    }
+
+    /// How safe calls are retried (default: [`RetryPolicy::default`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Add another endpoint; calls are balanced across all of them.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        match &mut self.target {
+            Target::Endpoints(list) => list.push(endpoint.into()),
+            Target::Dns { .. } => self.target = Target::Endpoints(vec![endpoint.into()]),
+        }
+        self
+    }
+
+    fn with_scheme(endpoint: &str) -> String {
+        if endpoint.contains("://") {
+            endpoint.to_owned()
         } else {
-            format!("https://{}", self.endpoint)
-        };
-        let mut endpoint = Endpoint::from_shared(uri.clone())
+            format!("https://{endpoint}")
+        }
+    }
+
+    /// An `Endpoint` with this builder's TLS and connection settings.
+    fn endpoint_for(&self, uri: &str, default_domain: Option<&str>) -> Result<Endpoint, Error> {
+        let mut endpoint = Endpoint::from_shared(uri.to_owned())
             .map_err(|e| Error::config(format!("invalid endpoint {uri:?}: {e}")))?
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(self.keepalive.unwrap_or(Duration::from_secs(3600)))
+            .keep_alive_while_idle(self.keepalive.is_some());
         if uri.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
             tls = match &self.ca {
                 Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
                 None => tls.with_enabled_roots(),
             };
-            if let Some(domain) = &self.domain {
-                tls = tls.domain_name(domain.clone());
+            if let Some(domain) = self.domain.as_deref().or(default_domain) {
+                tls = tls.domain_name(domain.to_owned());
             }
             if let Some((cert, key)) = &self.identity {
                 tls = tls.identity(Identity::from_pem(cert, key));
@@ -129,8 +246,39 @@ impl ClientBuilder {
                 .tls_config(tls)
                 .map_err(|e| Error::config(format!("TLS configuration: {e}")))?;
         }
-        let channel = endpoint.connect().await.map_err(Error::connect)?;
-        Client::from_channel(channel, self.token.as_deref(), self.timeout)
+        Ok(endpoint)
+    }
+
+    /// Connects. With one endpoint the connection is made now, so a wrong
+    /// address or CA fails here; with several, or a DNS name, connections are
+    /// made as calls need them.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let channel = match &self.target {
+            Target::Endpoints(list) if list.len() == 1 => {
+                let uri = Self::with_scheme(&list[0]);
+                self.endpoint_for(&uri, None)?
+                    .connect()
+                    .await
+                    .map_err(Error::connect)?
+            }
+            Target::Endpoints(list) => {
+                let endpoints = list
+                    .iter()
+                    .map(|e| self.endpoint_for(&Self::with_scheme(e), None))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Channel::balance_list(endpoints.into_iter())
+            }
+            Target::Dns { host, port, every } => discovery::balanced(&self, host, *port, *every)?,
+        };
+        let mut client = Client::from_channel(channel, None, self.timeout)?;
+        client.metadata = CallMetadata {
+            token: self.token.clone(),
+        };
+        client.inner = client.make_inner();
+        client.retry = self.retry.clone();
+        client.gzip = self.gzip;
+        client.inner = client.make_inner();
+        Ok(client)
     }
 }
 
@@ -138,47 +286,119 @@ impl ClientBuilder {
 #[derive(Clone)]
 pub struct Client {
     channel: Channel,
+    metadata: CallMetadata,
     inner: Inner,
     timeout: Duration,
+    retry: RetryPolicy,
+    gzip: bool,
 }
 
 impl Client {
+    /// A builder for one endpoint (`https://host:port`, or `host:port`).
     pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
-            endpoint: endpoint.into(),
+            target: Target::Endpoints(vec![endpoint.into()]),
             ca: None,
             domain: None,
             identity: None,
             token: None,
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            keepalive: Some(Duration::from_secs(30)),
+            gzip: false,
+            retry: RetryPolicy::default(),
         }
     }
 
-    /// A client over an existing channel.
+    /// A builder that balances calls across every address of `host`,
+    /// resolved again every `every` (a Kubernetes headless Service). The
+    /// server certificate must be valid for `host`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// use std::time::Duration;
+    /// let client = orders::sdk::Client::builder_dns("orders-headless.shop.svc", 50051, Duration::from_secs(30))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder_dns(host: impl Into<String>, port: u16, every: Duration) -> ClientBuilder {
+        ClientBuilder {
+            target: Target::Dns {
+                host: host.into(),
+                port,
+                every,
+            },
+            ..Self::builder("")
+        }
+    }
+
+    /// A client over an existing channel, with a fixed token.
     pub fn from_channel(
         channel: Channel,
         token: Option<&str>,
         timeout: Duration,
     ) -> Result<Self, Error> {
-        let header = token
-            .map(|t| {
-                format!("Bearer {t}")
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| Error::config("the token has characters not allowed in metadata"))
-            })
-            .transpose()?;
-        let inner = OrderServiceClient::with_interceptor(channel.clone(), BearerToken(header));
-        Ok(Self {
+        if let Some(t) = token {
+            format!("Bearer {t}")
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|_| Error::config("the token has characters not allowed in metadata"))?;
+        }
+        let metadata = CallMetadata {
+            token: token.map(|t| Arc::new(StaticToken::new(t)) as Arc<dyn TokenProvider>),
+        };
+        let mut client = Self {
+            inner: OrderServiceClient::with_interceptor(channel.clone(), metadata.clone()),
             channel,
-            inner,
+            metadata,
             timeout,
-        })
+            retry: RetryPolicy::default(),
+            gzip: false,
+        };
+        client.inner = client.make_inner();
+        Ok(client)
+    }
+
+    fn make_inner(&self) -> Inner {
+        let client =
+            OrderServiceClient::with_interceptor(self.channel.clone(), self.metadata.clone());
+        if self.gzip {
+            use tonic::codec::CompressionEncoding::Gzip;
+            client.send_compressed(Gzip).accept_compressed(Gzip)
+        } else {
+            client
+        }
     }
 
     /// The same connection with another token.
     pub fn with_token(&self, token: &str) -> Result<Self, Error> {
-        Self::from_channel(self.channel.clone(), Some(token), self.timeout)
+        let mut client = Self::from_channel(self.channel.clone(), Some(token), self.timeout)?;
+        client.retry = self.retry.clone();
+        client.gzip = self.gzip;
+        client.inner = client.make_inner();
+        Ok(client)
+    }
+
+    /// The same connection with another deadline for its calls.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// let order = client.with_timeout(std::time::Duration::from_millis(200)).get_order("id").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            timeout,
+            ..self.clone()
+        }
+    }
+
+    /// The same connection with another retry policy.
+    pub fn with_retry(&self, policy: RetryPolicy) -> Self {
+        Self {
+            retry: policy,
+            ..self.clone()
+        }
     }
 
     /// The underlying channel, for other services on the same port.
@@ -186,24 +406,55 @@ impl Client {
         self.channel.clone()
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(self.timeout);
-        request
+    /// Runs a unary call within this client's deadline (retries included),
+    /// retrying on UNAVAILABLE when `safe`.
+    async fn unary<T, R, F, Fut>(&self, safe: bool, message: T, mut call: F) -> Result<R, Error>
+    where
+        T: Clone,
+        F: FnMut(Inner, tonic::Request<T>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        self.retry.record_call();
+        let mut attempt = 1;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(tonic::Status::deadline_exceeded(
+                    "deadline exceeded before the call could be made",
+                )
+                .into());
+            }
+            let mut request = tonic::Request::new(message.clone());
+            request.set_timeout(left);
+            match call(self.inner.clone(), request).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if safe && self.retry.may_retry(status.code(), attempt) => {
+                    let pause = self
+                        .retry
+                        .backoff(attempt)
+                        .min(deadline.saturating_duration_since(Instant::now()));
+                    tracing::debug!(attempt, code = ?status.code(), "retrying");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
     }
 
-    /// Registers an order with a fresh `request_id`.
+    /// Registers an order. A `request_id` is generated for it, so retries
+    /// (on UNAVAILABLE) can never register it twice.
     pub async fn register_order(
         &self,
         items: Vec<pb::LineItem>,
         address: pb::Address,
     ) -> Result<pb::Order, Error> {
-        let request_id = uuid::Uuid::new_v4().to_string();
         let response = self
             .register(pb::RegisterOrderRequest {
                 items,
                 address: Some(address),
-                request_id,
+                request_id: String::new(),
             })
             .await?;
         response
@@ -211,42 +462,41 @@ impl Client {
             .ok_or_else(|| Error::protocol("RegisterOrder answered without an order"))
     }
 
-    /// Sends a `RegisterOrderRequest` as given.
+    /// Sends a `RegisterOrderRequest`; an empty `request_id` is filled with a
+    /// new UUID first, so the call is retried safely.
     pub async fn register(
         &self,
-        request: pb::RegisterOrderRequest,
+        mut request: pb::RegisterOrderRequest,
     ) -> Result<pb::RegisterOrderResponse, Error> {
-        Ok(self
-            .inner
-            .clone()
-            .register_order(self.request(request))
-            .await?
-            .into_inner())
+        if request.request_id.is_empty() {
+            request.request_id = uuid::Uuid::new_v4().to_string();
+        }
+        self.unary(true, request, |mut c, r| async move {
+            c.register_order(r).await
+        })
+        .await
     }
 
+    /// One order (retried on UNAVAILABLE).
     pub async fn get_order(&self, order_id: &str) -> Result<pb::Order, Error> {
         let req = pb::GetOrderRequest {
             order_id: order_id.into(),
         };
-        Ok(self
-            .inner
-            .clone()
-            .get_order(self.request(req))
-            .await?
-            .into_inner())
+        self.unary(true, req, |mut c, r| async move { c.get_order(r).await })
+            .await
     }
 
-    /// One page.
+    /// One page (retried on UNAVAILABLE).
     pub async fn list_orders(
         &self,
         request: pb::ListOrdersRequest,
     ) -> Result<pb::ListOrdersResponse, Error> {
-        Ok(self
-            .inner
-            .clone()
-            .list_orders(self.request(request))
-            .await?
-            .into_inner())
+        self.unary(
+            true,
+            request,
+            |mut c, r| async move { c.list_orders(r).await },
+        )
+        .await
     }
 
     /// Every page, following `next_page_token`.
@@ -273,6 +523,7 @@ impl Client {
         }
     }
 
+    /// Cancels an order. Not retried: a repeat after a lost reply would fail.
     pub async fn cancel_order(
         &self,
         order_id: &str,
@@ -282,14 +533,15 @@ impl Client {
             order_id: order_id.into(),
             expected_version,
         };
-        Ok(self
-            .inner
-            .clone()
-            .cancel_order(self.request(req))
-            .await?
-            .into_inner())
+        self.unary(
+            false,
+            req,
+            |mut c, r| async move { c.cancel_order(r).await },
+        )
+        .await
     }
 
+    /// Moves an order one step (staff). Not retried: a repeat would advance twice.
     pub async fn advance_order(
         &self,
         order_id: &str,
@@ -299,12 +551,12 @@ impl Client {
             order_id: order_id.into(),
             expected_version,
         };
-        Ok(self
-            .inner
-            .clone()
-            .advance_order(self.request(req))
-            .await?
-            .into_inner())
+        self.unary(
+            false,
+            req,
+            |mut c, r| async move { c.advance_order(r).await },
+        )
+        .await
     }
 
     /// Streams the addresses as one `UpdateOrder` call (applied all or none).
@@ -328,18 +580,26 @@ impl Client {
         &self,
         messages: impl tokio_stream::Stream<Item = pb::UpdateOrderRequest> + Send + 'static,
     ) -> Result<pb::UpdateOrderResponse, Error> {
-        Ok(self
-            .inner
-            .clone()
-            .update_order(self.request(messages))
-            .await?
-            .into_inner())
+        let mut request = tonic::Request::new(messages);
+        request.set_timeout(self.timeout);
+        Ok(self.inner.clone().update_order(request).await?.into_inner())
     }
 
-    /// Events of one order: the current version (or those after
-    /// `after_version`), then every change until it is final. No deadline:
-    /// a watch lasts as long as the order lives.
+    /// Follows an order across server restarts and failovers: the current
+    /// version (or every version after `after_version`), then each change,
+    /// ending when the order is final. A broken stream is reopened after the
+    /// last version seen, so no version is lost or repeated. Errors the
+    /// server answers at once (NOT_FOUND, …) are returned here.
     pub async fn watch_order(
+        &self,
+        order_id: &str,
+        after_version: i64,
+    ) -> Result<OrderWatch, Error> {
+        OrderWatch::start(self.clone(), order_id.to_owned(), after_version).await
+    }
+
+    /// One `WatchOrder` stream, as the server sends it (no resumption).
+    pub async fn watch_order_stream(
         &self,
         order_id: &str,
         after_version: i64,
@@ -356,8 +616,15 @@ impl Client {
             .into_inner())
     }
 
-    /// Follows many orders on one stream; send subscribe/unsubscribe requests.
-    pub async fn track_orders(
+    /// Follows many orders on one stream that survives reconnects: on a new
+    /// connection every followed order is subscribed again and only versions
+    /// not yet seen are passed on.
+    pub fn track_orders(&self) -> Tracker {
+        Tracker::start(self.clone())
+    }
+
+    /// One `TrackOrders` stream, as the server sends it (no resumption).
+    pub async fn track_orders_stream(
         &self,
         requests: impl tokio_stream::Stream<Item = pb::TrackOrdersRequest> + Send + 'static,
     ) -> Result<tonic::Streaming<pb::OrderEvent>, Error> {
@@ -372,10 +639,11 @@ impl Client {
     /// `grpc.health.v1.Health/Check` on the same connection (no token needed).
     pub async fn health(&self, service: &str) -> Result<ServingStatus, Error> {
         let mut client = HealthClient::new(self.channel.clone());
-        let req = HealthCheckRequest {
+        let mut request = tonic::Request::new(HealthCheckRequest {
             service: service.into(),
-        };
-        let status = client.check(self.request(req)).await?.into_inner().status;
+        });
+        request.set_timeout(self.timeout);
+        let status = client.check(request).await?.into_inner().status;
         Ok(ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown))
     }
 }

@@ -25,6 +25,9 @@ pub enum ServiceError {
     OutOfRange(&'static str),
     #[error("{0}")]
     Exhausted(&'static str),
+    /// The periodic check finds the database down: fail fast.
+    #[error("database unavailable")]
+    DatabaseDown,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -75,6 +78,7 @@ impl From<ServiceError> for Status {
             ServiceError::Store(StoreError::Conflict) => {
                 Status::aborted("the order changed concurrently; read it and try again")
             }
+            ServiceError::DatabaseDown => Status::unavailable("database unavailable; retry later"),
             ServiceError::Store(StoreError::Unavailable(e)) => {
                 tracing::warn!(error = %e, "database unavailable");
                 Status::unavailable("database unavailable; retry later")

@@ -14,6 +14,7 @@ pub use error::ServiceError;
 
 use crate::auth::{Principal, principal_of};
 use crate::domain::{Caller, NewOrder, Order, OrderId, RuleError, Violations};
+use crate::health::HealthState;
 use crate::pb::{self, order_service_server::OrderService};
 use crate::store::{Idempotency, Inserted, ListQuery, Store, StoreError};
 use chrono::Utc;
@@ -46,15 +47,31 @@ pub struct Orders {
     /// UNAVAILABLE so their clients resume on another replica, and graceful
     /// shutdown is not held up by streams that would otherwise never end.
     stopping: watch::Receiver<bool>,
+    /// Fails calls fast while the database is known to be down.
+    health: HealthState,
 }
 
 impl Orders {
-    pub fn new(store: Arc<dyn Store>, stopping: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        stopping: watch::Receiver<bool>,
+        health: HealthState,
+    ) -> Self {
         let tokens = Arc::new(PageTokens::new(store.cursor_key()));
         Self {
             store,
             tokens,
             stopping,
+            health,
+        }
+    }
+
+    /// UNAVAILABLE at once while the periodic check finds the database down.
+    fn ensure_database(&self) -> Result<(), ServiceError> {
+        if self.health.database_ok() {
+            Ok(())
+        } else {
+            Err(ServiceError::DatabaseDown)
         }
     }
 
@@ -67,6 +84,7 @@ impl Orders {
     /// The order, if it exists and the caller may see it; NOT_FOUND otherwise,
     /// whatever the id looks like.
     async fn visible(&self, caller: &Caller, raw_id: &str) -> Result<Order, ServiceError> {
+        self.ensure_database()?;
         let id = OrderId::parse(raw_id).ok_or(ServiceError::NotFound)?;
         match self.store.get(&id).await? {
             Some(order) if caller.may_see(&order) => Ok(order),
@@ -116,6 +134,7 @@ impl OrderService for Orders {
     ) -> Result<Response<pb::RegisterOrderResponse>, Status> {
         let (principal, _) = caller(&request)?;
         let new = NewOrder::try_from(request.into_inner()).map_err(ServiceError::from)?;
+        self.ensure_database()?;
         let fingerprint = new.fingerprint();
         let idempotency = new.request_id().map(|id| Idempotency {
             request_id: id.as_str(),
@@ -196,6 +215,7 @@ impl OrderService for Orders {
         if !violations.is_empty() {
             return Err(ServiceError::Invalid(violations).into());
         }
+        self.ensure_database()?;
         let mut orders = self
             .store
             .list(&ListQuery {

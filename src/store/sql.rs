@@ -36,8 +36,10 @@ const GET_KEY: &str = "SELECT value FROM service_keys WHERE name = $1";
 const CURSOR_KEY_NAME: &str = "page_token_hmac";
 /// The PostgreSQL NOTIFY channel of the change feed.
 const CHANNEL: &str = "orders_changes";
-/// How long a call waits for a pooled connection before answering UNAVAILABLE.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call waits for a pooled connection before answering
+/// UNAVAILABLE (during an outage, until the readiness check notices it and
+/// calls fail at once).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn decode(doc: &str) -> Result<Order> {
     Ok(serde_json::from_str(doc)?)

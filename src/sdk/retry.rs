@@ -1,0 +1,115 @@
+//! Retries: exponential backoff with full jitter, bounded attempts, and a
+//! retry budget (tower's `TpsBudget`) so a struggling server is not buried
+//! under retries. Only calls that are safe to repeat are retried, and only on
+//! UNAVAILABLE (the server or the connection is down; nothing was done):
+//! reads, and `RegisterOrder`, whose `request_id` makes a repeat return the
+//! first order.
+
+use rand::Rng;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Code;
+use tower::retry::budget::{Budget, TpsBudget};
+
+/// How calls are retried.
+///
+/// ```
+/// use orders::sdk::RetryPolicy;
+/// use std::time::Duration;
+/// let policy = RetryPolicy::default().max_attempts(8).initial_backoff(Duration::from_millis(20));
+/// ```
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub(crate) max_attempts: u32,
+    pub(crate) initial_backoff: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) budget: Arc<TpsBudget>,
+}
+
+impl Default for RetryPolicy {
+    /// 5 attempts, backoff from 50 ms doubling to at most 2 s, and a budget
+    /// of 10 retries per second plus 20% of recent calls.
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Never retry.
+    pub fn none() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Attempts in all, the first included.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    pub fn initial_backoff(mut self, backoff: Duration) -> Self {
+        self.initial_backoff = backoff;
+        self
+    }
+
+    pub fn max_backoff(mut self, backoff: Duration) -> Self {
+        self.max_backoff = backoff;
+        self
+    }
+
+    /// The pause before attempt `attempt` (1 = the first retry): a random
+    /// time up to `initial * 2^(attempt-1)`, capped ("full jitter").
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max_backoff);
+        ceiling.mul_f64(rand::rng().random_range(0.0..=1.0))
+    }
+
+    /// Records a call's first attempt (funds the budget).
+    pub(crate) fn record_call(&self) {
+        self.budget.deposit();
+    }
+
+    /// Whether a failed attempt may be tried again.
+    pub(crate) fn may_retry(&self, code: Code, attempt: u32) -> bool {
+        code == Code::Unavailable && attempt < self.max_attempts && self.budget.withdraw()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy::default();
+        for attempt in 1..20 {
+            assert!(p.backoff(attempt) <= Duration::from_secs(2));
+        }
+        assert!(p.backoff(1) <= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn only_unavailable_is_retried_and_the_budget_runs_out() {
+        let p = RetryPolicy::default().max_attempts(1000);
+        assert!(!p.may_retry(Code::Internal, 1));
+        assert!(!p.may_retry(Code::DeadlineExceeded, 1));
+        let granted = (0..1000)
+            .filter(|_| p.may_retry(Code::Unavailable, 1))
+            .count();
+        assert!(
+            granted < 1000,
+            "the budget stops a retry storm ({granted} granted)"
+        );
+        assert!(!RetryPolicy::none().may_retry(Code::Unavailable, 1));
+    }
+}
