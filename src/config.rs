@@ -10,7 +10,7 @@
 //! wrapped in `SecretString` so `Debug` cannot print them, and serialize as
 //! `[redacted]` for `check-config`.
 
-use crate::auth::{KeySet, KeySource, TokenRules, Verifier};
+use crate::auth::{JwksUrl, KeyError, KeySource, TokenRules, Verifier, VerifierOptions};
 use jsonwebtoken::Algorithm;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
@@ -133,6 +133,21 @@ pub struct AuthSettings {
     pub jwks_url: Option<String>,
     #[serde(serialize_with = "redact_opt")]
     pub hs256_secret: Option<SecretString>,
+    /// PEM CA certificate(s) trusted for `jwks_url` instead of the public
+    /// (webpki) roots.
+    pub jwks_ca: Option<PathBuf>,
+    /// Re-read every key source this often; 0: only on unknown `kid`s.
+    pub jwks_refresh_secs: u64,
+    /// At most one unknown-`kid` refresh per this many seconds, for all
+    /// callers together, so a flood of made-up `kid`s cannot hammer the
+    /// key source.
+    pub jwks_min_refresh_secs: u64,
+    /// Deadline of one JWKS fetch (connect included).
+    pub jwks_timeout_ms: u64,
+    /// Largest JWKS document accepted from `jwks_url`.
+    pub jwks_max_bytes: usize,
+    /// Verified tokens remembered until their `exp`; 0 turns the cache off.
+    pub token_cache_size: usize,
 }
 
 impl Default for AuthSettings {
@@ -146,6 +161,12 @@ impl Default for AuthSettings {
             jwks_file: None,
             jwks_url: None,
             hs256_secret: None,
+            jwks_ca: None,
+            jwks_refresh_secs: 300,
+            jwks_min_refresh_secs: 10,
+            jwks_timeout_ms: 5_000,
+            jwks_max_bytes: 256 * 1024,
+            token_cache_size: 10_000,
         }
     }
 }
@@ -470,8 +491,33 @@ impl Settings {
         {
             problems.push(format!("auth.jwks_file: cannot read {}", p.display()));
         }
-        if self.auth.jwks_url.is_some() {
-            problems.push("auth.jwks_url: not supported yet; use auth.jwks_file".into());
+        match &self.auth.jwks_url {
+            Some(u) => match url::Url::parse(u) {
+                Ok(parsed) if parsed.scheme() == "https" && parsed.host().is_some() => {}
+                Ok(_) => problems.push("auth.jwks_url: must be an https:// URL".into()),
+                Err(e) => problems.push(format!("auth.jwks_url: not a URL ({e})")),
+            },
+            None if self.auth.jwks_ca.is_some() => {
+                problems.push("auth.jwks_ca: set, but auth.jwks_url is not".into())
+            }
+            None => {}
+        }
+        if let Some(p) = &self.auth.jwks_ca
+            && !p.is_file()
+        {
+            problems.push(format!("auth.jwks_ca: cannot read {}", p.display()));
+        }
+        if production && self.auth.jwks_min_refresh_secs == 0 {
+            problems.push(
+                "auth.jwks_min_refresh_secs: must be at least 1 in production (it rate-limits unknown-kid refreshes)"
+                    .into(),
+            );
+        }
+        if !(1..=60_000).contains(&self.auth.jwks_timeout_ms) {
+            problems.push("auth.jwks_timeout_ms: must be 1 to 60000".into());
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.auth.jwks_max_bytes) {
+            problems.push("auth.jwks_max_bytes: must be 1024 to 16777216".into());
         }
         let url = self.database.url.expose_secret();
         if !(url.starts_with("sqlite:")
@@ -525,8 +571,9 @@ impl Settings {
         self.server.addr.parse().expect("validated")
     }
 
-    /// The key sources the configuration names.
-    pub fn key_sources(&self) -> Vec<KeySource> {
+    /// The key sources the configuration names (building the HTTPS client
+    /// of `auth.jwks_url`, which reads `auth.jwks_ca`).
+    pub fn key_sources(&self) -> Result<Vec<KeySource>, KeyError> {
         let mut sources: Vec<KeySource> = self
             .auth
             .public_keys
@@ -537,24 +584,44 @@ impl Settings {
         if let Some(p) = &self.auth.jwks_file {
             sources.push(KeySource::JwksFile(p.clone()));
         }
+        if let Some(url) = &self.auth.jwks_url {
+            sources.push(KeySource::JwksUrl(JwksUrl::new(
+                url,
+                self.auth.jwks_ca.as_deref(),
+                std::time::Duration::from_millis(self.auth.jwks_timeout_ms),
+                self.auth.jwks_max_bytes,
+            )?));
+        }
         if let Some(s) = &self.auth.hs256_secret {
             sources.push(KeySource::Hs256Secret(
                 s.expose_secret().as_bytes().to_vec(),
             ));
         }
-        sources
+        Ok(sources)
     }
 
-    /// The token verifier these settings describe, with its keys loaded.
-    pub fn verifier(&self) -> anyhow::Result<Verifier> {
-        let keys = KeySet::load(&self.key_sources())?;
+    /// How the verifier refreshes keys and caches verified tokens.
+    pub fn verifier_options(&self) -> VerifierOptions {
+        use std::time::Duration;
+        VerifierOptions {
+            refresh_interval: (self.auth.jwks_refresh_secs > 0)
+                .then(|| Duration::from_secs(self.auth.jwks_refresh_secs)),
+            min_refresh_interval: Duration::from_secs(self.auth.jwks_min_refresh_secs),
+            cache_size: self.auth.token_cache_size,
+        }
+    }
+
+    /// The token verifier these settings describe, with its keys loaded (a
+    /// JWKS URL fetched: an unreachable one stops the start). Call
+    /// [`Verifier::spawn_refresh`] to keep the keys fresh.
+    pub async fn verifier(&self) -> anyhow::Result<Verifier> {
         let rules = TokenRules {
             issuer: self.auth.issuer.clone(),
             audience: self.auth.audience.clone(),
             algorithms: self.algorithms().map_err(anyhow::Error::msg)?,
             leeway_secs: self.auth.leeway_secs,
         };
-        Ok(Verifier::new(rules, keys))
+        Ok(Verifier::from_sources(rules, self.key_sources()?, self.verifier_options()).await?)
     }
 
     /// The effective configuration as TOML, secrets redacted.

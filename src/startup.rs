@@ -44,7 +44,11 @@ impl Application {
                 tracing::info!(dir = %certs.dir.display(), "generated development certificates and signing key");
             }
         }
-        let verifier = settings.verifier().context("auth")?;
+        // auth (issue 3): keys loaded (a JWKS URL fetched) before anything
+        // binds, then re-read every auth.jwks_refresh_secs by a task that ends
+        // when the last handle of the verifier goes, i.e. with the Application.
+        let verifier = settings.verifier().await.context("auth")?;
+        verifier.spawn_refresh();
         let tls = if settings.tls.enabled {
             let cert = settings
                 .tls
