@@ -66,6 +66,20 @@ pub struct ServerSettings {
     pub concurrency_limit: usize,
     pub max_connection_age_secs: u64,
     pub keepalive_interval_secs: u64,
+    /// Largest request header block (metadata included) a client may send,
+    /// in bytes (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`).
+    pub max_header_list_bytes: u32,
+    /// Streams a client may open and reset before the server accepts them,
+    /// then GOAWAY: the HTTP/2 rapid-reset defence (CVE-2023-44487).
+    pub http2_max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset because of a client's protocol errors,
+    /// then GOAWAY (the "MadeYouReset" defence, CVE-2025-8671).
+    pub http2_max_local_error_reset_streams: usize,
+    /// A client that has not finished its TLS handshake by then is dropped.
+    pub handshake_timeout_secs: u64,
+    /// A connection on which no byte moves for this long is closed; 0: never.
+    /// HTTP/2 keepalive PINGs count as traffic (see `tls::IdleTimeout`).
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -80,6 +94,11 @@ impl Default for ServerSettings {
             concurrency_limit: 1_000,
             max_connection_age_secs: 300,
             keepalive_interval_secs: 30,
+            max_header_list_bytes: 16 * 1024,
+            http2_max_pending_accept_reset_streams: 20,
+            http2_max_local_error_reset_streams: 1024,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 300,
         }
     }
 }
@@ -418,6 +437,30 @@ impl Settings {
         if self.server.concurrency_limit == 0 {
             problems.push("server.concurrency_limit: must be more than 0".into());
         }
+        // Abuse limits (issue 3): zero would disable a defence or refuse every call.
+        if !(4 * 1024..=1024 * 1024).contains(&self.server.max_header_list_bytes) {
+            problems.push("server.max_header_list_bytes: must be 4096 to 1048576".into());
+        }
+        for (key, value) in [
+            (
+                "server.http2_max_pending_accept_reset_streams",
+                self.server.http2_max_pending_accept_reset_streams,
+            ),
+            (
+                "server.http2_max_local_error_reset_streams",
+                self.server.http2_max_local_error_reset_streams,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be more than 0"));
+            }
+        }
+        if !(1..=300).contains(&self.server.handshake_timeout_secs) {
+            problems.push("server.handshake_timeout_secs: must be 1 to 300".into());
+        }
+        if self.tls.enabled && self.tls.reload_secs == 0 {
+            problems.push("tls.reload_secs: must be more than 0".into());
+        }
         if self.tls.enabled {
             let generated = self.dev.generate_certs && !production;
             for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
@@ -729,6 +772,29 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn abuse_limits_that_would_disable_a_defence_are_refused() {
+        let mut s = Settings::default();
+        s.server.max_header_list_bytes = 100;
+        s.server.http2_max_pending_accept_reset_streams = 0;
+        s.server.http2_max_local_error_reset_streams = 0;
+        s.server.handshake_timeout_secs = 0;
+        s.tls.reload_secs = 0;
+        let text = s.validate().unwrap_err().to_string();
+        for key in [
+            "server.max_header_list_bytes",
+            "server.http2_max_pending_accept_reset_streams",
+            "server.http2_max_local_error_reset_streams",
+            "server.handshake_timeout_secs",
+            "tls.reload_secs",
+        ] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+        let defaults = ServerSettings::default();
+        assert_eq!(defaults.max_header_list_bytes, 16 * 1024);
+        assert_eq!(defaults.handshake_timeout_secs, 10);
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct Application {
     addr: SocketAddr,
     store: Arc<dyn Store>,
     verifier: Verifier,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<tls::CertState>>,
 }
 
 impl Application {
@@ -56,9 +56,13 @@ impl Application {
                 .as_deref()
                 .context("tls.cert is required")?;
             let key = settings.tls.key.as_deref().context("tls.key is required")?;
-            let config =
-                tls::server_config(cert, key, settings.tls.client_ca.as_deref()).context("tls")?;
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+            // TLS (issue 3): reloadable certificate, key and client CA.
+            let files = tls::TlsFiles {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                client_ca: settings.tls.client_ca.clone(),
+            };
+            Some(tls::CertState::load(files).context("tls")?)
         } else {
             None
         };
@@ -91,6 +95,12 @@ impl Application {
 
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// The TLS configuration in service (`None` for plaintext): its
+    /// `expiry_unix()` is `orders_tls_cert_expiry_timestamp_seconds`.
+    pub fn tls_state(&self) -> Option<Arc<tls::CertState>> {
+        self.tls.clone()
     }
 
     /// Serves until `shutdown` resolves; then turns health NOT_SERVING (all
@@ -138,6 +148,15 @@ impl Application {
             .http2_keepalive_interval((!keepalive.is_zero()).then_some(keepalive))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .tcp_nodelay(true)
+            // Abuse limits (issue 3): header block size and HTTP/2 reset floods.
+            .http2_max_header_list_size(s.server.max_header_list_bytes)
+            .http2_max_pending_accept_reset_streams(Some(
+                s.server.http2_max_pending_accept_reset_streams,
+            ))
+            .http2_max_local_error_reset_streams(Some(s.server.http2_max_local_error_reset_streams))
+            // The client certificate's subject, for handlers and the access
+            // log; outside auth so refused calls carry it too.
+            .layer(tls::ClientIdentityLayer)
             // Auth sits outermost of the per-call work: an unauthenticated
             // call costs a header parse, never a handler or a database query.
             .layer(AuthLayer::new(self.verifier.clone()));
@@ -164,12 +183,27 @@ impl Application {
         };
 
         tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "serving orders.v1.OrderService");
+        // Certificate reloading (issue 3) runs while we serve: the sender is
+        // dropped when this function returns (or its future is dropped),
+        // which stops the task.
+        let (_reload_guard, reload_stop) = tokio::sync::oneshot::channel::<()>();
+        if let Some(state) = &self.tls {
+            let every = Duration::from_secs(s.tls.reload_secs.max(1));
+            tokio::spawn(state.clone().watch(every, async move {
+                let _ = reload_stop.await;
+            }));
+        }
+        let limits = tls::ConnLimits {
+            handshake_timeout: Duration::from_secs(s.server.handshake_timeout_secs),
+            idle_timeout: (s.server.idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(s.server.idle_timeout_secs)),
+        };
         let serve = async move {
             match self.tls {
-                Some(acceptor) => {
+                Some(state) => {
                     router
                         .serve_with_incoming_shutdown(
-                            tls::incoming(self.listener, acceptor),
+                            tls::incoming(self.listener, state, limits),
                             signal,
                         )
                         .await
