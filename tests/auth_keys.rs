@@ -467,3 +467,26 @@ async fn jwks_url_with_an_untrusted_certificate_or_plain_http_is_refused() {
         "{problems}"
     );
 }
+
+#[tokio::test]
+async fn the_periodic_refresh_stops_with_the_application() {
+    let certs = Arc::new(Certs::new());
+    let key = TestKey::new("k");
+    let jwks_server = JwksServer::start(&certs, jwks(&[&key])).await;
+    let server = server_with_url(certs, &jwks_server, |s| s.auth.jwks_refresh_secs = 1).await;
+    assert!(accepted(&server, &key.token("alice")).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async { jwks_server.hits() >= 3 }).await,
+        "the JWKS is re-read every second while the server runs"
+    );
+    server.stop().await;
+    // A fetch may have been under way at the stop; after that, silence.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let at_stop = jwks_server.hits();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        jwks_server.hits(),
+        at_stop,
+        "no JWKS fetch after the Application stopped"
+    );
+}
