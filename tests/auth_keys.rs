@@ -348,8 +348,17 @@ async fn a_rewritten_jwks_file_is_picked_up_without_restart() {
     .await;
     assert!(accepted(&server, &old.token("alice")).await);
 
-    // (e) Add a key: its first token triggers the re-read.
-    atomic_write(&file, &jwks(&[&old, &new]));
+    // (e) Add a key: its first token triggers the re-read. Keys we cannot
+    // use beside it (an encryption key, an unknown key type) are skipped,
+    // not a reason to refuse the whole set.
+    let mut document: serde_json::Value = serde_json::from_str(&jwks(&[&old, &new])).unwrap();
+    let keys = document["keys"].as_array_mut().unwrap();
+    keys.insert(
+        0,
+        json!({"kty": "EC", "crv": "P-256", "use": "enc", "kid": "enc", "x": "AA", "y": "AA"}),
+    );
+    keys.push(json!({"kty": "quantum", "kid": "future"}));
+    atomic_write(&file, &document.to_string());
     let client = server.client_with_token(&new.token("bob")).await;
     client
         .register_order(vec![item("A", 1, 1)], address("A"))

@@ -6,7 +6,7 @@
 
 use super::AuthError;
 use super::fetch::JwksUrl;
-use jsonwebtoken::{Algorithm, DecodingKey, jwk::JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, jwk::Jwk};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -276,20 +276,39 @@ fn pem_key(path: &Path, pem: &[u8]) -> Result<Key, KeyError> {
     Ok(Key { kid, key })
 }
 
+/// The signing keys of a JWKS document. An invalid document is refused
+/// whole; inside a valid one, encryption keys (`"use": "enc"`) are skipped,
+/// and so, with a warning, are keys of a type or curve we cannot use (an
+/// identity provider may publish them beside its signing keys: refusing
+/// the whole set would block every rotation).
 fn jwks_keys(origin: &str, bytes: &[u8]) -> Result<Vec<Key>, KeyError> {
+    #[derive(serde::Deserialize)]
+    struct Document {
+        keys: Vec<serde_json::Value>,
+    }
     let bad = |reason: String| KeyError::Jwks {
         path: origin.to_owned(),
         reason,
     };
-    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-    set.keys
-        .iter()
-        .map(|jwk| {
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
-            Ok(Key {
-                kid: jwk.common.key_id.clone(),
-                key,
-            })
-        })
-        .collect()
+    let document: Document = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    let mut keys = Vec::new();
+    for (i, value) in document.keys.into_iter().enumerate() {
+        if value.get("use").and_then(|u| u.as_str()) == Some("enc") {
+            continue;
+        }
+        let usable = serde_json::from_value::<Jwk>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|jwk| {
+                let key = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+                Ok(Key {
+                    kid: jwk.common.key_id,
+                    key,
+                })
+            });
+        match usable {
+            Ok(key) => keys.push(key),
+            Err(reason) => tracing::warn!(jwks = origin, index = i, %reason, "JWKS key skipped"),
+        }
+    }
+    Ok(keys)
 }
