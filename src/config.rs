@@ -798,6 +798,46 @@ mod tests {
     }
 
     #[test]
+    fn jwks_url_keys_are_validated_each_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings::default();
+        s.tls.enabled = false;
+        s.auth.issuer = "i".into();
+        s.auth.audience = "a".into();
+        s.auth.jwks_url = Some("https://login.example.com/keys".into());
+        s.validate()
+            .expect("an https JWKS URL alone is a key source");
+
+        s.auth.jwks_url = Some("http://login.example.com/keys".into());
+        s.auth.jwks_ca = Some(dir.path().join("missing.pem"));
+        s.auth.jwks_timeout_ms = 0;
+        s.auth.jwks_max_bytes = 10;
+        let text = s.validate().unwrap_err().to_string();
+        for expected in [
+            "auth.jwks_url: must be an https:// URL",
+            "auth.jwks_ca: cannot read",
+            "auth.jwks_timeout_ms",
+            "auth.jwks_max_bytes",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from: {text}");
+        }
+
+        s.auth.jwks_url = None;
+        s.auth.jwks_ca = None;
+        s.auth.jwks_timeout_ms = 5_000;
+        s.auth.jwks_max_bytes = 1024;
+        s.auth.jwks_file = Some(dir.path().join("jwks.json"));
+        std::fs::write(dir.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
+        s.auth.jwks_min_refresh_secs = 0;
+        s.validate()
+            .expect("no rate limit is allowed outside production");
+        s.environment = Environment::Production;
+        s.tls.enabled = true;
+        let text = s.validate().unwrap_err().to_string();
+        assert!(text.contains("auth.jwks_min_refresh_secs"), "{text}");
+    }
+
+    #[test]
     fn secrets_are_redacted_in_the_rendered_configuration() {
         let mut s = Settings::default();
         s.auth.hs256_secret = Some(SecretString::from("super-secret-value-that-is-long-enough"));
