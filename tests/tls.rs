@@ -395,7 +395,21 @@ async fn an_invalid_new_certificate_is_refused_and_the_last_good_one_stays() {
     let certs = Certs::new();
     let server = Running::start(rotating_settings(&certs, &Backend::sqlite(), &vol)).await;
     let expiry = server.state.expiry_unix();
-    let wait_ticks = || tokio::time::sleep(Duration::from_millis(2_500));
+    // Waits until a reload has looked at the new files (its verdict is logged).
+    let until_refused = async |what: &str| {
+        let start = Instant::now();
+        loop {
+            let text = logs.text();
+            if text.contains("TLS reload") || text.contains("TLS certificate reloaded") {
+                return logs.take();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{what}: no reload verdict logged within 10 s: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
 
     let v2 = ca.server("orders-server-v2");
     let stranger = ca.server("orders-server-stranger");
@@ -416,14 +430,13 @@ async fn an_invalid_new_certificate_is_refused_and_the_last_good_one_stays() {
     ];
     for (what, cert, key) in cases {
         vol.update(cert, key);
-        wait_ticks().await;
+        let text = until_refused(what).await;
         assert_eq!(
             served_cn(server.addr, &ca.pem).await,
             "orders-server-v1",
             "{what} was put in service"
         );
         assert_eq!(server.state.expiry_unix(), expiry, "{what}");
-        let text = logs.take();
         assert!(
             text.contains("ERROR")
                 && text.contains("TLS reload refused")
