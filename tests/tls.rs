@@ -503,3 +503,48 @@ async fn an_expired_or_mismatched_certificate_stops_the_server_before_it_binds()
         );
     }
 }
+
+#[tokio::test]
+async fn a_replaced_client_ca_takes_effect_for_new_connections_without_restart() {
+    let old_ca = Ca::new("old clients CA");
+    let new_ca = Ca::new("new clients CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("clients-ca.pem");
+    std::fs::write(&ca_file, &old_ca.pem).unwrap();
+    let certs = Certs::new();
+    let mut s = settings(&certs, &Backend::sqlite());
+    s.tls.client_ca = Some(ca_file.clone());
+    s.tls.reload_secs = 1;
+    let server = Running::start(s).await;
+    let token = certs.token("alice", READ_WRITE);
+    let with = |leaf: &Leaf| {
+        Client::builder(format!("https://localhost:{}", server.addr.port()))
+            .ca_certificate(certs.ca())
+            .token(token.clone())
+            .client_identity(leaf.cert.clone(), leaf.key.clone())
+    };
+    let old_client = old_ca.leaf("old-client", ExtendedKeyUsagePurpose::ClientAuth);
+    let new_client = new_ca.leaf("new-client", ExtendedKeyUsagePurpose::ClientAuth);
+    one_call(with(&old_client))
+        .await
+        .expect("old CA's client served");
+    assert!(one_call(with(&new_client)).await.is_err());
+
+    // Replace the CA file atomically (write beside it, rename over).
+    let tmp = dir.path().join(".clients-ca.pem.tmp");
+    std::fs::write(&tmp, &new_ca.pem).unwrap();
+    std::fs::rename(&tmp, &ca_file).unwrap();
+    let start = Instant::now();
+    while one_call(with(&new_client)).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the new client CA was not picked up within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        one_call(with(&old_client)).await.is_err(),
+        "a client of the removed CA is still served"
+    );
+    server.stop().await;
+}
