@@ -20,11 +20,16 @@ pub async fn serve(
     health: HealthState,
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
+    tls: Option<Arc<crate::tls::CertState>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let router = Routes::new(health.service()).into_axum_router().route(
         "/metrics",
         axum::routing::get(move || {
+            // Read at scrape time, so it follows certificate reloads.
+            if let Some(tls) = &tls {
+                metrics.set_tls_expiry(tls.expiry_unix());
+            }
             let text = metrics.render(&*store);
             async move { ([(http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text) }
         }),

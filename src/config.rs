@@ -10,7 +10,7 @@
 //! wrapped in `SecretString` so `Debug` cannot print them, and serialize as
 //! `[redacted]` for `check-config`.
 
-use crate::auth::{KeySet, KeySource, TokenRules, Verifier};
+use crate::auth::{JwksUrl, KeyError, KeySource, TokenRules, Verifier, VerifierOptions};
 use jsonwebtoken::Algorithm;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
@@ -66,6 +66,20 @@ pub struct ServerSettings {
     pub concurrency_limit: usize,
     pub max_connection_age_secs: u64,
     pub keepalive_interval_secs: u64,
+    /// Largest request header block (metadata included) a client may send,
+    /// in bytes (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`).
+    pub max_header_list_bytes: u32,
+    /// Streams a client may open and reset before the server accepts them,
+    /// then GOAWAY: the HTTP/2 rapid-reset defence (CVE-2023-44487).
+    pub http2_max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset because of a client's protocol errors,
+    /// then GOAWAY (the "MadeYouReset" defence, CVE-2025-8671).
+    pub http2_max_local_error_reset_streams: usize,
+    /// A client that has not finished its TLS handshake by then is dropped.
+    pub handshake_timeout_secs: u64,
+    /// A connection on which no byte moves for this long is closed; 0: never.
+    /// HTTP/2 keepalive PINGs count as traffic (see `tls::IdleTimeout`).
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -80,6 +94,11 @@ impl Default for ServerSettings {
             concurrency_limit: 1_000,
             max_connection_age_secs: 300,
             keepalive_interval_secs: 30,
+            max_header_list_bytes: 16 * 1024,
+            http2_max_pending_accept_reset_streams: 20,
+            http2_max_local_error_reset_streams: 1024,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 300,
         }
     }
 }
@@ -139,6 +158,21 @@ pub struct AuthSettings {
     pub jwks_url: Option<String>,
     #[serde(serialize_with = "redact_opt")]
     pub hs256_secret: Option<SecretString>,
+    /// PEM CA certificate(s) trusted for `jwks_url` instead of the public
+    /// (webpki) roots.
+    pub jwks_ca: Option<PathBuf>,
+    /// Re-read every key source this often; 0: only on unknown `kid`s.
+    pub jwks_refresh_secs: u64,
+    /// At most one unknown-`kid` refresh per this many seconds, for all
+    /// callers together, so a flood of made-up `kid`s cannot hammer the
+    /// key source.
+    pub jwks_min_refresh_secs: u64,
+    /// Deadline of one JWKS fetch (connect included).
+    pub jwks_timeout_ms: u64,
+    /// Largest JWKS document accepted from `jwks_url`.
+    pub jwks_max_bytes: usize,
+    /// Verified tokens remembered until their `exp`; 0 turns the cache off.
+    pub token_cache_size: usize,
 }
 
 impl Default for AuthSettings {
@@ -152,6 +186,12 @@ impl Default for AuthSettings {
             jwks_file: None,
             jwks_url: None,
             hs256_secret: None,
+            jwks_ca: None,
+            jwks_refresh_secs: 300,
+            jwks_min_refresh_secs: 10,
+            jwks_timeout_ms: 5_000,
+            jwks_max_bytes: 256 * 1024,
+            token_cache_size: 10_000,
         }
     }
 }
@@ -409,6 +449,30 @@ impl Settings {
         if self.server.concurrency_limit == 0 {
             problems.push("server.concurrency_limit: must be more than 0".into());
         }
+        // Abuse limits (issue 3): zero would disable a defence or refuse every call.
+        if !(4 * 1024..=1024 * 1024).contains(&self.server.max_header_list_bytes) {
+            problems.push("server.max_header_list_bytes: must be 4096 to 1048576".into());
+        }
+        for (key, value) in [
+            (
+                "server.http2_max_pending_accept_reset_streams",
+                self.server.http2_max_pending_accept_reset_streams,
+            ),
+            (
+                "server.http2_max_local_error_reset_streams",
+                self.server.http2_max_local_error_reset_streams,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be more than 0"));
+            }
+        }
+        if !(1..=300).contains(&self.server.handshake_timeout_secs) {
+            problems.push("server.handshake_timeout_secs: must be 1 to 300".into());
+        }
+        if self.tls.enabled && self.tls.reload_secs == 0 {
+            problems.push("tls.reload_secs: must be more than 0".into());
+        }
         if self.tls.enabled {
             let generated = self.dev.generate_certs && !production;
             for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
@@ -482,8 +546,33 @@ impl Settings {
         {
             problems.push(format!("auth.jwks_file: cannot read {}", p.display()));
         }
-        if self.auth.jwks_url.is_some() {
-            problems.push("auth.jwks_url: not supported yet; use auth.jwks_file".into());
+        match &self.auth.jwks_url {
+            Some(u) => match url::Url::parse(u) {
+                Ok(parsed) if parsed.scheme() == "https" && parsed.host().is_some() => {}
+                Ok(_) => problems.push("auth.jwks_url: must be an https:// URL".into()),
+                Err(e) => problems.push(format!("auth.jwks_url: not a URL ({e})")),
+            },
+            None if self.auth.jwks_ca.is_some() => {
+                problems.push("auth.jwks_ca: set, but auth.jwks_url is not".into())
+            }
+            None => {}
+        }
+        if let Some(p) = &self.auth.jwks_ca
+            && !p.is_file()
+        {
+            problems.push(format!("auth.jwks_ca: cannot read {}", p.display()));
+        }
+        if production && self.auth.jwks_min_refresh_secs == 0 {
+            problems.push(
+                "auth.jwks_min_refresh_secs: must be at least 1 in production (it rate-limits unknown-kid refreshes)"
+                    .into(),
+            );
+        }
+        if !(1..=60_000).contains(&self.auth.jwks_timeout_ms) {
+            problems.push("auth.jwks_timeout_ms: must be 1 to 60000".into());
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.auth.jwks_max_bytes) {
+            problems.push("auth.jwks_max_bytes: must be 1024 to 16777216".into());
         }
         let url = self.database.url.expose_secret();
         if !(url.starts_with("sqlite:")
@@ -548,8 +637,9 @@ impl Settings {
         self.admin.addr.parse().expect("validated")
     }
 
-    /// The key sources the configuration names.
-    pub fn key_sources(&self) -> Vec<KeySource> {
+    /// The key sources the configuration names (building the HTTPS client
+    /// of `auth.jwks_url`, which reads `auth.jwks_ca`).
+    pub fn key_sources(&self) -> Result<Vec<KeySource>, KeyError> {
         let mut sources: Vec<KeySource> = self
             .auth
             .public_keys
@@ -560,24 +650,44 @@ impl Settings {
         if let Some(p) = &self.auth.jwks_file {
             sources.push(KeySource::JwksFile(p.clone()));
         }
+        if let Some(url) = &self.auth.jwks_url {
+            sources.push(KeySource::JwksUrl(JwksUrl::new(
+                url,
+                self.auth.jwks_ca.as_deref(),
+                std::time::Duration::from_millis(self.auth.jwks_timeout_ms),
+                self.auth.jwks_max_bytes,
+            )?));
+        }
         if let Some(s) = &self.auth.hs256_secret {
             sources.push(KeySource::Hs256Secret(
                 s.expose_secret().as_bytes().to_vec(),
             ));
         }
-        sources
+        Ok(sources)
     }
 
-    /// The token verifier these settings describe, with its keys loaded.
-    pub fn verifier(&self) -> anyhow::Result<Verifier> {
-        let keys = KeySet::load(&self.key_sources())?;
+    /// How the verifier refreshes keys and caches verified tokens.
+    pub fn verifier_options(&self) -> VerifierOptions {
+        use std::time::Duration;
+        VerifierOptions {
+            refresh_interval: (self.auth.jwks_refresh_secs > 0)
+                .then(|| Duration::from_secs(self.auth.jwks_refresh_secs)),
+            min_refresh_interval: Duration::from_secs(self.auth.jwks_min_refresh_secs),
+            cache_size: self.auth.token_cache_size,
+        }
+    }
+
+    /// The token verifier these settings describe, with its keys loaded (a
+    /// JWKS URL fetched: an unreachable one stops the start). Call
+    /// [`Verifier::spawn_refresh`] to keep the keys fresh.
+    pub async fn verifier(&self) -> anyhow::Result<Verifier> {
         let rules = TokenRules {
             issuer: self.auth.issuer.clone(),
             audience: self.auth.audience.clone(),
             algorithms: self.algorithms().map_err(anyhow::Error::msg)?,
             leeway_secs: self.auth.leeway_secs,
         };
-        Ok(Verifier::new(rules, keys))
+        Ok(Verifier::from_sources(rules, self.key_sources()?, self.verifier_options()).await?)
     }
 
     /// The effective configuration as TOML, secrets redacted.
@@ -685,6 +795,69 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn abuse_limits_that_would_disable_a_defence_are_refused() {
+        let mut s = Settings::default();
+        s.server.max_header_list_bytes = 100;
+        s.server.http2_max_pending_accept_reset_streams = 0;
+        s.server.http2_max_local_error_reset_streams = 0;
+        s.server.handshake_timeout_secs = 0;
+        s.tls.reload_secs = 0;
+        let text = s.validate().unwrap_err().to_string();
+        for key in [
+            "server.max_header_list_bytes",
+            "server.http2_max_pending_accept_reset_streams",
+            "server.http2_max_local_error_reset_streams",
+            "server.handshake_timeout_secs",
+            "tls.reload_secs",
+        ] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+        let defaults = ServerSettings::default();
+        assert_eq!(defaults.max_header_list_bytes, 16 * 1024);
+        assert_eq!(defaults.handshake_timeout_secs, 10);
+    }
+
+    #[test]
+    fn jwks_url_keys_are_validated_each_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings::default();
+        s.tls.enabled = false;
+        s.auth.issuer = "i".into();
+        s.auth.audience = "a".into();
+        s.auth.jwks_url = Some("https://login.example.com/keys".into());
+        s.validate()
+            .expect("an https JWKS URL alone is a key source");
+
+        s.auth.jwks_url = Some("http://login.example.com/keys".into());
+        s.auth.jwks_ca = Some(dir.path().join("missing.pem"));
+        s.auth.jwks_timeout_ms = 0;
+        s.auth.jwks_max_bytes = 10;
+        let text = s.validate().unwrap_err().to_string();
+        for expected in [
+            "auth.jwks_url: must be an https:// URL",
+            "auth.jwks_ca: cannot read",
+            "auth.jwks_timeout_ms",
+            "auth.jwks_max_bytes",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from: {text}");
+        }
+
+        s.auth.jwks_url = None;
+        s.auth.jwks_ca = None;
+        s.auth.jwks_timeout_ms = 5_000;
+        s.auth.jwks_max_bytes = 1024;
+        s.auth.jwks_file = Some(dir.path().join("jwks.json"));
+        std::fs::write(dir.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
+        s.auth.jwks_min_refresh_secs = 0;
+        s.validate()
+            .expect("no rate limit is allowed outside production");
+        s.environment = Environment::Production;
+        s.tls.enabled = true;
+        let text = s.validate().unwrap_err().to_string();
+        assert!(text.contains("auth.jwks_min_refresh_secs"), "{text}");
     }
 
     #[test]

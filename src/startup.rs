@@ -47,7 +47,7 @@ pub struct Application {
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
     verifier: Verifier,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<tls::CertState>>,
 }
 
 impl Application {
@@ -61,7 +61,11 @@ impl Application {
                 tracing::info!(dir = %certs.dir.display(), "generated development certificates and signing key");
             }
         }
-        let verifier = settings.verifier().context("auth")?;
+        // auth (issue 3): keys loaded (a JWKS URL fetched) before anything
+        // binds, then re-read every auth.jwks_refresh_secs by a task that ends
+        // when the last handle of the verifier goes, i.e. with the Application.
+        let verifier = settings.verifier().await.context("auth")?;
+        verifier.spawn_refresh();
         let tls = if settings.tls.enabled {
             let cert = settings
                 .tls
@@ -69,9 +73,13 @@ impl Application {
                 .as_deref()
                 .context("tls.cert is required")?;
             let key = settings.tls.key.as_deref().context("tls.key is required")?;
-            let config =
-                tls::server_config(cert, key, settings.tls.client_ca.as_deref()).context("tls")?;
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+            // TLS (issue 3): reloadable certificate, key and client CA.
+            let files = tls::TlsFiles {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                client_ca: settings.tls.client_ca.clone(),
+            };
+            Some(tls::CertState::load(files).context("tls")?)
         } else {
             None
         };
@@ -123,6 +131,12 @@ impl Application {
         self.health.clone()
     }
 
+    /// The TLS configuration in service (`None` for plaintext): its
+    /// `expiry_unix()` is `orders_tls_cert_expiry_timestamp_seconds`.
+    pub fn tls_state(&self) -> Option<Arc<tls::CertState>> {
+        self.tls.clone()
+    }
+
     /// Serves until `shutdown` resolves; then turns health NOT_SERVING (all
     /// names but `liveness`), keeps serving for `shutdown.drain_secs` so load
     /// balancers move away, ends open streams with UNAVAILABLE (clients
@@ -144,6 +158,7 @@ impl Application {
             health.clone(),
             self.metrics.clone(),
             self.store.clone(),
+            self.tls.clone(),
             async {
                 let _ = admin_stopped.await;
             },
@@ -176,6 +191,9 @@ impl Application {
         let stack = ServiceBuilder::new()
             .layer(RequestIdLayer)
             .layer(TraceLayer)
+            // The client certificate's subject (mTLS), for handlers and the
+            // access log; outside auth so refused calls carry it too.
+            .layer(tls::ClientIdentityLayer)
             .layer(MetricsLayer::new(self.metrics.grpc.clone()))
             .layer(AccessLogLayer)
             .layer(ConcurrencyLimitLayer::new(s.server.concurrency_limit))
@@ -197,6 +215,12 @@ impl Application {
             )))
             .max_connection_age_grace(CONNECTION_AGE_GRACE)
             .tcp_nodelay(true)
+            // Abuse limits (issue 3): header block size and HTTP/2 reset floods.
+            .http2_max_header_list_size(s.server.max_header_list_bytes)
+            .http2_max_pending_accept_reset_streams(Some(
+                s.server.http2_max_pending_accept_reset_streams,
+            ))
+            .http2_max_local_error_reset_streams(Some(s.server.http2_max_local_error_reset_streams))
             .layer(stack);
         let router = server
             .add_service(self.health.service())
@@ -217,12 +241,27 @@ impl Application {
         };
 
         tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "serving orders.v1.OrderService");
+        // Certificate reloading (issue 3) runs while we serve: the sender is
+        // dropped when this function returns (or its future is dropped),
+        // which stops the task.
+        let (_reload_guard, reload_stop) = tokio::sync::oneshot::channel::<()>();
+        if let Some(state) = &self.tls {
+            let every = Duration::from_secs(s.tls.reload_secs.max(1));
+            tokio::spawn(state.clone().watch(every, async move {
+                let _ = reload_stop.await;
+            }));
+        }
+        let limits = tls::ConnLimits {
+            handshake_timeout: Duration::from_secs(s.server.handshake_timeout_secs),
+            idle_timeout: (s.server.idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(s.server.idle_timeout_secs)),
+        };
         let serve = async move {
             match self.tls {
-                Some(acceptor) => {
+                Some(state) => {
                     router
                         .serve_with_incoming_shutdown(
-                            tls::incoming(self.listener, acceptor),
+                            tls::incoming(self.listener, state, limits),
                             signal,
                         )
                         .await

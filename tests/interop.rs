@@ -25,6 +25,10 @@ async fn python_grpcio_and_grpcurl_clients_work_against_the_server() {
     let ca = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca.path(), server.certs.ca()).unwrap();
     let certs = server.certs.clone();
+    let kid = jsonwebtoken::decode_header(certs.token("alice", READ_WRITE))
+        .unwrap()
+        .kid
+        .expect("dev tokens carry a kid");
     let endpoint = format!("localhost:{}", server.addr.port());
     let output = tokio::task::spawn_blocking(move || {
         Command::new(repo.join(".venv/bin/python"))
@@ -45,6 +49,14 @@ async fn python_grpcio_and_grpcurl_clients_work_against_the_server() {
             .env("ORDERS_TOKEN_BOB", certs.token("bob", READ_WRITE))
             .env("ORDERS_TOKEN_STAFF", certs.token("staff-1", STAFF))
             .env("ORDERS_TOKEN_READONLY", certs.token("alice", "orders:read"))
+            // For test_pyjwt.py, which mints tokens with PyJWT from the same key.
+            .env(
+                "ORDERS_SIGNING_KEY",
+                certs.dev.path(orders::dev::SIGNING_KEY),
+            )
+            .env("ORDERS_KID", kid)
+            .env("ORDERS_ISSUER", ISSUER)
+            .env("ORDERS_AUDIENCE", AUDIENCE)
             .output()
             .expect("pytest runs")
     })

@@ -140,7 +140,11 @@ async fn metrics_count_exactly_the_calls_made_with_codes_read_from_trailers() {
     );
     assert!(metric(&text, "orders_db_pool_max_connections", &[]).unwrap() >= 1.0);
     assert!(metric(&text, "orders_db_pool_connections", &[("state", "idle")]).is_some());
-    assert!(metric(&text, "orders_tls_cert_expiry_timestamp_seconds", &[]).is_some());
+    let expiry = metric(&text, "orders_tls_cert_expiry_timestamp_seconds", &[]).unwrap();
+    assert!(
+        expiry > chrono::Utc::now().timestamp() as f64,
+        "the serving certificate's not_after"
+    );
     server.stop().await;
 }
 

@@ -4,9 +4,9 @@
 //! path (to pick the required scope) and must leave health and reflection
 //! alone, which share the port but need no token.
 
-use super::{AuthError, SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Verifier, require};
+use super::{AuthError, Principal, SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Verifier, require};
 use crate::middleware::CallContext;
-use futures::future::{Either, Ready, ready};
+use futures::future::{BoxFuture, Either, Ready, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::Status;
@@ -53,42 +53,82 @@ pub struct Auth<S> {
     verifier: Verifier,
 }
 
+/// Ready refusal | the inner call (fast path: known key or cached token) |
+/// a refresh of the keys, then the check again (slow path: unknown `kid`).
+type AuthFuture<S, R, E> = Either<Either<Ready<Result<R, E>>, S>, BoxFuture<'static, Result<R, E>>>;
+
 impl<S, ReqBody> Service<http::Request<ReqBody>> for Auth<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>>,
+    S: Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
+    type Future = AuthFuture<S::Future, S::Response, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        if let Some(method) = request.uri().path().strip_prefix(PROTECTED_PREFIX) {
-            let checked = self
-                .verifier
-                .authenticate(request.headers())
-                .and_then(|principal| {
-                    if let Some(scope) = required_scope(method) {
-                        require(&principal, scope)?;
-                    }
-                    Ok::<_, AuthError>(principal)
-                });
-            match checked {
-                Ok(principal) => {
-                    if let Some(call) = request.extensions().get::<Arc<CallContext>>() {
-                        let _ = call.subject.set(principal.subject().as_str().to_owned());
-                    }
-                    request.extensions_mut().insert(principal);
-                }
-                Err(err) => {
-                    tracing::debug!(reason = err.reason(), "call refused");
-                    return Either::Left(ready(Ok(Status::from(err).into_http())));
-                }
+        let Some(method) = request.uri().path().strip_prefix(PROTECTED_PREFIX) else {
+            return Either::Left(Either::Right(self.inner.call(request)));
+        };
+        let scope = required_scope(method);
+        match check(&self.verifier, request.headers(), scope) {
+            Ok(principal) => {
+                admit(&mut request, principal);
+                Either::Left(Either::Right(self.inner.call(request)))
             }
+            Err(AuthError::UnknownKey) if self.verifier.refreshes() => {
+                // The key may have been published since we last read the
+                // sources. The readied inner service goes into the future
+                // (tower's contract); a clone stays here for the next call.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let verifier = self.verifier.clone();
+                Either::Right(Box::pin(async move {
+                    verifier.refresh_for_unknown_key().await;
+                    match check(&verifier, request.headers(), scope) {
+                        Ok(principal) => {
+                            admit(&mut request, principal);
+                            inner.call(request).await
+                        }
+                        Err(err) => Ok(refuse(err)),
+                    }
+                }))
+            }
+            Err(err) => Either::Left(Either::Left(ready(Ok(refuse(err))))),
         }
-        Either::Right(self.inner.call(request))
     }
+}
+
+fn check(
+    verifier: &Verifier,
+    headers: &http::HeaderMap,
+    scope: Option<&'static str>,
+) -> Result<Principal, AuthError> {
+    let principal = verifier.authenticate(headers)?;
+    if let Some(scope) = scope {
+        require(&principal, scope)?;
+    }
+    Ok(principal)
+}
+
+fn refuse(err: AuthError) -> http::Response<tonic::body::Body> {
+    tracing::debug!(reason = err.reason(), "call refused");
+    Status::from(err).into_http()
+}
+
+/// Hands the verified principal to the handlers, and its subject to the
+/// access log (which sits outside this layer and reads the call context).
+fn admit<B>(request: &mut http::Request<B>, principal: Principal) {
+    if let Some(call) = request.extensions().get::<Arc<CallContext>>() {
+        let _ = call.subject.set(principal.subject().as_str().to_owned());
+    }
+    request.extensions_mut().insert(principal);
 }

@@ -5,22 +5,36 @@
 //!   a token without `kid`, any key of the algorithm's family), an allowed
 //!   algorithm that matches the key's family (so an HS256 token "signed" with
 //!   an RSA public key is refused), `exp`/`nbf` with leeway, `iss`, `aud`.
+//!   A token verified once is then accepted from a cache (`cache.rs`) until
+//!   its `exp`.
+//! - Keys come from PEM files, a JWKS file or a JWKS URL (`keys.rs`,
+//!   `fetch.rs`); they are re-read every `auth.jwks_refresh_secs` and when a
+//!   token names an unknown `kid` (at most once per
+//!   `auth.jwks_min_refresh_secs`, one read at a time for all callers), so
+//!   keys rotate without a restart. A failed read keeps the last good keys.
 //! - [`AuthLayer`] runs it for every `orders.v1.OrderService` call and puts
 //!   the [`Principal`] in the request extensions; health and reflection pass
 //!   untouched.
 
+mod cache;
+mod fetch;
 mod keys;
 mod layer;
 
-pub use keys::{KeySet, KeySource};
+pub use fetch::JwksUrl;
+pub use keys::{KeyError, KeySet, KeySource};
 pub use layer::{AuthLayer, required_scope};
 
 use crate::domain::{Caller, CustomerId};
 use arc_swap::ArcSwap;
+use cache::TokenCache;
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
+use keys::Sources;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -34,25 +48,31 @@ pub const SCOPE_ADMIN: &str = "orders:admin";
 /// Largest `authorization` value accepted, so a huge header costs no parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-/// An authenticated caller.
+/// An authenticated caller. Cheap to clone (one reference count), so a
+/// cached verification hands out a principal without allocating.
 #[derive(Debug, Clone)]
 pub struct Principal {
+    inner: Arc<PrincipalInner>,
+}
+
+#[derive(Debug)]
+struct PrincipalInner {
     subject: CustomerId,
     scopes: HashSet<String>,
 }
 
 impl Principal {
     pub fn subject(&self) -> &CustomerId {
-        &self.subject
+        &self.inner.subject
     }
 
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.contains(scope)
+        self.inner.scopes.contains(scope)
     }
 
     /// The domain's view: staff are callers with `orders:admin`.
     pub fn caller(&self) -> Caller {
-        Caller::new(self.subject.clone(), self.has_scope(SCOPE_ADMIN))
+        Caller::new(self.subject().clone(), self.has_scope(SCOPE_ADMIN))
     }
 }
 
@@ -124,6 +144,8 @@ impl From<AuthError> for Status {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// Required and checked by jsonwebtoken; kept to bound the cache entry.
+    exp: u64,
     #[serde(default)]
     scope: Option<String>,
     #[serde(default)]
@@ -139,25 +161,183 @@ pub struct TokenRules {
     pub leeway_secs: u64,
 }
 
+/// How a verifier built from sources refreshes and caches.
+#[derive(Debug, Clone)]
+pub struct VerifierOptions {
+    /// Re-read the sources this often (`auth.jwks_refresh_secs`; `None`: only
+    /// on unknown `kid`s).
+    pub refresh_interval: Option<Duration>,
+    /// At most one unknown-`kid` refresh per this time
+    /// (`auth.jwks_min_refresh_secs`).
+    pub min_refresh_interval: Duration,
+    /// Verified tokens kept (`auth.token_cache_size`; 0: no cache).
+    pub cache_size: usize,
+}
+
+impl Default for VerifierOptions {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Some(Duration::from_secs(300)),
+            min_refresh_interval: Duration::from_secs(10),
+            cache_size: 10_000,
+        }
+    }
+}
+
 /// Checks bearer tokens. Cheap to clone; key sets can be swapped at run time.
 #[derive(Clone)]
 pub struct Verifier {
-    rules: Arc<TokenRules>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    rules: TokenRules,
     /// Swapped whole on rotation; readers never block.
-    keys: Arc<ArcSwap<KeySet>>,
+    keys: ArcSwap<KeySet>,
+    /// The last generation handed to a key set.
+    generation: AtomicU64,
+    cache: Option<TokenCache>,
+    /// `None` when no source can change (fixed keys, an HS256 secret).
+    refresher: Option<Refresher>,
+    /// The periodic refresh; aborted when the last verifier handle goes
+    /// (the task itself holds only a weak reference).
+    task: std::sync::Mutex<Option<AbortOnDrop>>,
+}
+
+struct Refresher {
+    /// The async lock makes refreshes single-flight: callers that find one
+    /// running wait for it, then see that it just happened.
+    state: tokio::sync::Mutex<RefreshState>,
+    interval: Option<Duration>,
+    min_interval: Duration,
+}
+
+struct RefreshState {
+    sources: Sources,
+    last_attempt: Option<Instant>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why a refresh was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The timer, or an explicit [`Verifier::refresh`]: never rate limited.
+    Scheduled,
+    /// A token named a `kid` we do not know: rate limited.
+    UnknownKey,
 }
 
 impl Verifier {
+    /// A verifier with fixed keys (no refresh, no cache).
     pub fn new(rules: TokenRules, keys: KeySet) -> Self {
+        Self::with_parts(rules, keys, None, None)
+    }
+
+    /// Reads every source (fetching a JWKS URL too) and returns a verifier
+    /// that can refresh them; start the periodic refresh with
+    /// [`Verifier::spawn_refresh`].
+    pub async fn from_sources(
+        rules: TokenRules,
+        sources: Vec<KeySource>,
+        options: VerifierOptions,
+    ) -> Result<Self, KeyError> {
+        let mut sources = Sources::new(sources);
+        let keys = sources.reload().await?.ok_or(KeyError::Empty)?;
+        let refresher = sources.refreshable().then(|| Refresher {
+            state: tokio::sync::Mutex::new(RefreshState {
+                sources,
+                last_attempt: None,
+            }),
+            interval: options.refresh_interval.filter(|d| !d.is_zero()),
+            min_interval: options.min_refresh_interval,
+        });
+        let cache = (options.cache_size > 0).then(|| TokenCache::new(options.cache_size));
+        Ok(Self::with_parts(rules, keys, cache, refresher))
+    }
+
+    fn with_parts(
+        rules: TokenRules,
+        keys: KeySet,
+        cache: Option<TokenCache>,
+        refresher: Option<Refresher>,
+    ) -> Self {
         Self {
-            rules: Arc::new(rules),
-            keys: Arc::new(ArcSwap::from_pointee(keys)),
+            shared: Arc::new(Shared {
+                rules,
+                keys: ArcSwap::from_pointee(keys),
+                generation: AtomicU64::new(0),
+                cache,
+                refresher,
+                task: std::sync::Mutex::new(None),
+            }),
         }
     }
 
-    /// Replaces the keys (rotation) for every later call.
+    /// Replaces the keys (rotation) for every later call; cached
+    /// verifications made with the old keys are dropped.
     pub fn replace_keys(&self, keys: KeySet) {
-        self.keys.store(Arc::new(keys));
+        self.shared.install(keys);
+    }
+
+    /// The number of keys in force.
+    pub fn key_count(&self) -> usize {
+        self.shared.keys.load().len()
+    }
+
+    /// The number of cached verified tokens.
+    pub fn cached_tokens(&self) -> usize {
+        self.shared.cache.as_ref().map_or(0, TokenCache::len)
+    }
+
+    /// Starts re-reading the sources every refresh interval, until the last
+    /// handle of this verifier is dropped. Does nothing without an interval
+    /// or changeable sources. Must be called inside a tokio runtime.
+    pub fn spawn_refresh(&self) {
+        let Some(interval) = self.shared.refresher.as_ref().and_then(|r| r.interval) else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.shared);
+        let task = tokio::spawn(async move {
+            let mut ticker =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(shared) = weak.upgrade() else { break };
+                shared.refresh(Trigger::Scheduled).await;
+            }
+        });
+        let previous = self
+            .shared
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(AbortOnDrop(task));
+        drop(previous);
+    }
+
+    /// Re-reads the sources now (not rate limited).
+    pub async fn refresh(&self) {
+        self.shared.refresh(Trigger::Scheduled).await;
+    }
+
+    /// Whether re-reading the sources could make an unknown key known.
+    pub(crate) fn refreshes(&self) -> bool {
+        self.shared.refresher.is_some()
+    }
+
+    /// Re-reads the sources because a token named an unknown key, unless
+    /// that was done less than `auth.jwks_min_refresh_secs` ago; waits for a
+    /// refresh already under way instead of starting another.
+    pub(crate) async fn refresh_for_unknown_key(&self) {
+        self.shared.refresh(Trigger::UnknownKey).await;
     }
 
     /// Reads `authorization: Bearer <token>` and verifies it.
@@ -176,14 +356,73 @@ impl Verifier {
         self.verify(token.trim())
     }
 
-    /// Verifies one token.
+    /// Verifies one token: from the cache when it was verified before with
+    /// the keys in force and has not expired, else in full.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let shared = &*self.shared;
+        let keys = shared.keys.load();
+        let Some(cache) = &shared.cache else {
+            return shared.verify_with(&keys, token).map(|(p, _)| p);
+        };
+        let digest = TokenCache::digest(token);
+        if let Some(principal) = cache.get(
+            &digest,
+            keys.generation,
+            unix_now(),
+            shared.rules.leeway_secs,
+        ) {
+            return Ok(principal);
+        }
+        let (principal, exp) = shared.verify_with(&keys, token)?;
+        cache.insert(digest, principal.clone(), exp, keys.generation);
+        Ok(principal)
+    }
+}
+
+impl Shared {
+    fn install(&self, mut keys: KeySet) {
+        keys.generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.keys.store(Arc::new(keys));
+        // Entries of older generations are never used; clearing frees them.
+        if let Some(cache) = &self.cache {
+            cache.clear();
+        }
+    }
+
+    async fn refresh(&self, trigger: Trigger) {
+        let Some(refresher) = &self.refresher else {
+            return;
+        };
+        let mut state = refresher.state.lock().await;
+        if trigger == Trigger::UnknownKey
+            && state
+                .last_attempt
+                .is_some_and(|at| at.elapsed() < refresher.min_interval)
+        {
+            return;
+        }
+        state.last_attempt = Some(Instant::now());
+        match state.sources.reload().await {
+            Ok(Some(keys)) => {
+                tracing::info!(keys = keys.len(), ?trigger, "verification keys changed");
+                self.install(keys);
+            }
+            Ok(None) => tracing::debug!(?trigger, "verification keys unchanged"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                ?trigger,
+                "verification keys not refreshed; the last good ones stay in force"
+            ),
+        }
+    }
+
+    /// The full check; returns the principal and the token's `exp`.
+    fn verify_with(&self, keys: &KeySet, token: &str) -> Result<(Principal, u64), AuthError> {
         // `alg: none` and unknown algorithms fail here: the header type has no such variant.
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         if !self.rules.algorithms.contains(&header.alg) {
             return Err(AuthError::AlgorithmNotAllowed);
         }
-        let keys = self.keys.load();
         let candidates = keys.candidates(header.kid.as_deref(), header.alg)?;
 
         let mut validation = Validation::new(header.alg);
@@ -197,7 +436,10 @@ impl Verifier {
         let mut last = AuthError::UnknownKey;
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-                Ok(data) => return principal(data.claims),
+                Ok(data) => {
+                    let exp = data.claims.exp;
+                    return principal(data.claims).map(|p| (p, exp));
+                }
                 Err(err) => {
                     last = match err.kind() {
                         ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -219,6 +461,13 @@ impl Verifier {
     }
 }
 
+/// Seconds since the epoch, as jsonwebtoken counts them for `exp`.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn principal(claims: Claims) -> Result<Principal, AuthError> {
     let subject = CustomerId::new(claims.sub).ok_or(AuthError::Malformed)?;
     let mut scopes: HashSet<String> = claims
@@ -229,7 +478,9 @@ fn principal(claims: Claims) -> Result<Principal, AuthError> {
         .map(str::to_owned)
         .collect();
     scopes.extend(claims.scp.unwrap_or_default());
-    Ok(Principal { subject, scopes })
+    Ok(Principal {
+        inner: Arc::new(PrincipalInner { subject, scopes }),
+    })
 }
 
 /// The caller's principal, as the auth layer left it.

@@ -1,0 +1,322 @@
+//! Abuse limits (issue 3): a client that misbehaves at the transport level
+//! gets a closed connection or an error code, and everyone else is served.
+
+mod common;
+
+use common::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::Code;
+
+/// Reads until the server closes the connection; how long that took.
+async fn until_closed(tcp: &mut TcpStream, within: Duration) -> Duration {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the server kept the connection open for {within:?}"));
+    start.elapsed()
+}
+
+/// A valid call still works.
+async fn still_serving(server: &TestServer) {
+    let alice = tokio::time::timeout(Duration::from_secs(5), server.alice())
+        .await
+        .expect("a normal client connects promptly");
+    tokio::time::timeout(Duration::from_secs(5), alice.register(register_request("")))
+        .await
+        .expect("a normal call is answered promptly")
+        .expect("and succeeds");
+}
+
+/// A TLS connection to the server speaking HTTP/2 (ALPN h2), trusting the dev CA.
+async fn tls_to(server: &TestServer) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut server.certs.ca().as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("TLS handshake")
+}
+
+fn grpc_request(server: &TestServer, token: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "https://localhost:{}/orders.v1.OrderService/GetOrder",
+            server.addr.port()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn plaintext_http2_to_the_tls_port_is_closed_and_the_server_keeps_serving() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    // The HTTP/2 connection preface and an empty SETTINGS frame, in the clear.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    until_closed(&mut tcp, Duration::from_secs(5)).await;
+    // And through a real HTTP/2 client: no call gets through.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let refused = async {
+        let (send, conn) = h2::client::handshake(tcp).await?;
+        tokio::spawn(conn);
+        let mut send = send.ready().await?;
+        let (response, _) = send.send_request(grpc_request(&server, "x"), true)?;
+        response.await
+    };
+    let result = tokio::time::timeout(Duration::from_secs(5), refused)
+        .await
+        .expect("refused promptly");
+    assert!(
+        result.is_err(),
+        "plaintext HTTP/2 got a response: {result:?}"
+    );
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_handshake_is_dropped_after_the_handshake_timeout() {
+    let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
+        s.server.handshake_timeout_secs = 1;
+    })
+    .await;
+    let start = Instant::now();
+    // Silent after connecting.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    // Half a TLS record header, then nothing (slowloris on the handshake).
+    let mut partial = TcpStream::connect(server.addr).await.unwrap();
+    partial.write_all(&[0x16, 0x03, 0x01, 0x02]).await.unwrap();
+    for (what, tcp) in [("silent", &mut silent), ("partial", &mut partial)] {
+        until_closed(tcp, Duration::from_secs(5)).await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(500),
+            "{what}: closed too early ({took:?}): the timeout is not what closed it"
+        );
+    }
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn many_idle_tcp_connections_do_not_block_a_normal_client() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    still_serving(&server).await;
+    drop(idle);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_on_which_nothing_moves_is_closed_after_the_idle_timeout() {
+    let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
+        s.server.idle_timeout_secs = 1;
+        // Keepalive PINGs count as traffic; without them the connection is idle.
+        s.server.keepalive_interval_secs = 0;
+    })
+    .await;
+    let tls = tls_to(&server).await;
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    let start = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the idle connection was closed");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(800),
+        "closed after {took:?}, before the idle timeout ({ended:?})"
+    );
+    drop(send);
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+/// Opens and at once resets up to 2,000 streams; `Some(error)` when the
+/// server closed the connection before the flood was over, `None` when the
+/// connection still serves a normal request afterwards.
+async fn rapid_reset_flood(server: &TestServer) -> (usize, Option<h2::Error>) {
+    let token = server.certs.token("alice", READ_WRITE);
+    let tls = tls_to(server).await;
+    let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+    let mut conn = tokio::spawn(conn);
+    let mut sent = 0;
+    for i in 0..2_000 {
+        if i % 100 == 99 {
+            // Let the connection task read what the server sent (a GOAWAY).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let step = async {
+            let mut ready = send.clone().ready().await?;
+            let (response, mut stream) = ready.send_request(grpc_request(server, &token), false)?;
+            stream.send_reset(h2::Reason::CANCEL);
+            drop(response);
+            Ok::<_, h2::Error>(ready)
+        };
+        match step.await {
+            Ok(ready) => {
+                send = ready;
+                sent += 1;
+            }
+            Err(e) => {
+                // The connection's own error says more (GOAWAY or reset).
+                let ended = tokio::time::timeout(Duration::from_secs(10), &mut conn)
+                    .await
+                    .expect("the connection ends")
+                    .unwrap();
+                return (sent, Some(ended.err().unwrap_or(e)));
+            }
+        }
+    }
+    // Not closed by now? Give the server a moment, then try a real request.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if conn.is_finished() {
+        let ended = conn.await.unwrap();
+        return (sent, ended.err());
+    }
+    let normal = async {
+        let mut ready = send.ready().await?;
+        let (response, _) = ready.send_request(grpc_request(server, &token), true)?;
+        response.await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), normal).await {
+        Ok(Ok(_)) => (sent, None),
+        Ok(Err(e)) => (sent, Some(e)),
+        Err(_) => panic!("the connection hangs after the flood"),
+    }
+}
+
+#[tokio::test]
+async fn an_http2_rapid_reset_flood_gets_the_connection_closed_and_other_clients_are_unaffected() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let bystander = server.alice().await;
+    let (sent, error) = rapid_reset_flood(&server).await;
+    let error =
+        error.unwrap_or_else(|| panic!("{sent} rapid resets and the connection still serves"));
+    // The server sends GOAWAY(ENHANCE_YOUR_CALM) and closes; the client may
+    // see the close (a reset socket) before it reads the GOAWAY.
+    if error.is_go_away() {
+        assert_eq!(
+            error.reason(),
+            Some(h2::Reason::ENHANCE_YOUR_CALM),
+            "{error:?}"
+        );
+    } else {
+        assert!(error.is_io(), "unexpected end: {error:?}");
+    }
+    assert!(sent < 2_000, "{error:?} only after {sent} resets");
+    // The connection that existed all along, and a new one, are served.
+    bystander.register(register_request("")).await.unwrap();
+    still_serving(&server).await;
+    server.stop().await;
+
+    // Control: with the limit raised, the same flood is tolerated, so it is
+    // `server.http2_max_pending_accept_reset_streams` that closed it above.
+    let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
+        s.server.http2_max_pending_accept_reset_streams = 1_000_000;
+    })
+    .await;
+    let (sent, error) = rapid_reset_flood(&server).await;
+    assert!(
+        error.is_none(),
+        "closed after {sent} resets even with the limit raised: {error:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_and_the_server_still_answers() {
+    let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
+        s.server.max_message_bytes = 64 * 1024;
+    })
+    .await;
+    let alice = server.alice().await;
+    let mut big = register_request("");
+    big.address.as_mut().unwrap().street = "x".repeat(100 * 1024);
+    let err = alice.register(big).await.unwrap_err();
+    // CONTRACT.md: RESOURCE_EXHAUSTED (tonic's OUT_OF_RANGE, translated).
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    alice.register(register_request("")).await.unwrap();
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metadata_over_the_header_list_limit_is_refused() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let token = server.certs.token("alice", READ_WRITE);
+    // Through the raw HTTP/2 client, so it is the server that refuses, not
+    // a client-side check.
+    let tls = tls_to(&server).await;
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let mut request = grpc_request(&server, &token);
+    request.headers_mut().insert(
+        "x-padding",
+        http::HeaderValue::from_str(&"a".repeat(20 * 1024)).unwrap(),
+    );
+    let outcome = async {
+        let (response, _) = send.send_request(request, true)?;
+        response.await
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(5), outcome)
+        .await
+        .expect("answered promptly");
+    match outcome {
+        Err(e) => eprintln!("refused: {e}"),
+        Ok(response) => assert_eq!(
+            response.status(),
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "oversized metadata was accepted"
+        ),
+    }
+    // Through the SDK the call fails too, and normal calls go on.
+    let alice = server.alice().await;
+    let mut raw = orders::sdk::pb::order_service_client::OrderServiceClient::new(alice.channel());
+    let mut request = tonic::Request::new(orders::sdk::pb::GetOrderRequest {
+        order_id: uuid::Uuid::now_v7().to_string(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-padding", "a".repeat(20 * 1024).parse().unwrap());
+    let err = raw.get_order(request).await.unwrap_err();
+    assert_ne!(err.code(), Code::NotFound, "the handler ran: {err:?}");
+    still_serving(&server).await;
+    server.stop().await;
+}
