@@ -8,7 +8,7 @@ use tonic_types::StatusExt;
 pub enum Error {
     /// The server (or the transport) answered with this status.
     #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
     /// The endpoint could not be reached.
     #[error("cannot connect: {0}")]
     Connect(String),
@@ -18,6 +18,36 @@ pub enum Error {
     /// The server answered something the contract does not allow.
     #[error("protocol error: {0}")]
     Protocol(String),
+}
+
+impl From<tonic::Status> for Error {
+    /// Tonic's client enforces `grpc-timeout` too, and reports its own expiry
+    /// as CANCELLED ("Timeout expired"); whichever side saw the deadline pass,
+    /// callers get DEADLINE_EXCEEDED, as gRPC specifies.
+    fn from(status: tonic::Status) -> Self {
+        // Tonic builds that status from `TimeoutExpired` without a source,
+        // so its message (the error's Display) is what identifies it.
+        let expired = tonic::TimeoutExpired(()).to_string();
+        let timed_out = status.code() == tonic::Code::Cancelled && {
+            let mut source = std::error::Error::source(&status);
+            let mut found = status.message() == expired;
+            while let Some(s) = source {
+                if s.is::<tonic::TimeoutExpired>() {
+                    found = true;
+                    break;
+                }
+                source = s.source();
+            }
+            found
+        };
+        if timed_out {
+            Error::Status(tonic::Status::deadline_exceeded(
+                "deadline exceeded (noticed by the client)",
+            ))
+        } else {
+            Error::Status(status)
+        }
+    }
 }
 
 impl Error {
@@ -83,5 +113,18 @@ impl Error {
             .and_then(|s| s.get_details_error_info())
             .map(|i| i.metadata)
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clients_own_timeout_reads_as_deadline_exceeded() {
+        let expired = tonic::Status::cancelled(tonic::TimeoutExpired(()).to_string());
+        assert_eq!(Error::from(expired).code(), tonic::Code::DeadlineExceeded);
+        let other = tonic::Status::cancelled("operation was canceled");
+        assert_eq!(Error::from(other).code(), tonic::Code::Cancelled);
     }
 }

@@ -429,7 +429,7 @@ impl Client {
             request.set_timeout(left);
             match call(self.inner.clone(), request).await {
                 Ok(response) => return Ok(response.into_inner()),
-                Err(status) if safe && self.retry.may_retry(status.code(), attempt) => {
+                Err(status) if safe && self.retry.may_retry(&status, attempt) => {
                     let pause = self
                         .retry
                         .backoff(attempt)

@@ -1,9 +1,11 @@
 //! Retries: exponential backoff with full jitter, bounded attempts, and a
 //! retry budget (tower's `TpsBudget`) so a struggling server is not buried
-//! under retries. Only calls that are safe to repeat are retried, and only on
-//! UNAVAILABLE (the server or the connection is down; nothing was done):
-//! reads, and `RegisterOrder`, whose `request_id` makes a repeat return the
-//! first order.
+//! under retries. Only calls that are safe to repeat are retried: reads, and
+//! `RegisterOrder`, whose `request_id` makes a repeat return the first order.
+//! They are retried on UNAVAILABLE (the server or the connection is down), and
+//! on CANCELLED or UNKNOWN when the client's transport produced them (a
+//! connection closed or reset under an in-flight call, as when a server
+//! restarts), never when the caller cancelled or the server answered them.
 
 use rand::Rng;
 use std::sync::Arc;
@@ -80,8 +82,29 @@ impl RetryPolicy {
     }
 
     /// Whether a failed attempt may be tried again.
-    pub(crate) fn may_retry(&self, code: Code, attempt: u32) -> bool {
-        code == Code::Unavailable && attempt < self.max_attempts && self.budget.withdraw()
+    pub(crate) fn may_retry(&self, status: &tonic::Status, attempt: u32) -> bool {
+        retryable(status) && attempt < self.max_attempts && self.budget.withdraw()
+    }
+}
+
+/// UNAVAILABLE, or a CANCELLED/UNKNOWN that came from the connection.
+pub(crate) fn retryable(status: &tonic::Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        // Produced by the client's transport (the error has a transport
+        // source), not sent by the server: a connection closed or reset
+        // under the call.
+        Code::Cancelled | Code::Unknown => {
+            let mut source = std::error::Error::source(status);
+            while let Some(s) = source {
+                if s.is::<tonic::transport::Error>() {
+                    return true;
+                }
+                source = s.source();
+            }
+            false
+        }
+        _ => false,
     }
 }
 
@@ -99,17 +122,26 @@ mod tests {
     }
 
     #[test]
-    fn only_unavailable_is_retried_and_the_budget_runs_out() {
+    fn only_transport_failures_are_retried_and_the_budget_runs_out() {
         let p = RetryPolicy::default().max_attempts(1000);
-        assert!(!p.may_retry(Code::Internal, 1));
-        assert!(!p.may_retry(Code::DeadlineExceeded, 1));
+        let status = |code| tonic::Status::new(code, "");
+        assert!(!p.may_retry(&status(Code::Internal), 1));
+        assert!(!p.may_retry(&status(Code::DeadlineExceeded), 1));
+        assert!(
+            !p.may_retry(&status(Code::Cancelled), 1),
+            "a caller's cancel is final"
+        );
+        assert!(
+            !p.may_retry(&status(Code::Unknown), 1),
+            "the server's UNKNOWN is final"
+        );
         let granted = (0..1000)
-            .filter(|_| p.may_retry(Code::Unavailable, 1))
+            .filter(|_| p.may_retry(&status(Code::Unavailable), 1))
             .count();
         assert!(
             granted < 1000,
             "the budget stops a retry storm ({granted} granted)"
         );
-        assert!(!RetryPolicy::none().may_retry(Code::Unavailable, 1));
+        assert!(!RetryPolicy::none().may_retry(&status(Code::Unavailable), 1));
     }
 }

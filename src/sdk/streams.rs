@@ -1,8 +1,11 @@
 //! Streams that survive a server going away.
 //!
-//! [`OrderWatch`] reopens `WatchOrder` after the last version it passed on;
-//! [`Tracker`] reopens `TrackOrders` and subscribes every followed order
-//! again, passing on only versions it has not seen. Both back off between
+//! [`OrderWatch`] reopens `WatchOrder` after the last version it passed on,
+//! so it misses and repeats nothing. [`Tracker`] reopens `TrackOrders` and
+//! subscribes every followed order again; the server then sends each order's
+//! current version (`TrackOrders` has no per-order resume point), so versions
+//! made while disconnected are coalesced into the current one, and nothing is
+//! repeated. Follow an order with `watch_order` when every version matters. Both back off between
 //! attempts and give up, with the last error, after [`RESUME_ATTEMPTS`]
 //! failed reconnects in a row.
 
@@ -13,7 +16,6 @@ use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::Code;
 
 /// Failed reconnects in a row before a stream gives up.
 pub const RESUME_ATTEMPTS: u32 = 10;
@@ -28,10 +30,7 @@ fn is_final(order: &pb::Order) -> bool {
 /// A stream error that a reconnect may cure: the server went away (its
 /// UNAVAILABLE when draining, or a broken connection).
 fn resumable(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled
-    )
+    super::retry::retryable(status)
 }
 
 /// Every version of one order, across reconnects. Items are orders, oldest
