@@ -73,3 +73,8 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// The README's Rust examples, compiled by `cargo test` so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -144,6 +144,10 @@ impl From<AuthError> for Status {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// jsonwebtoken also accepts an array holding the issuer; RFC 7519 makes
+    /// `iss` one string, so anything else is refused in `principal`.
+    #[serde(default)]
+    iss: Option<serde_json::Value>,
     /// Required and checked by jsonwebtoken; kept to bound the cache entry.
     exp: u64,
     #[serde(default)]
@@ -469,6 +473,10 @@ fn unix_now() -> u64 {
 }
 
 fn principal(claims: Claims) -> Result<Principal, AuthError> {
+    // jsonwebtoken has checked the issuer, but would let in an array holding it.
+    if !matches!(claims.iss, Some(serde_json::Value::String(_))) {
+        return Err(AuthError::WrongIssuer);
+    }
     let subject = CustomerId::new(claims.sub).ok_or(AuthError::Malformed)?;
     let mut scopes: HashSet<String> = claims
         .scope

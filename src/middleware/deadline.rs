@@ -38,7 +38,8 @@ impl Deadline {
 
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
+    // ASCII only, so splitting off the last byte splits off the last character.
+    if !value.is_ascii() || value.len() < 2 || value.len() > 9 {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
@@ -208,6 +209,11 @@ mod tests {
         assert_eq!(parse_grpc_timeout("S"), None);
         assert_eq!(parse_grpc_timeout("10x"), None);
         assert_eq!(parse_grpc_timeout("-1S"), None);
+        assert_eq!(
+            parse_grpc_timeout("1é"),
+            None,
+            "a multi-byte unit is no unit"
+        );
     }
 
     #[test]
