@@ -4,6 +4,19 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 /// A failed call, or a client that could not be set up.
+///
+/// Every variant has a gRPC [`code`](Error::code); a status the server
+/// answered also carries its rich details ([`violations`](Error::violations),
+/// [`reason`](Error::reason)). A deadline that passed reads as
+/// DEADLINE_EXCEEDED, whether the server or the client noticed it.
+///
+/// ```
+/// use orders::sdk::Error;
+/// let err = Error::from(tonic::Status::not_found("order not found"));
+/// assert!(matches!(err, Error::Status(_)));
+/// assert_eq!(err.code(), tonic::Code::NotFound);
+/// assert!(err.to_string().ends_with("order not found"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server (or the transport) answered with this status.
@@ -24,6 +37,12 @@ impl From<tonic::Status> for Error {
     /// Tonic's client enforces `grpc-timeout` too, and reports its own expiry
     /// as CANCELLED ("Timeout expired"); whichever side saw the deadline pass,
     /// callers get DEADLINE_EXCEEDED, as gRPC specifies.
+    ///
+    /// ```
+    /// use orders::sdk::Error;
+    /// let expired = tonic::Status::cancelled(tonic::TimeoutExpired(()).to_string());
+    /// assert_eq!(Error::from(expired).code(), tonic::Code::DeadlineExceeded);
+    /// ```
     fn from(status: tonic::Status) -> Self {
         // Tonic builds that status from `TimeoutExpired` without a source,
         // so its message (the error's Display) is what identifies it.
@@ -70,7 +89,13 @@ impl Error {
     }
 
     /// The gRPC code (UNAVAILABLE for connection failures, INVALID_ARGUMENT
-    /// for configuration mistakes).
+    /// for configuration mistakes, INTERNAL for protocol errors).
+    ///
+    /// ```
+    /// use orders::sdk::Error;
+    /// let err = Error::from(tonic::Status::not_found("x"));
+    /// assert_eq!(err.code(), tonic::Code::NotFound);
+    /// ```
     pub fn code(&self) -> Code {
         match self {
             Error::Status(s) => s.code(),
@@ -80,6 +105,14 @@ impl Error {
         }
     }
 
+    /// The status the server (or the transport) answered; `None` for an
+    /// error the client raised itself (connecting, configuration, protocol).
+    ///
+    /// ```
+    /// use orders::sdk::Error;
+    /// let err = Error::from(tonic::Status::aborted("order is at version 3, not the expected 2"));
+    /// assert_eq!(err.status().map(|s| s.message()), Some("order is at version 3, not the expected 2"));
+    /// ```
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
             Error::Status(s) => Some(s),
@@ -87,7 +120,18 @@ impl Error {
         }
     }
 
-    /// The `google.rpc.BadRequest` violations, as `(field, description)`.
+    /// The `google.rpc.BadRequest` violations, as `(field, description)`:
+    /// which fields of an INVALID_ARGUMENT request were wrong, and why. Empty
+    /// when the error has none.
+    ///
+    /// ```
+    /// use orders::sdk::Error;
+    /// use tonic_types::{ErrorDetails, StatusExt};
+    /// let details = ErrorDetails::with_bad_request_violation("items[0].quantity", "must be positive");
+    /// let status = tonic::Status::with_error_details(tonic::Code::InvalidArgument, "invalid request", details);
+    /// let violations = Error::from(status).violations();
+    /// assert_eq!(violations, [("items[0].quantity".to_string(), "must be positive".to_string())]);
+    /// ```
     pub fn violations(&self) -> Vec<(String, String)> {
         self.status()
             .and_then(|s| s.get_details_bad_request())
@@ -100,14 +144,35 @@ impl Error {
             .unwrap_or_default()
     }
 
-    /// The `google.rpc.ErrorInfo` reason (`TOKEN_EXPIRED`, `MISSING_SCOPE`, …).
+    /// The `google.rpc.ErrorInfo` reason (`TOKEN_EXPIRED`, `MISSING_SCOPE`, …),
+    /// which tells authentication failures apart; `None` when there is none.
+    ///
+    /// ```
+    /// use orders::sdk::Error;
+    /// use std::collections::HashMap;
+    /// use tonic_types::{ErrorDetails, StatusExt};
+    /// let details = ErrorDetails::with_error_info("TOKEN_EXPIRED", "orders.v1", HashMap::new());
+    /// let status = tonic::Status::with_error_details(tonic::Code::Unauthenticated, "token expired", details);
+    /// assert_eq!(Error::from(status).reason().as_deref(), Some("TOKEN_EXPIRED"));
+    /// ```
     pub fn reason(&self) -> Option<String> {
         self.status()
             .and_then(|s| s.get_details_error_info())
             .map(|i| i.reason)
     }
 
-    /// The `google.rpc.ErrorInfo` metadata.
+    /// The `google.rpc.ErrorInfo` metadata (for `MISSING_SCOPE`, the
+    /// `required_scope`); empty when there is none.
+    ///
+    /// ```
+    /// use orders::sdk::Error;
+    /// use std::collections::HashMap;
+    /// use tonic_types::{ErrorDetails, StatusExt};
+    /// let metadata = HashMap::from([("required_scope".to_string(), "orders:write".to_string())]);
+    /// let details = ErrorDetails::with_error_info("MISSING_SCOPE", "orders.v1", metadata);
+    /// let err = Error::from(tonic::Status::with_error_details(tonic::Code::PermissionDenied, "no", details));
+    /// assert_eq!(err.error_metadata()["required_scope"], "orders:write");
+    /// ```
     pub fn error_metadata(&self) -> std::collections::HashMap<String, String> {
         self.status()
             .and_then(|s| s.get_details_error_info())

@@ -30,7 +30,7 @@ mod token;
 pub use crate::pb;
 pub use error::Error;
 pub use retry::RetryPolicy;
-pub use streams::{OrderWatch, Tracker};
+pub use streams::{OrderWatch, RESUME_ATTEMPTS, Tracker};
 pub use token::{FileToken, FnToken, StaticToken, TokenProvider};
 
 use pb::order_service_client::OrderServiceClient;
@@ -45,7 +45,24 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
-/// Adds the token (and the current trace context) to every call.
+/// Adds the token (and the current trace context) to every call: an
+/// `authorization: Bearer …` from the client's [`TokenProvider`], asked again
+/// for each call (no header when it answers `None`), and the W3C
+/// `traceparent` of the current span when OpenTelemetry is recording it (with
+/// the `server` feature). A token with characters not allowed in metadata
+/// fails the call with UNAUTHENTICATED before it is sent. Every [`Client`]
+/// has one; it is set up with [`ClientBuilder::token`] or
+/// [`ClientBuilder::token_provider`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), orders::sdk::Error> {
+/// use orders::sdk::{Client, FnToken};
+/// let client = Client::builder("https://orders.example.com:50051")
+///     .token_provider(FnToken::new(|| std::env::var("ORDERS_TOKEN").ok()))
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct CallMetadata {
     token: Option<Arc<dyn TokenProvider>>,
@@ -142,18 +159,49 @@ pub struct ClientBuilder {
 
 impl ClientBuilder {
     /// Verify the server with this CA (PEM) instead of the system roots.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// let client = orders::sdk::Client::builder("https://orders.example.com:50051")
+    ///     .ca_certificate(std::fs::read("certs/dev/ca.pem").expect("the CA file"))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca = Some(pem.into());
         self
     }
 
-    /// The name to expect in the server's certificate (default: the host).
+    /// The name to expect in the server's certificate (default: the host of
+    /// the endpoint), for example when connecting by IP address.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// let client = orders::sdk::Client::builder("https://10.0.4.17:50051")
+    ///     .tls_domain("orders.example.com")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
         self.domain = Some(domain.into());
         self
     }
 
     /// A client certificate and key (PEM) for mutual TLS.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// let client = orders::sdk::Client::builder("https://orders.example.com:50051")
+    ///     .client_identity(
+    ///         std::fs::read("client.pem").expect("the certificate"),
+    ///         std::fs::read("client-key.pem").expect("the key"),
+    ///     )
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn client_identity(
         mut self,
         cert_pem: impl Into<Vec<u8>>,
@@ -163,12 +211,35 @@ impl ClientBuilder {
         self
     }
 
-    /// A fixed bearer token for every call.
+    /// A fixed bearer token for every call (a [`StaticToken`]). Replaces any
+    /// earlier [`token_provider`](Self::token_provider).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// let token = std::env::var("ORDERS_TOKEN").expect("a token");
+    /// let client = orders::sdk::Client::builder("https://orders.example.com:50051")
+    ///     .token(token)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn token(self, token: impl Into<String>) -> Self {
         self.token_provider(StaticToken::new(token))
     }
 
-    /// Where each call's token comes from (a file, a closure, …).
+    /// Where each call's token comes from (a file, a closure, …). The
+    /// provider is asked once per call, so a rotated token is used from the
+    /// next call on. Replaces any earlier [`token`](Self::token).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// use orders::sdk::{Client, FileToken};
+    /// let client = Client::builder("https://orders.example.com:50051")
+    ///     .token_provider(FileToken::new("/var/run/secrets/tokens/orders"))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn token_provider(mut self, provider: impl TokenProvider) -> Self {
         self.token = Some(Arc::new(provider));
         self
@@ -176,36 +247,98 @@ impl ClientBuilder {
 
     /// The deadline of every unary call, retries included (sent as
     /// `grpc-timeout`). Default 10 s. [`Client::with_timeout`] overrides it.
+    /// `UpdateOrder` and [`Client::health`] get it too; the watch and track
+    /// streams have no deadline.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// let client = orders::sdk::Client::builder("https://orders.example.com:50051")
+    ///     .timeout(std::time::Duration::from_secs(3))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
     /// How long establishing a connection may take. Default 5 s.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// let client = orders::sdk::Client::builder("https://orders.example.com:50051")
+    ///     .connect_timeout(std::time::Duration::from_secs(1))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
-    /// HTTP/2 keepalive pings at this interval (default 30 s).
+    /// HTTP/2 keepalive pings at this interval (default 30 s), idle
+    /// connections included, so a dead connection is noticed before a call
+    /// needs it. `None` stops pinging idle connections (busy ones are then
+    /// pinged hourly).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// let client = orders::sdk::Client::builder("https://orders.example.com:50051")
+    ///     .keepalive(Some(std::time::Duration::from_secs(10)))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
         self.keepalive = interval;
         self
     }
 
-    /// Compress requests with gzip and accept gzip responses.
+    /// Compress requests with gzip and accept gzip responses (default off).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// let client = orders::sdk::Client::builder("https://orders.example.com:50051")
+    ///     .gzip(true)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn gzip(mut self, on: bool) -> Self {
         self.gzip = on;
         self
     }
 
-    /// How safe calls are retried (default: [`RetryPolicy::default`]).
+    /// How safe calls are retried (default: [`RetryPolicy::default`]). The
+    /// resuming streams take their backoff from it too.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// use orders::sdk::{Client, RetryPolicy};
+    /// let client = Client::builder("https://orders.example.com:50051")
+    ///     .retry(RetryPolicy::default().max_attempts(3))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
     }
 
-    /// Add another endpoint; calls are balanced across all of them.
+    /// Add another endpoint; calls are balanced across all of them. On a
+    /// [`Client::builder_dns`] builder it replaces the DNS name instead.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// let client = orders::sdk::Client::builder("https://orders-a.example.com:50051")
+    ///     .endpoint("https://orders-b.example.com:50051")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         match &mut self.target {
             Target::Endpoints(list) => list.push(endpoint.into()),
@@ -250,8 +383,18 @@ impl ClientBuilder {
     }
 
     /// Connects. With one endpoint the connection is made now, so a wrong
-    /// address or CA fails here; with several, or a DNS name, connections are
-    /// made as calls need them.
+    /// address or CA fails here ([`Error::Connect`]); with several, or a DNS
+    /// name, connections are made as calls need them. An invalid endpoint or
+    /// TLS setting is an [`Error::Config`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// let client = orders::sdk::Client::builder("https://orders.example.com:50051")
+    ///     .token("eyJ...")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(self) -> Result<Client, Error> {
         let channel = match &self.target {
             Target::Endpoints(list) if list.len() == 1 => {
@@ -274,7 +417,6 @@ impl ClientBuilder {
         client.metadata = CallMetadata {
             token: self.token.clone(),
         };
-        client.inner = client.make_inner();
         client.retry = self.retry.clone();
         client.gzip = self.gzip;
         client.inner = client.make_inner();
@@ -283,6 +425,20 @@ impl ClientBuilder {
 }
 
 /// A connection to the orders service. Cheap to clone; clones share it.
+///
+/// Reads and registrations are retried on UNAVAILABLE (see [`RetryPolicy`]);
+/// changes are not. Every unary call has the client's deadline, retries
+/// included.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), orders::sdk::Error> {
+/// let client = orders::sdk::Client::builder("https://orders.example.com:50051")
+///     .token("eyJ...")
+///     .connect()
+///     .await?;
+/// let order = client.get_order("0193…").await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     channel: Channel,
@@ -294,7 +450,19 @@ pub struct Client {
 }
 
 impl Client {
-    /// A builder for one endpoint (`https://host:port`, or `host:port`).
+    /// A builder for one endpoint (`https://host:port`, or `host:port`, which
+    /// means `https://`). An `http://` endpoint is plaintext: the TLS settings
+    /// do not apply to it. Defaults: no token, a 10 s deadline, the default
+    /// [`RetryPolicy`], no gzip.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// let client = orders::sdk::Client::builder("orders.example.com:50051")
+    ///     .token("eyJ...")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             target: Target::Endpoints(vec![endpoint.into()]),
@@ -333,7 +501,18 @@ impl Client {
         }
     }
 
-    /// A client over an existing channel, with a fixed token.
+    /// A client over an existing channel, with a fixed token (or none) and
+    /// `timeout` as the deadline of its calls; the default [`RetryPolicy`],
+    /// no gzip. Fails with [`Error::Config`] when the token has characters
+    /// not allowed in metadata.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// use std::time::Duration;
+    /// let channel = tonic::transport::Channel::from_static("http://127.0.0.1:50051").connect_lazy();
+    /// let client = orders::sdk::Client::from_channel(channel, Some("eyJ..."), Duration::from_secs(5))?;
+    /// # Ok(()) }
+    /// ```
     pub fn from_channel(
         channel: Channel,
         token: Option<&str>,
@@ -370,7 +549,17 @@ impl Client {
         }
     }
 
-    /// The same connection with another token.
+    /// The same connection (deadline, retry policy and gzip included) with
+    /// another, fixed token, for example to act for someone else. Fails with
+    /// [`Error::Config`] when the token has characters not allowed in
+    /// metadata.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// let staff = client.with_token("eyJ...staff")?;
+    /// let order = staff.advance_order("0193…", 2).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_token(&self, token: &str) -> Result<Self, Error> {
         let mut client = Self::from_channel(self.channel.clone(), Some(token), self.timeout)?;
         client.retry = self.retry.clone();
@@ -394,6 +583,13 @@ impl Client {
     }
 
     /// The same connection with another retry policy.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// use orders::sdk::RetryPolicy;
+    /// let order = client.with_retry(RetryPolicy::none()).get_order("0193…").await?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_retry(&self, policy: RetryPolicy) -> Self {
         Self {
             retry: policy,
@@ -401,7 +597,17 @@ impl Client {
         }
     }
 
-    /// The underlying channel, for other services on the same port.
+    /// The underlying channel, for other services on the same port. Calls
+    /// made on it directly carry no token and no deadline.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    /// let mut health = HealthClient::new(client.channel());
+    /// let request = HealthCheckRequest { service: "readiness".into() };
+    /// let reply = health.check(request).await?.into_inner();
+    /// # Ok(()) }
+    /// ```
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
@@ -443,8 +649,20 @@ impl Client {
         }
     }
 
-    /// Registers an order. A `request_id` is generated for it, so retries
-    /// (on UNAVAILABLE) can never register it twice.
+    /// Registers an order and returns it. A `request_id` is generated for it,
+    /// so retries (on UNAVAILABLE) can never register it twice. Invalid items
+    /// or an invalid address fail with INVALID_ARGUMENT; see
+    /// [`Error::violations`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// use orders::sdk::pb;
+    /// let items = vec![pb::LineItem { sku: "APPLE-1".into(), quantity: 3, unit_price_cents: 250 }];
+    /// let address = pb::Address { street: "Main St".into(), number: 1, city: "Delft".into(), postal_code: "2611 AA".into() };
+    /// let order = client.register_order(items, address).await?;
+    /// println!("registered {} for {} cents", order.id, order.total_cents);
+    /// # Ok(()) }
+    /// ```
     pub async fn register_order(
         &self,
         items: Vec<pb::LineItem>,
@@ -463,7 +681,20 @@ impl Client {
     }
 
     /// Sends a `RegisterOrderRequest`; an empty `request_id` is filled with a
-    /// new UUID first, so the call is retried safely.
+    /// new UUID first, so the call is retried safely. Set your own UUID, kept
+    /// with the cart, to make a resend after your process restarts return the
+    /// first order too; the same `request_id` with other contents fails with
+    /// ALREADY_EXISTS.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client, items: Vec<orders::sdk::pb::LineItem>, address: orders::sdk::pb::Address) -> Result<(), orders::sdk::Error> {
+    /// use orders::sdk::pb;
+    /// let request_id = uuid::Uuid::now_v7().to_string();
+    /// let request = pb::RegisterOrderRequest { items, address: Some(address), request_id };
+    /// let response = client.register(request).await?;
+    /// println!("registered {}", response.order_id);
+    /// # Ok(()) }
+    /// ```
     pub async fn register(
         &self,
         mut request: pb::RegisterOrderRequest,
@@ -477,7 +708,15 @@ impl Client {
         .await
     }
 
-    /// One order (retried on UNAVAILABLE).
+    /// One order (retried on UNAVAILABLE). NOT_FOUND when there is none with
+    /// this id, or it is another customer's.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// let order = client.get_order("0193…").await?;
+    /// println!("{} is {:?} at version {}", order.id, order.status(), order.version);
+    /// # Ok(()) }
+    /// ```
     pub async fn get_order(&self, order_id: &str) -> Result<pb::Order, Error> {
         let req = pb::GetOrderRequest {
             order_id: order_id.into(),
@@ -486,7 +725,21 @@ impl Client {
             .await
     }
 
-    /// One page (retried on UNAVAILABLE).
+    /// One page (retried on UNAVAILABLE). Pass the response's
+    /// `next_page_token` as `page_token` for the next page; it is empty after
+    /// the last one. `page_size` 0 lets the server choose; `status`
+    /// `Unspecified` lists every status.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// use orders::sdk::pb;
+    /// let request = pb::ListOrdersRequest { page_size: 50, page_token: String::new(), status: pb::OrderStatus::Pending as i32 };
+    /// let page = client.list_orders(request).await?;
+    /// for order in &page.orders {
+    ///     println!("{} {}", order.id, order.total_cents);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn list_orders(
         &self,
         request: pb::ListOrdersRequest,
@@ -499,7 +752,17 @@ impl Client {
         .await
     }
 
-    /// Every page, following `next_page_token`.
+    /// Every page, following `next_page_token`. Each page is its own
+    /// [`list_orders`](Self::list_orders) call, with its own deadline and
+    /// retries; an error on any page fails the whole listing.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// use orders::sdk::pb;
+    /// let pending = client.list_all(pb::OrderStatus::Pending, 100).await?;
+    /// println!("{} orders are pending", pending.len());
+    /// # Ok(()) }
+    /// ```
     pub async fn list_all(
         &self,
         status: pb::OrderStatus,
@@ -524,6 +787,16 @@ impl Client {
     }
 
     /// Cancels an order. Not retried: a repeat after a lost reply would fail.
+    /// `expected_version` 0 means any version; another version than the
+    /// order's current one fails with ABORTED (read it again), a status that
+    /// can no longer be cancelled with FAILED_PRECONDITION.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// let order = client.get_order("0193…").await?;
+    /// let cancelled = client.cancel_order(&order.id, order.version).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn cancel_order(
         &self,
         order_id: &str,
@@ -542,6 +815,17 @@ impl Client {
     }
 
     /// Moves an order one step (staff). Not retried: a repeat would advance twice.
+    /// `expected_version` 0 means any version; another version than the
+    /// order's current one fails with ABORTED, a final order with
+    /// FAILED_PRECONDITION.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// let order = client.get_order("0193…").await?;
+    /// let next = client.advance_order(&order.id, order.version).await?;
+    /// println!("now {:?}", next.status());
+    /// # Ok(()) }
+    /// ```
     pub async fn advance_order(
         &self,
         order_id: &str,
@@ -560,6 +844,16 @@ impl Client {
     }
 
     /// Streams the addresses as one `UpdateOrder` call (applied all or none).
+    /// Not retried; the client's deadline covers the whole stream.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// use orders::sdk::pb;
+    /// let new_home = pb::Address { street: "Oude Delft".into(), number: 7, city: "Delft".into(), postal_code: "2611 BA".into() };
+    /// let response = client.update_order("0193…", vec![new_home]).await?;
+    /// println!("{} update(s) applied", response.updates_applied);
+    /// # Ok(()) }
+    /// ```
     pub async fn update_order(
         &self,
         order_id: &str,
@@ -575,7 +869,19 @@ impl Client {
         self.update_stream(tokio_stream::iter(messages)).await
     }
 
-    /// `UpdateOrder` with any stream of messages.
+    /// `UpdateOrder` with any stream of messages (each naming the same
+    /// order), for addresses that become known over time. Not retried; the
+    /// client's deadline covers the whole stream.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client, address: orders::sdk::pb::Address) -> Result<(), orders::sdk::Error> {
+    /// use orders::sdk::pb;
+    /// let (tx, rx) = tokio::sync::mpsc::channel(8);
+    /// tx.send(pb::UpdateOrderRequest { order_id: "0193…".into(), address: Some(address) }).await.ok();
+    /// drop(tx); // ends the stream
+    /// let response = client.update_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn update_stream(
         &self,
         messages: impl tokio_stream::Stream<Item = pb::UpdateOrderRequest> + Send + 'static,
@@ -589,7 +895,21 @@ impl Client {
     /// version (or every version after `after_version`), then each change,
     /// ending when the order is final. A broken stream is reopened after the
     /// last version seen, so no version is lost or repeated. Errors the
-    /// server answers at once (NOT_FOUND, …) are returned here.
+    /// server answers at once (NOT_FOUND, …) are returned here; later ones
+    /// end the stream as its last item. Reconnects back off as the client's
+    /// [`RetryPolicy`] says, and give up after [`RESUME_ATTEMPTS`] (10) failed
+    /// reconnects in a row. There is no deadline.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// use tokio_stream::StreamExt;
+    /// let mut watch = client.watch_order("0193…", 3).await?; // versions after 3
+    /// while let Some(order) = watch.next().await {
+    ///     let order = order?;
+    ///     println!("version {}: {:?}", order.version, order.status());
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn watch_order(
         &self,
         order_id: &str,
@@ -598,7 +918,21 @@ impl Client {
         OrderWatch::start(self.clone(), order_id.to_owned(), after_version).await
     }
 
-    /// One `WatchOrder` stream, as the server sends it (no resumption).
+    /// One `WatchOrder` stream, as the server sends it (no resumption, no
+    /// deadline): if the connection breaks, the stream ends with an error and
+    /// reopening it after the last version seen is up to the caller.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// use tokio_stream::StreamExt;
+    /// let mut events = client.watch_order_stream("0193…", 0).await?;
+    /// while let Some(event) = events.next().await {
+    ///     if let Some(order) = event?.order {
+    ///         println!("version {}", order.version);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn watch_order_stream(
         &self,
         order_id: &str,
@@ -618,12 +952,40 @@ impl Client {
 
     /// Follows many orders on one stream that survives reconnects: on a new
     /// connection every followed order is subscribed again and only versions
-    /// not yet seen are passed on.
+    /// not yet seen are passed on. The stream is opened in the background
+    /// (a task on the current Tokio runtime, which must exist); errors arrive
+    /// as items of the [`Tracker`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// use tokio_stream::StreamExt;
+    /// let mut tracker = client.track_orders();
+    /// tracker.subscribe("0193…").await;
+    /// while let Some(order) = tracker.next().await {
+    ///     let order = order?;
+    ///     println!("{} is {:?}", order.id, order.status());
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn track_orders(&self) -> Tracker {
         Tracker::start(self.clone())
     }
 
-    /// One `TrackOrders` stream, as the server sends it (no resumption).
+    /// One `TrackOrders` stream, as the server sends it (no resumption, no
+    /// deadline). Ending the request stream half-closes it: the server ends
+    /// its side once every subscribed order is final.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// use orders::sdk::pb::{self, track_orders_request::Action};
+    /// use tokio_stream::StreamExt;
+    /// let subscribe = pb::TrackOrdersRequest { action: Some(Action::Subscribe("0193…".into())) };
+    /// let mut events = client.track_orders_stream(tokio_stream::iter(vec![subscribe])).await?;
+    /// while let Some(event) = events.next().await {
+    ///     println!("{:?}", event?.order);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn track_orders_stream(
         &self,
         requests: impl tokio_stream::Stream<Item = pb::TrackOrdersRequest> + Send + 'static,
@@ -636,7 +998,17 @@ impl Client {
             .into_inner())
     }
 
-    /// `grpc.health.v1.Health/Check` on the same connection (no token needed).
+    /// `grpc.health.v1.Health/Check` on the same connection (no token needed),
+    /// within the client's deadline and not retried. `service` is `""` for
+    /// the server as a whole, or a service name such as
+    /// `orders.v1.OrderService`; an unknown status reads as `Unknown`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// use tonic_health::pb::health_check_response::ServingStatus;
+    /// let ready = client.health("orders.v1.OrderService").await? == ServingStatus::Serving;
+    /// # Ok(()) }
+    /// ```
     pub async fn health(&self, service: &str) -> Result<ServingStatus, Error> {
         let mut client = HealthClient::new(self.channel.clone());
         let mut request = tonic::Request::new(HealthCheckRequest {

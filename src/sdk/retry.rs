@@ -13,7 +13,12 @@ use std::time::Duration;
 use tonic::Code;
 use tower::retry::budget::{Budget, TpsBudget};
 
-/// How calls are retried.
+/// How calls are retried. Which calls is fixed: only those safe to repeat
+/// (reads, and registrations, whose `request_id` makes a repeat return the
+/// first order), on UNAVAILABLE or when the connection broke under them. The
+/// policy sets how often and how patiently, and a budget that stops retry
+/// storms; clones share the budget. The same backoff paces the reconnects of
+/// [`OrderWatch`](super::OrderWatch) and [`Tracker`](super::Tracker).
 ///
 /// ```
 /// use orders::sdk::RetryPolicy;
@@ -31,6 +36,11 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// 5 attempts, backoff from 50 ms doubling to at most 2 s, and a budget
     /// of 10 retries per second plus 20% of recent calls.
+    ///
+    /// ```
+    /// use orders::sdk::RetryPolicy;
+    /// let policy = RetryPolicy::default();
+    /// ```
     fn default() -> Self {
         Self {
             max_attempts: 5,
@@ -42,7 +52,13 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Never retry.
+    /// Never retry: each call is made once. The resuming streams still
+    /// reconnect, with this policy's backoff.
+    ///
+    /// ```
+    /// use orders::sdk::RetryPolicy;
+    /// let once = RetryPolicy::none();
+    /// ```
     pub fn none() -> Self {
         Self {
             max_attempts: 1,
@@ -50,17 +66,40 @@ impl RetryPolicy {
         }
     }
 
-    /// Attempts in all, the first included.
+    /// Attempts in all, the first included (default 5; 0 counts as 1). A
+    /// retry also needs the budget to allow it and the deadline to have time
+    /// left.
+    ///
+    /// ```
+    /// use orders::sdk::RetryPolicy;
+    /// let policy = RetryPolicy::default().max_attempts(3);
+    /// ```
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
         self
     }
 
+    /// The longest pause before the first retry (default 50 ms). The limit
+    /// doubles with each further retry, up to [`max_backoff`](Self::max_backoff);
+    /// each pause is a random time up to it ("full jitter").
+    ///
+    /// ```
+    /// use orders::sdk::RetryPolicy;
+    /// use std::time::Duration;
+    /// let policy = RetryPolicy::default().initial_backoff(Duration::from_millis(100));
+    /// ```
     pub fn initial_backoff(mut self, backoff: Duration) -> Self {
         self.initial_backoff = backoff;
         self
     }
 
+    /// The longest any pause may be (default 2 s).
+    ///
+    /// ```
+    /// use orders::sdk::RetryPolicy;
+    /// use std::time::Duration;
+    /// let policy = RetryPolicy::default().max_backoff(Duration::from_millis(500));
+    /// ```
     pub fn max_backoff(mut self, backoff: Duration) -> Self {
         self.max_backoff = backoff;
         self

@@ -17,7 +17,22 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 
-/// Failed reconnects in a row before a stream gives up.
+/// Failed reconnects in a row before a stream gives up. [`OrderWatch`] and
+/// [`Tracker`] then pass on an error (UNAVAILABLE, typically) as their last
+/// item. Any version received resets the count.
+///
+/// ```no_run
+/// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+/// use tokio_stream::StreamExt;
+/// let mut watch = client.watch_order("0193…", 0).await?;
+/// while let Some(item) = watch.next().await {
+///     match item {
+///         Ok(order) => println!("version {}", order.version),
+///         Err(e) => return Err(e), // the server stayed away for 10 reconnects
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 pub const RESUME_ATTEMPTS: u32 = 10;
 
 fn is_final(order: &pb::Order) -> bool {
@@ -149,7 +164,8 @@ enum Command {
 /// tracker.subscribe("0193…b").await;
 /// tracker.close();
 /// while let Some(order) = tracker.next().await {
-///     println!("{} is at version {}", order?.id, 0);
+///     let order = order?;
+///     println!("{} is at version {}", order.id, order.version);
 /// }
 /// # Ok(()) }
 /// ```
@@ -169,14 +185,34 @@ impl Tracker {
         }
     }
 
-    /// Follow `order_id`: its current version, then every change.
+    /// Follow `order_id`: its current version, then every change. Waits
+    /// while the tracker's queue of requests is full; does nothing after
+    /// [`close`](Self::close).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) {
+    /// let tracker = client.track_orders();
+    /// for id in ["0193…a", "0193…b"] {
+    ///     tracker.subscribe(id).await;
+    /// }
+    /// # }
+    /// ```
     pub async fn subscribe(&self, order_id: &str) {
         if let Some(c) = &self.commands {
             let _ = c.send(Command::Subscribe(order_id.to_owned())).await;
         }
     }
 
-    /// Stop following `order_id`.
+    /// Stop following `order_id`; versions of it still on their way are
+    /// dropped. Does nothing after [`close`](Self::close).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) {
+    /// let tracker = client.track_orders();
+    /// tracker.subscribe("0193…").await;
+    /// tracker.unsubscribe("0193…").await;
+    /// # }
+    /// ```
     pub async fn unsubscribe(&self, order_id: &str) {
         if let Some(c) = &self.commands {
             let _ = c.send(Command::Unsubscribe(order_id.to_owned())).await;
@@ -184,6 +220,16 @@ impl Tracker {
     }
 
     /// No more subscriptions: the stream ends once every followed order is final.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: orders::sdk::Client) -> Result<(), orders::sdk::Error> {
+    /// use tokio_stream::StreamExt;
+    /// let mut tracker = client.track_orders();
+    /// tracker.subscribe("0193…").await;
+    /// tracker.close();
+    /// let versions: Vec<_> = tracker.collect().await; // ends when the order is final
+    /// # Ok(()) }
+    /// ```
     pub fn close(&mut self) {
         self.commands = None;
     }

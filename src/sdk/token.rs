@@ -30,6 +30,13 @@ pub trait TokenProvider: Send + Sync + 'static {
 pub struct StaticToken(String);
 
 impl StaticToken {
+    /// A provider that answers `token` on every call.
+    ///
+    /// ```
+    /// use orders::sdk::{StaticToken, TokenProvider};
+    /// let provider = StaticToken::new("eyJ...");
+    /// assert_eq!(provider.token().as_deref(), Some("eyJ..."));
+    /// ```
     pub fn new(token: impl Into<String>) -> Self {
         Self(token.into())
     }
@@ -58,6 +65,17 @@ pub struct FileToken {
 }
 
 impl FileToken {
+    /// A provider for the token in `path`, trimmed of surrounding whitespace.
+    /// Nothing is read yet: the first call reads it, and until the file
+    /// exists calls go without a token.
+    ///
+    /// ```
+    /// use orders::sdk::{FileToken, TokenProvider};
+    /// let path = std::env::temp_dir().join("orders-sdk-file-token-doctest");
+    /// std::fs::write(&path, "eyJ...\n").unwrap();
+    /// let provider = FileToken::new(&path);
+    /// assert_eq!(provider.token().as_deref(), Some("eyJ..."));
+    /// ```
     pub fn new(path: impl AsRef<Path>) -> Self {
         Self {
             path: path.as_ref().to_owned(),
@@ -102,6 +120,14 @@ impl<F> FnToken<F>
 where
     F: Fn() -> Option<String> + Send + Sync + 'static,
 {
+    /// A provider that calls `f` once per call; `None` sends the call without
+    /// a token.
+    ///
+    /// ```
+    /// use orders::sdk::{FnToken, TokenProvider};
+    /// let provider = FnToken::new(|| std::env::var("ORDERS_TOKEN").ok());
+    /// let token = provider.token(); // None when ORDERS_TOKEN is not set
+    /// ```
     pub fn new(f: F) -> Self {
         Self(f)
     }
