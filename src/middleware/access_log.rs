@@ -5,7 +5,7 @@
 //! Outside auth and deadlines so refused and timed-out calls are logged too;
 //! inside request ids, so the id is known.
 
-use super::{CallContext, ObservedBody, Observer, code_name};
+use super::{CallContext, Observer, code_name};
 use futures::future::BoxFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,14 +107,7 @@ where
             context: request.extensions().get::<Arc<CallContext>>().cloned(),
             started: Instant::now(),
         });
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let mut guard = super::FinishOnDrop(Some(entry));
-            let response = inner.call(request).await?;
-            let entry = guard.0.take().expect("taken once");
-            Ok(ObservedBody::wrap(response, entry))
-        })
+        super::call_observed(&mut self.inner, request, entry)
     }
 }
 

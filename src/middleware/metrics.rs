@@ -8,7 +8,7 @@
 //! for every gRPC outcome. Sits outside the layers that refuse calls (load
 //! shedding, deadlines, auth) so their refusals are counted too.
 
-use super::{MessageCounter, ObservedBody, Observer, RpcMethod, code_name};
+use super::{MessageCounter, Observer, RpcMethod, code_name};
 use bytes::{Buf, Bytes};
 use futures::future::BoxFuture;
 use http_body::{Body, Frame};
@@ -235,14 +235,6 @@ where
             labels,
             started: Instant::now(),
         });
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            // Reported as CANCELLED if the call is dropped before answering.
-            let mut guard = super::FinishOnDrop(Some(recorder));
-            let response = inner.call(request).await?;
-            let recorder = guard.0.take().expect("taken once");
-            Ok(ObservedBody::wrap(response, recorder))
-        })
+        super::call_observed(&mut self.inner, request, recorder)
     }
 }

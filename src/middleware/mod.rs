@@ -272,6 +272,36 @@ impl Drop for ObservedBody {
     }
 }
 
+/// Calls the (readied) `inner` service and reports the call's outcome to
+/// `observer`: from the response's trailers, or CANCELLED when the call is
+/// dropped first (a client cancel during a unary handler). The shared body of
+/// the metrics, access-log and trace layers.
+pub fn call_observed<S>(
+    inner: &mut S,
+    request: http::Request<tonic::body::Body>,
+    observer: Box<dyn Observer>,
+) -> futures::future::BoxFuture<'static, Result<S::Response, S::Error>>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    // The readied service goes into the future (tower's contract); a clone
+    // stays behind for the next call.
+    let clone = inner.clone();
+    let mut inner = std::mem::replace(inner, clone);
+    Box::pin(async move {
+        let mut guard = FinishOnDrop(Some(observer));
+        let response = inner.call(request).await?;
+        let observer = guard.0.take().expect("taken once");
+        Ok(ObservedBody::wrap(response, observer))
+    })
+}
+
 /// Reports a call whose response future was dropped before it produced a
 /// response (client cancel during a unary handler).
 pub struct FinishOnDrop(pub Option<Box<dyn Observer>>);

@@ -8,7 +8,7 @@
 //! Just inside request ids (the span carries the id) and outside everything
 //! else, so every log line of the call happens inside it.
 
-use super::{CallContext, ObservedBody, Observer, RpcMethod};
+use super::{CallContext, Observer, RpcMethod};
 use futures::future::BoxFuture;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -87,18 +87,9 @@ where
         let parent = TraceContextPropagator::new()
             .extract(&opentelemetry_http::HeaderExtractor(request.headers()));
         let _ = span.set_parent(parent);
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let end = Box::new(SpanEnd(span.clone()));
-        Box::pin(
-            async move {
-                let mut guard = super::FinishOnDrop(Some(end));
-                let response = inner.call(request).await?;
-                let end = guard.0.take().expect("taken once");
-                Ok(ObservedBody::wrap(response, end))
-            }
-            .instrument(span),
-        )
+        // Every poll of the call (the inner layers and the handler) runs inside the span.
+        Box::pin(super::call_observed(&mut self.inner, request, end).instrument(span))
     }
 }
 
