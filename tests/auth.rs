@@ -5,49 +5,13 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::jwt::{claims, crafted, kid, now, sign_es256};
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use orders::sdk::{Client, pb};
 use serde_json::json;
 use std::sync::Arc;
 use tonic::Code;
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn claims(sub: &str, scope: &str) -> serde_json::Value {
-    json!({"sub": sub, "scope": scope, "iss": ISSUER, "aud": AUDIENCE, "iat": now(), "nbf": now(), "exp": now() + 600})
-}
-
-/// The kid the server knows the dev signing key by.
-fn kid(certs: &Certs) -> String {
-    let token = certs.token("alice", READ_WRITE);
-    jsonwebtoken::decode_header(&token).unwrap().kid.unwrap()
-}
-
-/// Signs `claims` with the server's dev ES256 key and `header`.
-fn sign_es256(certs: &Certs, header: Header, claims: &serde_json::Value) -> String {
-    let pem = std::fs::read(certs.dev.path(orders::dev::SIGNING_KEY)).unwrap();
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_pem(&pem).unwrap()).unwrap()
-}
-
-fn es256_header(kid: &str) -> Header {
-    let mut h = Header::new(Algorithm::ES256);
-    h.kid = Some(kid.into());
-    h
-}
-
-/// A token with an arbitrary (unsigned) header, as an attacker would craft it.
-fn crafted(header: serde_json::Value, claims: &serde_json::Value, signature: &[u8]) -> String {
-    let enc = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
-    format!(
-        "{}.{}.{}",
-        enc(&header),
-        enc(claims),
-        URL_SAFE_NO_PAD.encode(signature)
-    )
-}
 
 async fn call_with(server: &TestServer, metadata: &[(&'static str, &str)]) -> tonic::Status {
     let client = server.anonymous().await;
@@ -118,20 +82,13 @@ async fn tokens_spoiled_one_way_at_a_time_are_unauthenticated_with_a_reason() {
         ),
         (
             "another key claiming our kid",
-            {
-                let pem = std::fs::read(other.dev.path(orders::dev::SIGNING_KEY)).unwrap();
-                jsonwebtoken::encode(
-                    &es256_header(&our_kid),
-                    &claims("alice", READ_WRITE),
-                    &EncodingKey::from_ec_pem(&pem).unwrap(),
-                )
-                .unwrap()
-            },
+            // Signed with the other key, under our key's kid.
+            sign_es256(&other, &our_kid, &claims("alice", READ_WRITE)),
             "BAD_SIGNATURE",
         ),
         (
             "unknown kid",
-            sign_es256(&certs, es256_header("nobody"), &claims("alice", READ_WRITE)),
+            sign_es256(&certs, "nobody", &claims("alice", READ_WRITE)),
             "UNKNOWN_KEY",
         ),
         (
@@ -161,7 +118,7 @@ async fn tokens_spoiled_one_way_at_a_time_are_unauthenticated_with_a_reason() {
             "no subject",
             sign_es256(
                 &certs,
-                es256_header(&our_kid),
+                &our_kid,
                 &json!({"scope": READ_WRITE, "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600}),
             ),
             "MALFORMED_TOKEN",
@@ -170,7 +127,7 @@ async fn tokens_spoiled_one_way_at_a_time_are_unauthenticated_with_a_reason() {
             "no expiry",
             sign_es256(
                 &certs,
-                es256_header(&our_kid),
+                &our_kid,
                 &json!({"sub": "alice", "scope": READ_WRITE, "iss": ISSUER, "aud": AUDIENCE}),
             ),
             "MALFORMED_TOKEN",
@@ -252,7 +209,7 @@ async fn scopes_gate_methods_and_scp_arrays_count() {
     let certs = &server.certs;
     let token = sign_es256(
         certs,
-        es256_header(&kid(certs)),
+        &kid(certs),
         &json!({"sub": "alice", "scp": ["orders:read", "orders:admin"], "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600}),
     );
     let staff_by_scp = server.client_with_token(&token).await;

@@ -13,6 +13,7 @@ mod common;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::{Buf, BufMut};
+use common::jwt::{claims, crafted, kid, now, sign_es256};
 use common::*;
 use futures::future::BoxFuture;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -33,39 +34,6 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 const RSA_KID: &str = "rsa-key";
 const HS256_SECRET: &str = "a-development-secret-of-at-least-32-bytes";
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn claims(sub: &str, scope: &str) -> serde_json::Value {
-    json!({"sub": sub, "scope": scope, "iss": ISSUER, "aud": AUDIENCE,
-           "iat": now(), "nbf": now(), "exp": now() + 600})
-}
-
-/// The kid the server knows the dev signing key by.
-fn kid(certs: &Certs) -> String {
-    let token = certs.token("alice", READ_WRITE);
-    jsonwebtoken::decode_header(&token).unwrap().kid.unwrap()
-}
-
-fn sign_es256(certs: &Certs, kid: &str, claims: &serde_json::Value) -> String {
-    let pem = std::fs::read(certs.dev.path(orders::dev::SIGNING_KEY)).unwrap();
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(kid.into());
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_pem(&pem).unwrap()).unwrap()
-}
-
-/// A token with an arbitrary (unsigned) header, as an attacker crafts it.
-fn crafted(header: serde_json::Value, claims: &serde_json::Value, signature: &[u8]) -> String {
-    let enc = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
-    format!(
-        "{}.{}.{}",
-        enc(&header),
-        enc(claims),
-        URL_SAFE_NO_PAD.encode(signature)
-    )
-}
 
 // ---------------------------------------------------------------- expectations
 

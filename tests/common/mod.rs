@@ -551,3 +551,50 @@ impl Drop for TempPostgres {
         };
     }
 }
+
+/// Tokens as an attacker or a test crafts them, against the dev signing key.
+pub mod jwt {
+    use super::{AUDIENCE, Certs, ISSUER, READ_WRITE};
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    pub fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    /// Valid claims for `sub` with `scope`, good for ten minutes.
+    pub fn claims(sub: &str, scope: &str) -> serde_json::Value {
+        serde_json::json!({"sub": sub, "scope": scope, "iss": ISSUER, "aud": AUDIENCE,
+                           "iat": now(), "nbf": now(), "exp": now() + 600})
+    }
+
+    /// The kid the server knows the dev signing key by.
+    pub fn kid(certs: &Certs) -> String {
+        let token = certs.token("alice", READ_WRITE);
+        jsonwebtoken::decode_header(&token).unwrap().kid.unwrap()
+    }
+
+    /// `claims` signed with the dev ES256 key under `kid`.
+    pub fn sign_es256(certs: &Certs, kid: &str, claims: &serde_json::Value) -> String {
+        let pem = std::fs::read(certs.dev.path(orders::dev::SIGNING_KEY)).unwrap();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_pem(&pem).unwrap()).unwrap()
+    }
+
+    /// A token with an arbitrary (unsigned) header, as an attacker crafts it.
+    pub fn crafted(
+        header: serde_json::Value,
+        claims: &serde_json::Value,
+        signature: &[u8],
+    ) -> String {
+        let enc = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+        format!(
+            "{}.{}.{}",
+            enc(&header),
+            enc(claims),
+            URL_SAFE_NO_PAD.encode(signature)
+        )
+    }
+}
