@@ -203,6 +203,19 @@ pub struct DatabaseSettings {
     #[serde(serialize_with = "redact_url")]
     pub url: SecretString,
     pub max_connections: u32,
+    /// SQLite: writes waiting together share one transaction and one fsync
+    /// (group commit). `false` gives one transaction per write.
+    pub group_commit: bool,
+}
+
+impl DatabaseSettings {
+    /// How the store opens its connections and commits.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            max_connections: self.max_connections,
+            group_commit: self.group_commit,
+        }
+    }
 }
 
 impl Default for DatabaseSettings {
@@ -210,6 +223,7 @@ impl Default for DatabaseSettings {
         Self {
             url: SecretString::from("sqlite://data/orders.db"),
             max_connections: 8,
+            group_commit: true,
         }
     }
 }

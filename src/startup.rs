@@ -83,7 +83,7 @@ impl Application {
         } else {
             None
         };
-        let store = store::connect(settings.database_url(), settings.database.max_connections)
+        let store = store::connect(settings.database_url(), &settings.database.store_options())
             .await
             .with_context(|| {
                 format!(

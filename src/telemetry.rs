@@ -125,6 +125,7 @@ impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
 use crate::middleware::metrics::GrpcMetrics;
 use crate::store::Store;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -141,6 +142,10 @@ pub struct Metrics {
     pool_connections: Family<PoolLabels, Gauge>,
     pool_max: Gauge,
     tls_expiry: Gauge,
+    write_transactions: Counter,
+    writes: Counter,
+    /// Two scrapes at once must not both add the same difference.
+    catching_up: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -171,12 +176,27 @@ impl Metrics {
             "When the serving TLS certificate expires (Unix seconds); 0 without TLS",
             tls_expiry.clone(),
         );
+        let write_transactions = Counter::default();
+        let writes = Counter::default();
+        registry.register(
+            "orders_db_write_transactions",
+            "Committed write transactions (with group commit one carries many writes)",
+            write_transactions.clone(),
+        );
+        registry.register(
+            "orders_db_writes",
+            "Committed writes (registrations and order changes)",
+            writes.clone(),
+        );
         Self {
             registry,
             grpc,
             pool_connections,
             pool_max,
             tls_expiry,
+            write_transactions,
+            writes,
+            catching_up: Default::default(),
         }
     }
 
@@ -194,10 +214,28 @@ impl Metrics {
         self.pool_connections
             .get_or_create(&PoolLabels { state: "in_use" })
             .set(i64::from(pool.in_use));
+        // The store counts; the counters catch up to it (they only grow).
+        let written = store.write_stats();
+        {
+            let _one_at_a_time = self
+                .catching_up
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            catch_up(&self.write_transactions, written.transactions);
+            catch_up(&self.writes, written.writes);
+        }
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(error = %e, "cannot render metrics");
         }
         text
+    }
+}
+
+/// Advances a Prometheus counter to a total counted elsewhere.
+fn catch_up(counter: &Counter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
     }
 }

@@ -140,6 +140,10 @@ async fn metrics_count_exactly_the_calls_made_with_codes_read_from_trailers() {
     );
     assert!(metric(&text, "orders_db_pool_max_connections", &[]).unwrap() >= 1.0);
     assert!(metric(&text, "orders_db_pool_connections", &[("state", "idle")]).is_some());
+    // One registration and one cancel were stored (the invalid call wrote nothing).
+    assert_eq!(metric(&text, "orders_db_writes_total", &[]), Some(2.0));
+    let transactions = metric(&text, "orders_db_write_transactions_total", &[]).unwrap();
+    assert!((1.0..=2.0).contains(&transactions), "{transactions}");
     let expiry = metric(&text, "orders_tls_cert_expiry_timestamp_seconds", &[]).unwrap();
     assert!(
         expiry > chrono::Utc::now().timestamp() as f64,

@@ -79,8 +79,8 @@ impl From<ServiceError> for Status {
                 Status::aborted("the order changed concurrently; read it and try again")
             }
             ServiceError::DatabaseDown => Status::unavailable("database unavailable; retry later"),
-            ServiceError::Store(StoreError::Unavailable(e)) => {
-                tracing::warn!(error = %e, "database unavailable");
+            ServiceError::Store(e) if e.is_transient() => {
+                tracing::warn!(error = ?anyhow::Error::from(e), "database unavailable");
                 Status::unavailable("database unavailable; retry later")
             }
             ServiceError::Store(e) => {

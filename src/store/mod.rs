@@ -11,6 +11,7 @@
 //! coalesced notification can never lose an event.
 
 mod feed;
+mod group_commit;
 mod sql;
 
 pub use feed::Change;
@@ -65,9 +66,26 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The shared transaction this write was grouped into (group commit)
+    /// failed as a whole: nothing of it was stored.
+    #[error("the shared write transaction failed")]
+    Group {
+        transient: bool,
+        #[source]
+        cause: Arc<StoreError>,
+    },
 }
 
 impl StoreError {
+    /// Trouble reaching the database, worth a retry (UNAVAILABLE).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Group { transient, .. } => *transient,
+            _ => false,
+        }
+    }
+
     /// Splits transient connection trouble (UNAVAILABLE, retryable) from bugs.
     pub(crate) fn classify(err: sqlx::Error) -> Self {
         use sqlx::Error as E;
@@ -103,6 +121,39 @@ pub struct PoolStats {
     pub in_use: u32,
 }
 
+/// Writes and the transactions that committed them, since the store opened:
+/// `writes / transactions` is the mean group size of group commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Committed write transactions.
+    pub transactions: u64,
+    /// Writes (registrations, updates) those transactions carried.
+    pub writes: u64,
+}
+
+/// Counts committed writes; shared by the stores and the writer task.
+#[derive(Debug, Default)]
+pub(crate) struct WriteCounter {
+    transactions: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
+}
+
+impl WriteCounter {
+    pub(crate) fn committed(&self, writes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.transactions.fetch_add(1, Relaxed);
+        self.writes.fetch_add(writes, Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> WriteStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        WriteStats {
+            transactions: self.transactions.load(Relaxed),
+            writes: self.writes.load(Relaxed),
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[async_trait]
@@ -136,15 +187,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// The connection pool serving reads (for the pool gauges).
     fn pool_stats(&self) -> PoolStats;
+
+    /// Committed writes and transactions (for the group-commit counters).
+    fn write_stats(&self) -> WriteStats;
+}
+
+/// How to open a store (from the `database.*` settings).
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Size of the pool serving reads.
+    pub max_connections: u32,
+    /// SQLite: commit the writes that wait together in one transaction (one
+    /// fsync for the group). `false` gives one transaction per write, the
+    /// baseline the benchmarks compare with. PostgreSQL groups concurrent
+    /// commits in its own WAL writer, so it ignores this.
+    pub group_commit: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            group_commit: true,
+        }
+    }
 }
 
 /// Opens the store a `database.url` names and runs its migrations.
-pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
+pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(
-            PostgresStore::connect(url, max_connections).await?,
-        ))
+        Ok(Arc::new(PostgresStore::connect(url, options).await?))
     } else {
-        Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
+        Ok(Arc::new(SqliteStore::connect(url, options).await?))
     }
 }

@@ -4,7 +4,11 @@
 //! write transaction begins and how a change is announced.
 
 use super::feed::{self, Change};
-use super::{Idempotency, Inserted, ListQuery, PoolStats, Result, Store, StoreError};
+use super::group_commit::{MAX_GROUP, Writer};
+use super::{
+    Idempotency, Inserted, ListQuery, PoolStats, Result, Store, StoreError, StoreOptions,
+    WriteCounter, WriteStats,
+};
 use crate::domain::{Order, OrderId};
 use async_trait::async_trait;
 use sqlx::Row;
@@ -72,17 +76,15 @@ macro_rules! sql_store {
                     .map_err(StoreError::classify)?;
                 Ok(row.try_get::<Vec<u8>, _>("value")?)
             }
-        }
 
-        #[async_trait]
-        impl Store for $store {
-            async fn insert(
-                &self,
+            /// The registration's statements, inside the caller's transaction:
+            /// the new order, or the caller's earlier one with this key.
+            pub(super) async fn insert_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
                 order: &Order,
                 idempotency: Option<Idempotency<'_>>,
             ) -> Result<Inserted> {
                 let doc = serde_json::to_string(order)?;
-                let mut tx = self.begin_write().await?;
                 let inserted = sqlx::query(INSERT_ORDER)
                     .bind(order.id().as_str())
                     .bind(order.customer_id().as_str())
@@ -91,7 +93,7 @@ macro_rules! sql_store {
                     .bind(idempotency.map(|i| i.request_id))
                     .bind(idempotency.map(|i| i.fingerprint))
                     .bind(&doc)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await
                     .map_err(StoreError::classify)?;
                 if inserted.is_none() {
@@ -103,7 +105,7 @@ macro_rules! sql_store {
                     let row = sqlx::query(FIND_BY_REQUEST)
                         .bind(order.customer_id().as_str())
                         .bind(key.request_id)
-                        .fetch_one(&mut *tx)
+                        .fetch_one(&mut **tx)
                         .await
                         .map_err(StoreError::classify)?;
                     let existing = decode(&row.try_get::<String, _>("doc")?)?;
@@ -117,14 +119,55 @@ macro_rules! sql_store {
                     .bind(order.id().as_str())
                     .bind(order.version())
                     .bind(&doc)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await
                     .map_err(StoreError::classify)?;
-                self.announce_in_tx(&mut tx, order.id(), order.version())
-                    .await?;
-                tx.commit().await.map_err(StoreError::classify)?;
-                self.announce_after_commit(order.id(), order.version());
                 Ok(Inserted::Created)
+            }
+
+            /// New versions of one order, inside the caller's transaction,
+            /// provided it is still at `base_version`.
+            pub(super) async fn commit_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                base_version: i64,
+                versions: &[Order],
+            ) -> Result<()> {
+                let Some(last) = versions.last() else {
+                    return Ok(());
+                };
+                let updated = sqlx::query(UPDATE_ORDER)
+                    .bind(last.status().code())
+                    .bind(last.version())
+                    .bind(serde_json::to_string(last)?)
+                    .bind(last.id().as_str())
+                    .bind(base_version)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(StoreError::classify)?;
+                if updated.rows_affected() == 0 {
+                    return Err(StoreError::Conflict);
+                }
+                for version in versions {
+                    sqlx::query(INSERT_VERSION)
+                        .bind(version.id().as_str())
+                        .bind(version.version())
+                        .bind(serde_json::to_string(version)?)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(StoreError::classify)?;
+                }
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            async fn insert(
+                &self,
+                order: &Order,
+                idempotency: Option<Idempotency<'_>>,
+            ) -> Result<Inserted> {
+                self.write_insert(order, idempotency).await
             }
 
             async fn get(&self, id: &OrderId) -> Result<Option<Order>> {
@@ -161,36 +204,7 @@ macro_rules! sql_store {
             }
 
             async fn commit(&self, base_version: i64, versions: &[Order]) -> Result<()> {
-                let Some(last) = versions.last() else {
-                    return Ok(());
-                };
-                let mut tx = self.begin_write().await?;
-                let updated = sqlx::query(UPDATE_ORDER)
-                    .bind(last.status().code())
-                    .bind(last.version())
-                    .bind(serde_json::to_string(last)?)
-                    .bind(last.id().as_str())
-                    .bind(base_version)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::classify)?;
-                if updated.rows_affected() == 0 {
-                    return Err(StoreError::Conflict);
-                }
-                for version in versions {
-                    sqlx::query(INSERT_VERSION)
-                        .bind(version.id().as_str())
-                        .bind(version.version())
-                        .bind(serde_json::to_string(version)?)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StoreError::classify)?;
-                }
-                self.announce_in_tx(&mut tx, last.id(), last.version())
-                    .await?;
-                tx.commit().await.map_err(StoreError::classify)?;
-                self.announce_after_commit(last.id(), last.version());
-                Ok(())
+                self.write_commit(base_version, versions).await
             }
 
             async fn history(&self, id: &OrderId, after_version: i64) -> Result<Vec<Order>> {
@@ -221,6 +235,10 @@ macro_rules! sql_store {
                 self.feed.subscribe()
             }
 
+            fn write_stats(&self) -> WriteStats {
+                self.written.stats()
+            }
+
             fn pool_stats(&self) -> PoolStats {
                 let pool = self.reader();
                 let size = pool.size();
@@ -237,25 +255,28 @@ macro_rules! sql_store {
 }
 
 /// SQLite: one file, WAL mode, `synchronous = FULL` so an acknowledged order
-/// survives a crash or power loss. Writes go through a pool of one connection
-/// (SQLite has one writer anyway; queuing in-process beats BUSY retries),
-/// reads through a pool of many (WAL lets them run beside the writer).
+/// survives a crash or power loss. Writes go through one writer task on a
+/// pool of one connection (SQLite has one writer anyway; queuing in-process
+/// beats BUSY retries), which commits the writes waiting together in one
+/// transaction (group commit, see `group_commit.rs`); reads go through a
+/// pool of many (WAL lets them run beside the writer).
 pub struct SqliteStore {
     read: SqlitePool,
-    write: SqlitePool,
+    writer: Writer,
+    written: std::sync::Arc<WriteCounter>,
     feed: broadcast::Sender<Change>,
     cursor_key: Vec<u8>,
 }
 
 impl SqliteStore {
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+        let connect = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        if let Some(parent) = options.get_filename().parent()
+        if let Some(parent) = connect.get_filename().parent()
             && !parent.as_os_str().is_empty()
         {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Database(e.into()))?;
@@ -263,21 +284,26 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
+            .connect_with(connect.clone())
             .await
             .map_err(StoreError::classify)?;
         sqlx::migrate!("migrations/sqlite").run(&write).await?;
         let read = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(1))
+            .max_connections(options.max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.read_only(true))
+            .connect_with(connect.read_only(true))
             .await
             .map_err(StoreError::classify)?;
         let cursor_key = Self::load_cursor_key(&write).await?;
+        let feed = feed::channel();
+        let max_group = if options.group_commit { MAX_GROUP } else { 1 };
+        let written = std::sync::Arc::new(WriteCounter::default());
+        let writer = Writer::start(write, feed.clone(), written.clone(), max_group);
         Ok(Self {
             read,
-            write,
-            feed: feed::channel(),
+            writer,
+            written,
+            feed,
             cursor_key,
         })
     }
@@ -286,31 +312,20 @@ impl SqliteStore {
         &self.read
     }
 
-    /// `BEGIN IMMEDIATE` takes the write lock up front, so a transaction never
-    /// fails half-way trying to upgrade a read lock.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
-        self.write
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::classify)
-    }
-
-    async fn announce_in_tx(
+    async fn write_insert(
         &self,
-        _tx: &mut sqlx::Transaction<'static, Sqlite>,
-        _id: &OrderId,
-        _version: i64,
-    ) -> Result<()> {
-        Ok(())
+        order: &Order,
+        idempotency: Option<Idempotency<'_>>,
+    ) -> Result<Inserted> {
+        let key = idempotency.map(|i| (i.request_id.to_owned(), i.fingerprint.to_owned()));
+        self.writer.insert(order.clone(), key).await
     }
 
-    /// One process owns the file, so the in-process broadcast is the feed.
-    fn announce_after_commit(&self, id: &OrderId, version: i64) {
-        // No receivers is fine: nobody is watching.
-        let _ = self.feed.send(Change::Order {
-            id: id.clone(),
-            version,
-        });
+    async fn write_commit(&self, base_version: i64, versions: &[Order]) -> Result<()> {
+        if versions.is_empty() {
+            return Ok(());
+        }
+        self.writer.commit(base_version, versions.to_vec()).await
     }
 }
 
@@ -321,6 +336,7 @@ sql_store!(SqliteStore, Sqlite);
 /// commit order) and heard by a `LISTEN` task on every replica.
 pub struct PostgresStore {
     pool: PgPool,
+    written: std::sync::Arc<WriteCounter>,
     feed: broadcast::Sender<Change>,
     cursor_key: Vec<u8>,
     /// Stops the LISTEN task (and frees its connection) with the store.
@@ -328,9 +344,9 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(2))
+            .max_connections(options.max_connections.max(2))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await
@@ -349,6 +365,7 @@ impl PostgresStore {
         let task = tokio::spawn(listen(listener, feed.clone()));
         Ok(Self {
             pool,
+            written: Default::default(),
             feed,
             cursor_key,
             _listener: crate::AbortOnDrop(task),
@@ -359,27 +376,44 @@ impl PostgresStore {
         &self.pool
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
-        self.pool.begin().await.map_err(StoreError::classify)
+    async fn write_insert(
+        &self,
+        order: &Order,
+        idempotency: Option<Idempotency<'_>>,
+    ) -> Result<Inserted> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
+        let inserted = Self::insert_in(&mut tx, order, idempotency).await?;
+        if matches!(inserted, Inserted::Created) {
+            Self::announce(&mut tx, order).await?;
+        }
+        tx.commit().await.map_err(StoreError::classify)?;
+        self.written.committed(1);
+        Ok(inserted)
     }
 
-    async fn announce_in_tx(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Postgres>,
-        id: &OrderId,
-        version: i64,
-    ) -> Result<()> {
+    async fn write_commit(&self, base_version: i64, versions: &[Order]) -> Result<()> {
+        let Some(last) = versions.last() else {
+            return Ok(());
+        };
+        let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
+        Self::commit_in(&mut tx, base_version, versions).await?;
+        Self::announce(&mut tx, last).await?;
+        tx.commit().await.map_err(StoreError::classify)?;
+        self.written.committed(1);
+        Ok(())
+    }
+
+    /// `pg_notify` inside the writing transaction: delivered on commit, in
+    /// commit order, to every replica's LISTEN (ours included).
+    async fn announce(tx: &mut sqlx::Transaction<'static, Postgres>, order: &Order) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
-            .bind(Change::payload(id, version))
+            .bind(Change::payload(order.id(), order.version()))
             .execute(&mut **tx)
             .await
             .map_err(StoreError::classify)?;
         Ok(())
     }
-
-    /// Our own NOTIFY comes back through LISTEN like everyone else's.
-    fn announce_after_commit(&self, _id: &OrderId, _version: i64) {}
 }
 
 sql_store!(PostgresStore, Postgres);
