@@ -381,6 +381,17 @@ impl Sources {
 impl Settings {
     /// Reads every layer, then validates the result.
     pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        let settings = Self::read_layers(sources, None)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Every layer merged and typed (unknown keys refused), not validated.
+    /// `vars`, when given, stand in for the process's `ORDERS__*` variables.
+    fn read_layers(
+        sources: &Sources,
+        vars: Option<config::Map<String, String>>,
+    ) -> Result<Settings, ConfigError> {
         use config::{Config, Environment as Env, File};
 
         let environment: Environment = sources
@@ -407,7 +418,7 @@ impl Settings {
             }
             builder = builder.add_source(File::from(file.as_path()).required(true));
         }
-        if sources.use_env_vars {
+        if sources.use_env_vars || vars.is_some() {
             builder = builder.add_source(
                 Env::with_prefix("ORDERS")
                     .prefix_separator("__")
@@ -415,7 +426,8 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("auth.algorithms")
                     .with_list_parse_key("auth.public_keys")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(vars),
             );
         }
         let mut settings: Settings = builder
@@ -423,7 +435,6 @@ impl Settings {
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError(vec![e.to_string()]))?;
         settings.environment = environment;
-        settings.validate()?;
         Ok(settings)
     }
 
@@ -713,6 +724,20 @@ impl Settings {
     pub fn database_url(&self) -> &str {
         self.database.url.expose_secret()
     }
+
+    /// Reads every layer exactly as [`Settings::load`] does (unknown keys
+    /// refused), with the `ORDERS__*` variables taken from `vars` instead of
+    /// this process, and does not validate. For checking a configuration
+    /// meant for another machine: `tests/deploy.rs` loads the Kubernetes
+    /// manifests' ConfigMap and Secret-fed variables with it, points the
+    /// file paths at local copies of what the pod mounts, then calls
+    /// [`Settings::validate`].
+    pub fn read_with_vars(
+        sources: &Sources,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        Self::read_layers(sources, Some(vars.into_iter().collect()))
+    }
 }
 
 #[cfg(test)]
@@ -884,5 +909,44 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("postgres://app:"), "{text}");
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn given_variables_stand_in_for_the_environment_and_unknown_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "production.toml",
+            "[shutdown]\ndrain_secs = 10\n",
+        );
+        let sources = Sources {
+            environment: Some("production".into()),
+            config_dir: Some(dir.path().into()),
+            file: None,
+            use_env_vars: false,
+        };
+        let vars = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        // Not validated: production without keys or certificates still reads.
+        let s = Settings::read_with_vars(
+            &sources,
+            vars(&[
+                ("ORDERS__DATABASE__URL", "postgres://u:p@db:5432/orders"),
+                ("ORDERS__AUTH__ALGORITHMS", "ES256,RS256"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.environment, Environment::Production);
+        assert_eq!(s.database_url(), "postgres://u:p@db:5432/orders");
+        assert_eq!(s.auth.algorithms, ["ES256", "RS256"]);
+        assert_eq!(s.shutdown.drain_secs, 10);
+        assert!(s.validate().is_err());
+        let err = Settings::read_with_vars(&sources, vars(&[("ORDERS__DATABASE__URI", "x")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("uri"), "{err}");
     }
 }
