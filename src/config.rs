@@ -206,6 +206,8 @@ pub struct DatabaseSettings {
     /// SQLite: writes waiting together share one transaction and one fsync
     /// (group commit). `false` gives one transaction per write.
     pub group_commit: bool,
+    /// SQLite: current orders kept in memory for reads (0 turns it off).
+    pub cache_orders: usize,
 }
 
 impl DatabaseSettings {
@@ -214,6 +216,7 @@ impl DatabaseSettings {
         crate::store::StoreOptions {
             max_connections: self.max_connections,
             group_commit: self.group_commit,
+            cache_orders: self.cache_orders,
         }
     }
 }
@@ -224,6 +227,7 @@ impl Default for DatabaseSettings {
             url: SecretString::from("sqlite://data/orders.db"),
             max_connections: 8,
             group_commit: true,
+            cache_orders: 10_000,
         }
     }
 }

@@ -23,6 +23,7 @@
 //! there every replica commits on many connections and the server's WAL
 //! writer already flushes concurrent commits together.
 
+use super::cache::OrderCache;
 use super::feed::Change;
 use super::{Inserted, Result, StoreError, WriteCounter};
 use crate::domain::Order;
@@ -61,6 +62,13 @@ impl Write {
         }
     }
 
+    fn order_id(&self) -> Option<&crate::domain::OrderId> {
+        match self {
+            Write::Insert { order, .. } => Some(order.id()),
+            Write::Commit { versions, .. } => versions.first().map(Order::id),
+        }
+    }
+
     fn fail(self, err: StoreError) {
         // The caller may be gone; then nobody needs the answer.
         match self {
@@ -96,10 +104,16 @@ impl Writer {
         pool: SqlitePool,
         feed: broadcast::Sender<Change>,
         written: Arc<WriteCounter>,
+        cache: Option<Arc<OrderCache>>,
         max_group: usize,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(pool, rx, feed, written, max_group.max(1)));
+        let sinks = Sinks {
+            feed,
+            written,
+            cache,
+        };
+        let task = tokio::spawn(run(pool, rx, sinks, max_group.max(1)));
         Self {
             tx,
             _task: crate::AbortOnDrop(task),
@@ -142,13 +156,14 @@ fn writer_gone() -> StoreError {
     StoreError::Unavailable(sqlx::Error::PoolClosed)
 }
 
-async fn run(
-    pool: SqlitePool,
-    mut rx: mpsc::Receiver<Write>,
+/// Who hears about committed writes.
+struct Sinks {
     feed: broadcast::Sender<Change>,
     written: Arc<WriteCounter>,
-    max_group: usize,
-) {
+    cache: Option<Arc<OrderCache>>,
+}
+
+async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<Write>, sinks: Sinks, max_group: usize) {
     let mut group = Vec::with_capacity(max_group);
     // `recv_many` waits for one write, then takes every write already queued
     // (up to the limit): the group is whatever arrived while the last commit
@@ -156,41 +171,44 @@ async fn run(
     while rx.recv_many(&mut group, max_group).await > 0 {
         group.retain(|w: &Write| !w.abandoned());
         if !group.is_empty() {
-            write_group(&pool, &mut group, &feed, &written).await;
+            write_group(&pool, &mut group, &sinks).await;
         }
         group.clear();
     }
 }
 
-async fn write_group(
-    pool: &SqlitePool,
-    group: &mut Vec<Write>,
-    feed: &broadcast::Sender<Change>,
-    written: &WriteCounter,
-) {
+async fn write_group(pool: &SqlitePool, group: &mut Vec<Write>, sinks: &Sinks) {
     match run_group(pool, group).await {
         Ok(done) => {
-            let writes = done.iter().filter(|d| !matches!(d, Done::Skipped)).count();
-            written.committed(writes as u64);
+            let stored: Vec<&Order> = group
+                .iter()
+                .zip(&done)
+                .filter_map(|(write, done)| match (write, done) {
+                    (Write::Insert { order, .. }, Done::Inserted(Ok(Inserted::Created))) => {
+                        Some(&**order)
+                    }
+                    (Write::Commit { versions, .. }, Done::Committed(Ok(()))) => versions.last(),
+                    _ => None,
+                })
+                .collect();
+            sinks.written.committed(stored.len() as u64);
+            // Before anyone is answered: a caller then reads its own write.
+            if let Some(cache) = &sinks.cache {
+                cache.committed(stored.iter().copied());
+            }
+            for order in stored {
+                // No receivers is fine: nobody is watching.
+                let _ = sinks.feed.send(Change::Order {
+                    id: order.id().clone(),
+                    version: order.version(),
+                });
+            }
             for (write, done) in group.drain(..).zip(done) {
                 match (write, done) {
-                    (Write::Insert { order, reply, .. }, Done::Inserted(result)) => {
-                        if matches!(result, Ok(Inserted::Created)) {
-                            announce(feed, &order);
-                        }
+                    (Write::Insert { reply, .. }, Done::Inserted(result)) => {
                         let _ = reply.send(result);
                     }
-                    (
-                        Write::Commit {
-                            versions, reply, ..
-                        },
-                        Done::Committed(result),
-                    ) => {
-                        if result.is_ok()
-                            && let Some(last) = versions.last()
-                        {
-                            announce(feed, last);
-                        }
+                    (Write::Commit { reply, .. }, Done::Committed(result)) => {
                         let _ = reply.send(result);
                     }
                     // Skipped: its caller is gone; nothing was written for it.
@@ -199,6 +217,9 @@ async fn write_group(
             }
         }
         Err(err) => {
+            if let Some(cache) = &sinks.cache {
+                cache.forget(group.iter().filter_map(Write::order_id));
+            }
             let transient = err.is_transient();
             let cause = Arc::new(err);
             for write in group.drain(..) {
@@ -268,15 +289,6 @@ async fn exec(tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>, sql: &str) -> R
     Ok(())
 }
 
-/// One process owns the file, so the in-process broadcast is the feed.
-fn announce(feed: &broadcast::Sender<Change>, order: &Order) {
-    // No receivers is fine: nobody is watching.
-    let _ = feed.send(Change::Order {
-        id: order.id().clone(),
-        version: order.version(),
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +321,7 @@ mod tests {
         let options = StoreOptions {
             max_connections: 4,
             group_commit,
+            ..Default::default()
         };
         Arc::new(SqliteStore::connect(&url, &options).await.unwrap())
     }

@@ -10,6 +10,7 @@
 //! watchers read the versions themselves from `order_versions`, so a missed or
 //! coalesced notification can never lose an event.
 
+mod cache;
 mod feed;
 mod group_commit;
 mod sql;
@@ -202,6 +203,10 @@ pub struct StoreOptions {
     /// baseline the benchmarks compare with. PostgreSQL groups concurrent
     /// commits in its own WAL writer, so it ignores this.
     pub group_commit: bool,
+    /// SQLite: current orders kept in memory for reads (0: none). The
+    /// process owns the file, so its writer keeps them current; PostgreSQL
+    /// ignores this (other replicas write too).
+    pub cache_orders: usize,
 }
 
 impl Default for StoreOptions {
@@ -209,6 +214,7 @@ impl Default for StoreOptions {
         Self {
             max_connections: 8,
             group_commit: true,
+            cache_orders: 10_000,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! in `sql_store!` and stamped out per backend; each backend only says how a
 //! write transaction begins and how a change is announced.
 
+use super::cache::OrderCache;
 use super::feed::{self, Change};
 use super::group_commit::{MAX_GROUP, Writer};
 use super::{
@@ -75,6 +76,17 @@ macro_rules! sql_store {
                     .await
                     .map_err(StoreError::classify)?;
                 Ok(row.try_get::<Vec<u8>, _>("value")?)
+            }
+
+            /// The current version, from the database.
+            async fn read_current(&self, id: &OrderId) -> Result<Option<Order>> {
+                let row = sqlx::query(GET_ORDER)
+                    .bind(id.as_str())
+                    .fetch_optional(self.reader())
+                    .await
+                    .map_err(StoreError::classify)?;
+                row.map(|r| decode(&r.try_get::<String, _>("doc")?))
+                    .transpose()
             }
 
             /// The registration's statements, inside the caller's transaction:
@@ -171,13 +183,7 @@ macro_rules! sql_store {
             }
 
             async fn get(&self, id: &OrderId) -> Result<Option<Order>> {
-                let row = sqlx::query(GET_ORDER)
-                    .bind(id.as_str())
-                    .fetch_optional(self.reader())
-                    .await
-                    .map_err(StoreError::classify)?;
-                row.map(|r| decode(&r.try_get::<String, _>("doc")?))
-                    .transpose()
+                self.get_current(id).await
             }
 
             async fn list(&self, query: &ListQuery) -> Result<Vec<Order>> {
@@ -264,6 +270,8 @@ pub struct SqliteStore {
     read: SqlitePool,
     writer: Writer,
     written: std::sync::Arc<WriteCounter>,
+    /// Current orders (`None` with `database.cache_orders = 0`).
+    cache: Option<std::sync::Arc<OrderCache>>,
     feed: broadcast::Sender<Change>,
     cursor_key: Vec<u8>,
 }
@@ -298,11 +306,20 @@ impl SqliteStore {
         let feed = feed::channel();
         let max_group = if options.group_commit { MAX_GROUP } else { 1 };
         let written = std::sync::Arc::new(WriteCounter::default());
-        let writer = Writer::start(write, feed.clone(), written.clone(), max_group);
+        let cache = (options.cache_orders > 0)
+            .then(|| std::sync::Arc::new(OrderCache::new(options.cache_orders)));
+        let writer = Writer::start(
+            write,
+            feed.clone(),
+            written.clone(),
+            cache.clone(),
+            max_group,
+        );
         Ok(Self {
             read,
             writer,
             written,
+            cache,
             feed,
             cursor_key,
         })
@@ -310,6 +327,21 @@ impl SqliteStore {
 
     fn reader(&self) -> &SqlitePool {
         &self.read
+    }
+
+    async fn get_current(&self, id: &OrderId) -> Result<Option<Order>> {
+        let Some(cache) = &self.cache else {
+            return self.read_current(id).await;
+        };
+        if let Some(order) = cache.get(id) {
+            return Ok(Some(order));
+        }
+        let ticket = cache.ticket();
+        let order = self.read_current(id).await?;
+        if let Some(order) = &order {
+            cache.fill(ticket, order);
+        }
+        Ok(order)
     }
 
     async fn write_insert(
@@ -374,6 +406,12 @@ impl PostgresStore {
 
     fn reader(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Always the database: other replicas write too, so nothing in this
+    /// process can know an order is current.
+    async fn get_current(&self, id: &OrderId) -> Result<Option<Order>> {
+        self.read_current(id).await
     }
 
     async fn write_insert(
