@@ -73,7 +73,13 @@ where
             .get::<Arc<CallContext>>()
             .map(|c| c.request_id.clone())
             .unwrap_or_default();
+        // Two spans (see `telemetry::init`): the log span carries only the
+        // request id into log lines; the trace span, its child, carries the
+        // OpenTelemetry attributes and exists only while an exporter wants it.
+        // (Names and target are matched in `telemetry`: RPC_LOG_SPAN, RPC_TRACE_SPAN.)
+        let log_span = tracing::info_span!("rpc", request_id = %request_id);
         let span = tracing::info_span!(
+            parent: &log_span,
             "grpc",
             otel.name = %format_args!("{}/{}", method.service, method.method),
             otel.kind = "server",
@@ -89,7 +95,11 @@ where
         let _ = span.set_parent(parent);
         let end = Box::new(SpanEnd(span.clone()));
         // Every poll of the call (the inner layers and the handler) runs inside the span.
-        Box::pin(super::call_observed(&mut self.inner, request, end).instrument(span))
+        Box::pin(
+            super::call_observed(&mut self.inner, request, end)
+                .instrument(span)
+                .instrument(log_span),
+        )
     }
 }
 
