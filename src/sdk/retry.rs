@@ -130,13 +130,15 @@ impl RetryPolicy {
 pub(crate) fn retryable(status: &tonic::Status) -> bool {
     match status.code() {
         Code::Unavailable => true,
-        // Produced by the client's transport (the error has a transport
-        // source), not sent by the server: a connection closed or reset
-        // under the call.
+        // Produced by the client's transport (the error has a transport or
+        // HTTP/2 source), not sent by the server: a connection closed or
+        // reset under the call. A connection that dies while a response
+        // (or a stream) is being read surfaces as UNKNOWN with the
+        // `hyper::Error` itself as the source, not wrapped in tonic's.
         Code::Cancelled | Code::Unknown => {
             let mut source = std::error::Error::source(status);
             while let Some(s) = source {
-                if s.is::<tonic::transport::Error>() {
+                if s.is::<tonic::transport::Error>() || s.is::<hyper::Error>() {
                     return true;
                 }
                 source = s.source();
