@@ -53,7 +53,8 @@ enum Health {
 }
 
 enum Event<K> {
-    Insert(K, Endpoint),
+    /// Boxed: an `Endpoint` is large and health reports are many.
+    Insert(K, Box<Endpoint>),
     Remove(K),
     /// A checker's report; `checker` tells a current checker from one whose
     /// endpoint was removed (and maybe added again) since.
@@ -76,7 +77,9 @@ pub(super) struct Members<K> {
 impl<K> Members<K> {
     /// Adds (or replaces) an endpoint. `false` once the channel is gone.
     pub(super) fn insert(&self, key: K, endpoint: Endpoint) -> bool {
-        self.events.send(Event::Insert(key, endpoint)).is_ok()
+        self.events
+            .send(Event::Insert(key, Box::new(endpoint)))
+            .is_ok()
     }
 
     /// Removes an endpoint. `false` once the channel is gone.
@@ -157,6 +160,7 @@ where
             };
             match event {
                 Event::Insert(key, endpoint) => {
+                    let endpoint = *endpoint;
                     self.next_checker += 1;
                     let checker = self.next_checker;
                     let task = self.health_checks.then(|| {
@@ -332,7 +336,9 @@ mod tests {
 
         fn insert(&self, key: &'static str) {
             let endpoint = Endpoint::from_static("http://127.0.0.1:1");
-            self.events.send(Event::Insert(key, endpoint)).unwrap();
+            self.events
+                .send(Event::Insert(key, Box::new(endpoint)))
+                .unwrap();
         }
 
         fn health(&self, key: &'static str, checker: u64, health: Health) {

@@ -305,7 +305,10 @@ pub async fn scenario() {
         "s6",
         "TrackOrders events the server got out to the never-reading clients: {pushed} of 1000"
     );
-    assert!(pushed < 1000.0, "the never-reading streams were not held back");
+    assert!(
+        pushed < 1000.0,
+        "the never-reading streams were not held back"
+    );
 
     // Nothing crashed: the process is up, ready, and a new client is served.
     assert!(
