@@ -1005,3 +1005,77 @@ async fn sdk_sends_calls_only_to_ready_replicas() {
     a.stop().await;
     b.stop().await;
 }
+
+/// What lets clients leave a stopping server in time: once it has drained,
+/// its health watches end with UNAVAILABLE (after NOT_SERVING) instead of
+/// holding the shutdown up, and new connections are refused at once while
+/// the calls in flight finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_server_ends_health_watches_and_refuses_new_connections() {
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start(Backend::sqlite()).await;
+    let (addr, url) = (server.addr, server.backend.url());
+    let alice = server.alice().await;
+    let order = alice
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(alice.channel());
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: "orders.v1.OrderService".into(),
+    };
+    let mut watch = health.watch(request).await.unwrap().into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    // Hold SQLite's write lock so a write is in flight during the stop.
+    let mut lock = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let in_flight = {
+        let alice = alice.clone();
+        let id = order.id.clone();
+        tokio::spawn(async move { alice.cancel_order(&id, 0).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    let stopping = tokio::spawn(server.stop());
+
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the watch hears of the stop");
+    assert_eq!(
+        next.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the watch ends once drained");
+    assert_eq!(end.unwrap_err().code(), Code::Unavailable);
+    let ended = t0.elapsed();
+    let refused = loop {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            break t0.elapsed();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "still accepting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(!in_flight.is_finished(), "the write is still in flight");
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    let cancelled = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call finishes");
+    assert_eq!(cancelled.version, 2);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the server stops once its calls are done")
+        .unwrap();
+    figure!(
+        "drain",
+        "health watch ended {:.0}ms and connections refused {:.0}ms after the stop, with a call still in flight",
+        ms(ended),
+        ms(refused)
+    );
+}
