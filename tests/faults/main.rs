@@ -746,8 +746,11 @@ async fn s4_a_database_outage_fails_fast_and_heals_by_itself() {
         "a call hung to its deadline: {slowest_failure:?}"
     );
     assert_eq!(probe_codes, HashSet::from([Err(Code::Unavailable)]));
+    // Fast: answered at once (no database round trip, no pool wait), far
+    // inside the deadline even on a busy machine.
     assert!(
-        probe_latency.quantile(0.99) < Duration::from_millis(250),
+        probe_latency.quantile(0.5) < Duration::from_millis(100)
+            && probe_latency.max() < DEADLINE / 5,
         "not ready, the server answers at once: {}",
         probe_latency.summary()
     );
