@@ -18,7 +18,9 @@ use tower::retry::budget::{Budget, TpsBudget};
 /// first order), on UNAVAILABLE or when the connection broke under them. The
 /// policy sets how often and how patiently, and a budget that stops retry
 /// storms; clones share the budget. The same backoff paces the reconnects of
-/// [`OrderWatch`](super::OrderWatch) and [`Tracker`](super::Tracker).
+/// [`OrderWatch`](super::OrderWatch) and [`Tracker`](super::Tracker), and of
+/// the health checks of a client with several endpoints
+/// ([`ClientBuilder::health_checks`](super::ClientBuilder::health_checks)).
 ///
 /// ```
 /// use orders::sdk::RetryPolicy;
