@@ -3,7 +3,10 @@
 //! Names: `liveness` is SERVING while the process can serve at all;
 //! `readiness`, `` (the empty name) and `orders.v1.OrderService` are SERVING
 //! only while the database answers the periodic check and the server is not
-//! draining. `Watch` streams every change.
+//! draining. `Watch` streams every change, until the server stops (after
+//! draining): then open watches end with UNAVAILABLE, so a client-side
+//! health check (gRFC A17, as the SDK does) notices at once and graceful
+//! shutdown is not held up by streams that would never end by themselves.
 //!
 //! Hand-written over tonic-health's generated trait rather than its
 //! `HealthReporter`, because that one answers `Watch` for an unknown name with
@@ -38,6 +41,8 @@ struct Inner {
     readiness: watch::Sender<ServingStatus>,
     database_ok: AtomicBool,
     draining: AtomicBool,
+    /// True once the server has drained and stops serving.
+    stopped: watch::Sender<bool>,
 }
 
 impl Default for HealthState {
@@ -55,6 +60,7 @@ impl HealthState {
                 readiness: watch::Sender::new(ServingStatus::Serving),
                 database_ok: AtomicBool::new(true),
                 draining: AtomicBool::new(false),
+                stopped: watch::Sender::new(false),
             }),
         }
     }
@@ -97,6 +103,21 @@ impl HealthState {
     pub fn drain(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
         self.update();
+    }
+
+    /// The server is stopping (drained): open `Watch` streams end with
+    /// UNAVAILABLE, and new ones end at once.
+    pub fn stop(&self) {
+        self.drain();
+        self.inner.stopped.send_replace(true);
+    }
+
+    /// Resolves once [`stop`](Self::stop) was called.
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopped = self.inner.stopped.subscribe();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
     }
 
     fn sender(&self, name: &str) -> Option<&watch::Sender<ServingStatus>> {
@@ -174,7 +195,7 @@ impl Health for HealthService {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let stream: WatchStream = match self.state.sender(&request.get_ref().service) {
+        let statuses: WatchStream = match self.state.sender(&request.get_ref().service) {
             Some(sender) => Box::pin(
                 tokio_stream::wrappers::WatchStream::new(sender.subscribe())
                     .map(|s| Ok(response(s))),
@@ -184,6 +205,9 @@ impl Health for HealthService {
                     .chain(tokio_stream::pending()),
             ),
         };
-        Ok(Response::new(stream))
+        let stream = futures::StreamExt::take_until(statuses, self.state.stopped()).chain(
+            tokio_stream::once(Err(Status::unavailable("server shutting down"))),
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 }

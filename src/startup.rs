@@ -230,11 +230,18 @@ impl Application {
 
         let drain = Duration::from_secs(s.shutdown.drain_secs);
         let (drained_tx, drained) = tokio::sync::oneshot::channel::<()>();
+        let mut listening = stopping_tx.subscribe();
+        let stop_listening = async move {
+            let _ = listening.wait_for(|stopping| *stopping).await;
+        };
         let signal = async move {
             shutdown.await;
             tracing::info!(drain_secs = drain.as_secs(), "shutting down: draining");
             health.drain();
             tokio::time::sleep(drain).await;
+            // Open streams (orders and health watches) end with UNAVAILABLE,
+            // so their clients go elsewhere and nothing holds the shutdown up.
+            health.stop();
             let _ = stopping_tx.send(true);
             let _ = drained_tx.send(());
             tracing::info!("drained: finishing in-flight calls");
@@ -261,7 +268,10 @@ impl Application {
                 Some(state) => {
                     router
                         .serve_with_incoming_shutdown(
-                            tls::incoming(self.listener, state, limits),
+                            until_stopped(
+                                tls::incoming(self.listener, state, limits),
+                                stop_listening,
+                            ),
                             signal,
                         )
                         .await
@@ -269,7 +279,7 @@ impl Application {
                 None => {
                     router
                         .serve_with_incoming_shutdown(
-                            tls::plaintext_incoming(self.listener),
+                            until_stopped(tls::plaintext_incoming(self.listener), stop_listening),
                             signal,
                         )
                         .await
@@ -303,6 +313,44 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The connections of `incoming` until `stop` resolves; then `incoming` is
+/// dropped, and with it the listener, so new connections are refused at once
+/// (the client tries another replica) instead of being accepted, and even
+/// TLS-handshaken, into a queue that nobody serves any more. Tonic stops
+/// reading its incoming stream at shutdown but keeps it (and so the
+/// listening socket) until every connection has closed, which can take
+/// [`SHUTDOWN_GRACE`].
+fn until_stopped<S, T>(
+    incoming: S,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> tokio_stream::wrappers::ReceiverStream<T>
+where
+    S: tokio_stream::Stream<Item = T> + Send + 'static,
+    T: Send + 'static,
+{
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        tokio::pin!(incoming);
+        tokio::pin!(stop);
+        loop {
+            let conn = tokio::select! {
+                _ = &mut stop => return,
+                next = incoming.next() => match next {
+                    Some(conn) => conn,
+                    None => return,
+                },
+            };
+            // Tonic no longer reads once it is shutting down: stop waiting.
+            tokio::select! {
+                _ = &mut stop => return,
+                sent = tx.send(conn) => if sent.is_err() { return },
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Reflection over our protos, health, and `google.rpc` (so tools such as

@@ -1,14 +1,15 @@
 //! Client-side balancing over the addresses of a DNS name (a Kubernetes
 //! headless Service returns one address per ready pod), re-resolved
 //! periodically so pods that come and go are followed. Tonic balances calls
-//! over the endpoints it is given; this feeds it the changes.
+//! over the endpoints it is given; this feeds it the changes, through the
+//! health checks of [`super::balance`] (an address that resolves is not yet
+//! one that serves: a pod can linger in DNS while it drains).
 
-use super::{ClientBuilder, Error};
+use super::{ClientBuilder, Error, balance};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tonic::transport::Channel;
-use tonic::transport::channel::Change;
 
 /// A channel balanced over `host`'s addresses, kept up to date every `every`.
 pub(super) fn balanced(
@@ -17,7 +18,8 @@ pub(super) fn balanced(
     port: u16,
     every: Duration,
 ) -> Result<Channel, Error> {
-    let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+    let (channel, members) =
+        balance::balanced::<SocketAddr>(builder.health_checks, builder.retry.clone());
     let builder = builder.clone();
     let host = host.to_owned();
     // Fail now on a configuration error rather than in the background.
@@ -29,7 +31,7 @@ pub(super) fn balanced(
                 Ok(addrs) => {
                     let fresh: HashSet<SocketAddr> = addrs.collect();
                     for gone in current.difference(&fresh) {
-                        if changes.send(Change::Remove(*gone)).await.is_err() {
+                        if !members.remove(*gone) {
                             return; // the client is gone
                         }
                     }
@@ -40,7 +42,7 @@ pub(super) fn balanced(
                         else {
                             continue;
                         };
-                        if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
+                        if !members.insert(*new, endpoint) {
                             return;
                         }
                     }
@@ -52,7 +54,7 @@ pub(super) fn balanced(
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = changes.closed() => return,
+                _ = members.closed() => return,
             }
         }
     });

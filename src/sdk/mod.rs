@@ -21,6 +21,7 @@
 //!
 //! Usable without the server: `orders = { default-features = false }`.
 
+mod balance;
 mod discovery;
 mod error;
 mod retry;
@@ -155,6 +156,7 @@ pub struct ClientBuilder {
     keepalive: Option<Duration>,
     gzip: bool,
     retry: RetryPolicy,
+    health_checks: bool,
 }
 
 impl ClientBuilder {
@@ -328,7 +330,32 @@ impl ClientBuilder {
         self
     }
 
-    /// Add another endpoint; calls are balanced across all of them. On a
+    /// Whether a client balancing over several endpoints (or a DNS name)
+    /// watches each one's health (`grpc.health.v1.Health/Watch` for
+    /// `orders.v1.OrderService`, on a connection of its own) and sends calls
+    /// only to those SERVING (default on). A replica that drains, restarts or
+    /// loses its database then leaves rotation at once and returns when it
+    /// is ready again, so calls do not fail (or spend retries) on it. When
+    /// none is healthy, calls go to all of them and fail fast with the
+    /// servers' UNAVAILABLE. Off: every endpoint gets calls whatever its
+    /// state. A single endpoint is never checked: there is nowhere else to go.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), orders::sdk::Error> {
+    /// let client = orders::sdk::Client::builder("https://orders-a.example.com:50051")
+    ///     .endpoint("https://orders-b.example.com:50051")
+    ///     .health_checks(false)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn health_checks(mut self, on: bool) -> Self {
+        self.health_checks = on;
+        self
+    }
+
+    /// Add another endpoint; calls are balanced across all of them (those
+    /// that report SERVING, see [`health_checks`](Self::health_checks)). On a
     /// [`Client::builder_dns`] builder it replaces the DNS name instead.
     ///
     /// ```no_run
@@ -407,9 +434,17 @@ impl ClientBuilder {
             Target::Endpoints(list) => {
                 let endpoints = list
                     .iter()
-                    .map(|e| self.endpoint_for(&Self::with_scheme(e), None))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Channel::balance_list(endpoints.into_iter())
+                    .map(|e| {
+                        let uri = Self::with_scheme(e);
+                        Ok((uri.clone(), self.endpoint_for(&uri, None)?))
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?;
+                let (channel, members) =
+                    balance::balanced::<String>(self.health_checks, self.retry.clone());
+                for (uri, endpoint) in endpoints {
+                    members.insert(uri, endpoint);
+                }
+                channel
             }
             Target::Dns { host, port, every } => discovery::balanced(&self, host, *port, *every)?,
         };
@@ -475,6 +510,7 @@ impl Client {
             keepalive: Some(Duration::from_secs(30)),
             gzip: false,
             retry: RetryPolicy::default(),
+            health_checks: true,
         }
     }
 

@@ -18,7 +18,9 @@ use tower::retry::budget::{Budget, TpsBudget};
 /// first order), on UNAVAILABLE or when the connection broke under them. The
 /// policy sets how often and how patiently, and a budget that stops retry
 /// storms; clones share the budget. The same backoff paces the reconnects of
-/// [`OrderWatch`](super::OrderWatch) and [`Tracker`](super::Tracker).
+/// [`OrderWatch`](super::OrderWatch) and [`Tracker`](super::Tracker), and of
+/// the health checks of a client with several endpoints
+/// ([`ClientBuilder::health_checks`](super::ClientBuilder::health_checks)).
 ///
 /// ```
 /// use orders::sdk::RetryPolicy;
@@ -130,13 +132,15 @@ impl RetryPolicy {
 pub(crate) fn retryable(status: &tonic::Status) -> bool {
     match status.code() {
         Code::Unavailable => true,
-        // Produced by the client's transport (the error has a transport
-        // source), not sent by the server: a connection closed or reset
-        // under the call.
+        // Produced by the client's transport (the error has a transport or
+        // HTTP/2 source), not sent by the server: a connection closed or
+        // reset under the call. A connection that dies while a response
+        // (or a stream) is being read surfaces as UNKNOWN with the
+        // `hyper::Error` itself as the source, not wrapped in tonic's.
         Code::Cancelled | Code::Unknown => {
             let mut source = std::error::Error::source(status);
             while let Some(s) = source {
-                if s.is::<tonic::transport::Error>() {
+                if s.is::<tonic::transport::Error>() || s.is::<hyper::Error>() {
                     return true;
                 }
                 source = s.source();
