@@ -117,8 +117,8 @@ impl Default for AdminSettings {
     fn default() -> Self {
         Self {
             addr: "0.0.0.0:8081".into(),
-            check_interval_ms: 1_000,
-            check_timeout_ms: 1_000,
+            check_interval_ms: 500,
+            check_timeout_ms: 500,
         }
     }
 }
