@@ -1,5 +1,5 @@
 //! Group commit for SQLite: every write of the process goes through one
-//! writer task, which takes all the writes waiting at that moment and runs
+//! writer thread, which takes all the writes waiting at that moment and runs
 //! them in one transaction, so one `fsync` of the write-ahead log makes the
 //! whole group durable.
 //!
@@ -18,16 +18,21 @@
 //! transaction itself fails (BEGIN, a savepoint, COMMIT), every write in the
 //! group fails and none is stored.
 //!
-//! No crate does this for sqlx (its pool hands out connections, it does not
-//! merge transactions), hence this small task. PostgreSQL needs none of it:
-//! there every replica commits on many connections and the server's WAL
-//! writer already flushes concurrent commits together.
+//! The writer is a plain thread with its own `rusqlite` connection: the
+//! statements of a group run synchronously, so a group costs one hand-off
+//! between threads each way. Through sqlx every statement was a round trip
+//! to its connection thread, and the profile of `RegisterOrder` was half
+//! context switches. No crate merges transactions (a pool hands out
+//! connections), hence this small module. PostgreSQL needs none of it: there
+//! every replica commits on many connections and the server's WAL writer
+//! already flushes concurrent commits together.
 
 use super::cache::OrderCache;
 use super::feed::Change;
-use super::{Inserted, Result, StoreError, WriteCounter};
+use super::sql::{FIND_BY_REQUEST, INSERT_ORDER, INSERT_VERSION, UPDATE_ORDER, decode};
+use super::{Idempotency, Inserted, Result, StoreError, WriteCounter};
 use crate::domain::Order;
-use sqlx::SqlitePool;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -91,33 +96,32 @@ enum Done {
 
 /// The handle the store keeps: sends writes to the writer task.
 pub(crate) struct Writer {
+    /// Dropping it (with the store) ends the writer thread after its group.
     tx: mpsc::Sender<Write>,
-    /// Stops the writer task with the store.
-    _task: crate::AbortOnDrop,
 }
 
 impl Writer {
-    /// Starts the writer task on `pool` (a pool of one connection). With
-    /// `max_group = 1` every write is its own transaction (the baseline the
-    /// benchmarks compare against).
+    /// Starts the writer thread on `conn`. With `max_group = 1` every write
+    /// is its own transaction (the baseline the benchmarks compare against).
     pub(crate) fn start(
-        pool: SqlitePool,
+        conn: Connection,
         feed: broadcast::Sender<Change>,
         written: Arc<WriteCounter>,
         cache: Option<Arc<OrderCache>>,
         max_group: usize,
-    ) -> Self {
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let sinks = Sinks {
             feed,
             written,
             cache,
         };
-        let task = tokio::spawn(run(pool, rx, sinks, max_group.max(1)));
-        Self {
-            tx,
-            _task: crate::AbortOnDrop(task),
-        }
+        let max_group = max_group.max(1);
+        std::thread::Builder::new()
+            .name("orders-sqlite-writer".into())
+            .spawn(move || run(conn, rx, sinks, max_group))
+            .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        Ok(Self { tx })
     }
 
     pub(crate) async fn insert(
@@ -163,22 +167,29 @@ struct Sinks {
     cache: Option<Arc<OrderCache>>,
 }
 
-async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<Write>, sinks: Sinks, max_group: usize) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Write>, sinks: Sinks, max_group: usize) {
     let mut group = Vec::with_capacity(max_group);
-    // `recv_many` waits for one write, then takes every write already queued
-    // (up to the limit): the group is whatever arrived while the last commit
-    // was being flushed, so an idle server commits a lone write at once.
-    while rx.recv_many(&mut group, max_group).await > 0 {
+    // Wait for one write, then take every write already queued (up to the
+    // limit): the group is whatever arrived while the last commit was being
+    // flushed, so an idle server commits a lone write at once.
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < max_group {
+            match rx.try_recv() {
+                Ok(write) => group.push(write),
+                Err(_) => break,
+            }
+        }
         group.retain(|w: &Write| !w.abandoned());
         if !group.is_empty() {
-            write_group(&pool, &mut group, &sinks).await;
+            write_group(&mut conn, &mut group, &sinks);
         }
         group.clear();
     }
 }
 
-async fn write_group(pool: &SqlitePool, group: &mut Vec<Write>, sinks: &Sinks) {
-    match run_group(pool, group).await {
+fn write_group(conn: &mut Connection, group: &mut Vec<Write>, sinks: &Sinks) {
+    match run_group(conn, group) {
         Ok(done) => {
             let stored: Vec<&Order> = group
                 .iter()
@@ -234,13 +245,10 @@ async fn write_group(pool: &SqlitePool, group: &mut Vec<Write>, sinks: &Sinks) {
 
 /// Runs the group in one transaction; `Err` means the transaction failed and
 /// nothing of the group is stored.
-async fn run_group(pool: &SqlitePool, group: &[Write]) -> Result<Vec<Done>> {
+fn run_group(conn: &mut Connection, group: &[Write]) -> Result<Vec<Done>> {
     // BEGIN IMMEDIATE takes the write lock up front, so the transaction never
     // fails half-way trying to upgrade a read lock.
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(StoreError::classify)?;
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut done = Vec::with_capacity(group.len());
     for write in group {
         // Checked again here: BEGIN may have waited for the lock.
@@ -248,16 +256,16 @@ async fn run_group(pool: &SqlitePool, group: &[Write]) -> Result<Vec<Done>> {
             done.push(Done::Skipped);
             continue;
         }
-        exec(&mut tx, "SAVEPOINT write").await?;
+        let mut savepoint = tx.savepoint()?;
         let (outcome, ok) = match write {
             Write::Insert {
                 order, idempotency, ..
             } => {
-                let key = idempotency.as_ref().map(|(r, f)| super::Idempotency {
+                let key = idempotency.as_ref().map(|(r, f)| Idempotency {
                     request_id: r,
                     fingerprint: f,
                 });
-                let result = super::SqliteStore::insert_in(&mut tx, order, key).await;
+                let result = insert(&savepoint, order, key);
                 let ok = result.is_ok();
                 (Done::Inserted(result), ok)
             }
@@ -266,27 +274,107 @@ async fn run_group(pool: &SqlitePool, group: &[Write]) -> Result<Vec<Done>> {
                 versions,
                 ..
             } => {
-                let result = super::SqliteStore::commit_in(&mut tx, *base_version, versions).await;
+                let result = commit(&savepoint, *base_version, versions);
                 let ok = result.is_ok();
                 (Done::Committed(result), ok)
             }
         };
-        if !ok {
-            exec(&mut tx, "ROLLBACK TO write").await?;
-        }
-        exec(&mut tx, "RELEASE write").await?;
+        // A failed write leaves nothing behind; the others go on.
+        savepoint.set_drop_behavior(if ok {
+            rusqlite::DropBehavior::Commit
+        } else {
+            rusqlite::DropBehavior::Rollback
+        });
+        savepoint.finish()?;
         done.push(outcome);
     }
-    tx.commit().await.map_err(StoreError::classify)?;
+    tx.commit()?;
     Ok(done)
 }
 
-async fn exec(tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>, sql: &str) -> Result<()> {
-    sqlx::query(sql)
-        .execute(&mut **tx)
-        .await
-        .map_err(StoreError::classify)?;
+/// A registration: the new order at version 1, or the caller's earlier
+/// order with this key. (The statements are `sql.rs`'s, shared with the
+/// PostgreSQL store, which runs them through sqlx.)
+fn insert(conn: &Connection, order: &Order, key: Option<Idempotency<'_>>) -> Result<Inserted> {
+    let doc = serde_json::to_string(order)?;
+    let inserted = conn
+        .prepare_cached(INSERT_ORDER)?
+        .query_row(
+            params![
+                order.id().as_str(),
+                order.customer_id().as_str(),
+                order.status().code(),
+                order.version(),
+                key.map(|k| k.request_id),
+                key.map(|k| k.fingerprint),
+                &doc,
+            ],
+            |_| Ok(()),
+        )
+        .optional()?;
+    if inserted.is_none() {
+        // Only the (customer, request_id) constraint is allowed to conflict
+        // quietly: the caller registered this before.
+        let Some(key) = key else {
+            return Err(StoreError::Conflict);
+        };
+        let (doc, fingerprint): (String, Option<String>) = conn
+            .prepare_cached(FIND_BY_REQUEST)?
+            .query_row(params![order.customer_id().as_str(), key.request_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        return Ok(Inserted::Existing {
+            order: Box::new(decode(&doc)?),
+            fingerprint: fingerprint.unwrap_or_default(),
+        });
+    }
+    conn.prepare_cached(INSERT_VERSION)?.execute(params![
+        order.id().as_str(),
+        order.version(),
+        &doc
+    ])?;
+    Ok(Inserted::Created)
+}
+
+/// New versions of one order, provided it is still at `base_version`.
+fn commit(conn: &Connection, base_version: i64, versions: &[Order]) -> Result<()> {
+    let Some(last) = versions.last() else {
+        return Ok(());
+    };
+    let updated = conn.prepare_cached(UPDATE_ORDER)?.execute(params![
+        last.status().code(),
+        last.version(),
+        serde_json::to_string(last)?,
+        last.id().as_str(),
+        base_version,
+    ])?;
+    if updated == 0 {
+        return Err(StoreError::Conflict);
+    }
+    let mut insert_version = conn.prepare_cached(INSERT_VERSION)?;
+    for version in versions {
+        insert_version.execute(params![
+            version.id().as_str(),
+            version.version(),
+            serde_json::to_string(version)?
+        ])?;
+    }
     Ok(())
+}
+
+/// Opens the writer's connection with the store's durability settings.
+pub(crate) fn open(path: &std::path::Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Per connection: every commit is fsynced before it returns.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // WAL is a property of the file (set when the store opened it); check.
+    let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+    }
+    Ok(conn)
 }
 
 #[cfg(test)]

@@ -67,6 +67,9 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// From the SQLite writer thread's connection (`group_commit.rs`).
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
     /// The shared transaction this write was grouped into (group commit)
     /// failed as a whole: nothing of it was stored.
     #[error("the shared write transaction failed")]
@@ -83,6 +86,11 @@ impl StoreError {
         match self {
             StoreError::Unavailable(_) => true,
             StoreError::Group { transient, .. } => *transient,
+            // The write lock stayed taken past busy_timeout.
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
             _ => false,
         }
     }

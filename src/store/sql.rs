@@ -5,7 +5,7 @@
 
 use super::cache::OrderCache;
 use super::feed::{self, Change};
-use super::group_commit::{MAX_GROUP, Writer};
+use super::group_commit::{self, MAX_GROUP, Writer};
 use super::{
     Idempotency, Inserted, ListQuery, PoolStats, Result, Store, StoreError, StoreOptions,
     WriteCounter, WriteStats,
@@ -22,15 +22,15 @@ use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
-const INSERT_ORDER: &str = "INSERT INTO orders \
+pub(super) const INSERT_ORDER: &str = "INSERT INTO orders \
      (id, customer_id, status, version, request_id, request_fingerprint, doc) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) \
      ON CONFLICT (customer_id, request_id) DO NOTHING RETURNING id";
-const FIND_BY_REQUEST: &str = "SELECT doc, request_fingerprint FROM orders \
+pub(super) const FIND_BY_REQUEST: &str = "SELECT doc, request_fingerprint FROM orders \
      WHERE customer_id = $1 AND request_id = $2";
-const INSERT_VERSION: &str =
+pub(super) const INSERT_VERSION: &str =
     "INSERT INTO order_versions (order_id, version, doc) VALUES ($1, $2, $3)";
-const UPDATE_ORDER: &str =
+pub(super) const UPDATE_ORDER: &str =
     "UPDATE orders SET status = $1, version = $2, doc = $3 WHERE id = $4 AND version = $5";
 const GET_ORDER: &str = "SELECT doc FROM orders WHERE id = $1";
 const HISTORY: &str =
@@ -46,7 +46,7 @@ const CHANNEL: &str = "orders_changes";
 /// calls fail at once).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn decode(doc: &str) -> Result<Order> {
+pub(super) fn decode(doc: &str) -> Result<Order> {
     Ok(serde_json::from_str(doc)?)
 }
 
@@ -87,88 +87,6 @@ macro_rules! sql_store {
                     .map_err(StoreError::classify)?;
                 row.map(|r| decode(&r.try_get::<String, _>("doc")?))
                     .transpose()
-            }
-
-            /// The registration's statements, inside the caller's transaction:
-            /// the new order, or the caller's earlier one with this key.
-            pub(super) async fn insert_in(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                order: &Order,
-                idempotency: Option<Idempotency<'_>>,
-            ) -> Result<Inserted> {
-                let doc = serde_json::to_string(order)?;
-                let inserted = sqlx::query(INSERT_ORDER)
-                    .bind(order.id().as_str())
-                    .bind(order.customer_id().as_str())
-                    .bind(order.status().code())
-                    .bind(order.version())
-                    .bind(idempotency.map(|i| i.request_id))
-                    .bind(idempotency.map(|i| i.fingerprint))
-                    .bind(&doc)
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .map_err(StoreError::classify)?;
-                if inserted.is_none() {
-                    // Only the (customer, request_id) constraint is allowed to
-                    // conflict quietly: the caller registered this before.
-                    let Some(key) = idempotency else {
-                        return Err(StoreError::Conflict);
-                    };
-                    let row = sqlx::query(FIND_BY_REQUEST)
-                        .bind(order.customer_id().as_str())
-                        .bind(key.request_id)
-                        .fetch_one(&mut **tx)
-                        .await
-                        .map_err(StoreError::classify)?;
-                    let existing = decode(&row.try_get::<String, _>("doc")?)?;
-                    let fingerprint: Option<String> = row.try_get("request_fingerprint")?;
-                    return Ok(Inserted::Existing {
-                        order: Box::new(existing),
-                        fingerprint: fingerprint.unwrap_or_default(),
-                    });
-                }
-                sqlx::query(INSERT_VERSION)
-                    .bind(order.id().as_str())
-                    .bind(order.version())
-                    .bind(&doc)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(StoreError::classify)?;
-                Ok(Inserted::Created)
-            }
-
-            /// New versions of one order, inside the caller's transaction,
-            /// provided it is still at `base_version`.
-            pub(super) async fn commit_in(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                base_version: i64,
-                versions: &[Order],
-            ) -> Result<()> {
-                let Some(last) = versions.last() else {
-                    return Ok(());
-                };
-                let updated = sqlx::query(UPDATE_ORDER)
-                    .bind(last.status().code())
-                    .bind(last.version())
-                    .bind(serde_json::to_string(last)?)
-                    .bind(last.id().as_str())
-                    .bind(base_version)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(StoreError::classify)?;
-                if updated.rows_affected() == 0 {
-                    return Err(StoreError::Conflict);
-                }
-                for version in versions {
-                    sqlx::query(INSERT_VERSION)
-                        .bind(version.id().as_str())
-                        .bind(version.version())
-                        .bind(serde_json::to_string(version)?)
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(StoreError::classify)?;
-                }
-                Ok(())
             }
         }
 
@@ -299,22 +217,28 @@ impl SqliteStore {
         let read = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(connect.read_only(true))
+            .connect_with(connect.clone().read_only(true))
             .await
             .map_err(StoreError::classify)?;
         let cursor_key = Self::load_cursor_key(&write).await?;
+        // Migrated; from here on the writer thread's own connection writes.
+        write.close().await;
+        let path = connect.get_filename().to_owned();
+        let writer_conn = tokio::task::spawn_blocking(move || group_commit::open(&path))
+            .await
+            .map_err(|e| StoreError::Database(sqlx::Error::Io(e.into())))??;
         let feed = feed::channel();
         let max_group = if options.group_commit { MAX_GROUP } else { 1 };
         let written = std::sync::Arc::new(WriteCounter::default());
         let cache = (options.cache_orders > 0)
             .then(|| std::sync::Arc::new(OrderCache::new(options.cache_orders)));
         let writer = Writer::start(
-            write,
+            writer_conn,
             feed.clone(),
             written.clone(),
             cache.clone(),
             max_group,
-        );
+        )?;
         Ok(Self {
             read,
             writer,
@@ -406,6 +330,88 @@ impl PostgresStore {
 
     fn reader(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The registration's statements, inside the caller's transaction:
+    /// the new order, or the caller's earlier one with this key.
+    async fn insert_in(
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        order: &Order,
+        idempotency: Option<Idempotency<'_>>,
+    ) -> Result<Inserted> {
+        let doc = serde_json::to_string(order)?;
+        let inserted = sqlx::query(INSERT_ORDER)
+            .bind(order.id().as_str())
+            .bind(order.customer_id().as_str())
+            .bind(order.status().code())
+            .bind(order.version())
+            .bind(idempotency.map(|i| i.request_id))
+            .bind(idempotency.map(|i| i.fingerprint))
+            .bind(&doc)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(StoreError::classify)?;
+        if inserted.is_none() {
+            // Only the (customer, request_id) constraint is allowed to
+            // conflict quietly: the caller registered this before.
+            let Some(key) = idempotency else {
+                return Err(StoreError::Conflict);
+            };
+            let row = sqlx::query(FIND_BY_REQUEST)
+                .bind(order.customer_id().as_str())
+                .bind(key.request_id)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(StoreError::classify)?;
+            let existing = decode(&row.try_get::<String, _>("doc")?)?;
+            let fingerprint: Option<String> = row.try_get("request_fingerprint")?;
+            return Ok(Inserted::Existing {
+                order: Box::new(existing),
+                fingerprint: fingerprint.unwrap_or_default(),
+            });
+        }
+        sqlx::query(INSERT_VERSION)
+            .bind(order.id().as_str())
+            .bind(order.version())
+            .bind(&doc)
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::classify)?;
+        Ok(Inserted::Created)
+    }
+
+    /// New versions of one order, inside the caller's transaction,
+    /// provided it is still at `base_version`.
+    async fn commit_in(
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        base_version: i64,
+        versions: &[Order],
+    ) -> Result<()> {
+        let Some(last) = versions.last() else {
+            return Ok(());
+        };
+        let updated = sqlx::query(UPDATE_ORDER)
+            .bind(last.status().code())
+            .bind(last.version())
+            .bind(serde_json::to_string(last)?)
+            .bind(last.id().as_str())
+            .bind(base_version)
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::classify)?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::Conflict);
+        }
+        for version in versions {
+            sqlx::query(INSERT_VERSION)
+                .bind(version.id().as_str())
+                .bind(version.version())
+                .bind(serde_json::to_string(version)?)
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::classify)?;
+        }
+        Ok(())
     }
 
     /// Always the database: other replicas write too, so nothing in this
