@@ -815,7 +815,8 @@ def compute_targets(res: dict) -> list[dict]:
     return targets
 
 
-def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> str:
+def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> tuple[str, str]:
+    """The summary (figures, ratios, targets: what the README shows) and the details."""
     L: list[str] = []
     add = L.append
     plan = meta["plan"]
@@ -877,6 +878,8 @@ def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> st
         add(f"| {t['target']} | {t['measured']} | {met} |")
     add("")
 
+    summary = "\n".join(L)
+    L.clear()
     add("### Details")
     add("")
     add("Load runs (`orders-load`; latencies of successful calls; CPU as a share of one core; "
@@ -907,14 +910,32 @@ def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> st
     for kind in ("bare", "full"):
         h = res.get(f"h2load_{kind}")
         if h and "error" not in h:
-            codes = h.get("grpc_codes")
+            req = h.get("requests") or {}
             if kind == "bare":
-                codes_text = f"the bare server counted {res[f'h2load_{kind}'].get('bare_handled')} calls by outcome over its life"
+                counted = h.get("bare_handled") or {}
+                errors = counted.get("NotFound", 0) + counted.get("other", 0)
+                source = f"the bare server's own count over its life: {counted.get('OK', 0):,} OK"
             else:
-                codes_text = f"gRPC codes from the service's /metrics: {codes}"
-            add(f"- h2load {kind}: {h['rps']:,.0f} calls/s, {h.get('requests')}, HTTP {h.get('http_status')}, "
-                f"mean {fmt_ms(get(h, 'request_time_us', 'mean'))} ms, max {fmt_ms(get(h, 'request_time_us', 'max'))} ms; "
-                f"{codes_text} (h2load cannot see `grpc-status`).")
+                codes = h.get("grpc_codes") or {}
+                errors = sum(int(n) for c, n in codes.items() if c != "OK")
+                source = "the service's `grpc_server_handled_total` during the run: " + ", ".join(
+                    f"{c} {int(n):,}" for c, n in sorted(codes.items())
+                )
+            add(f"- h2load {kind}: {h['rps']:,.0f} calls/s; {req.get('succeeded', 0):,} of {req.get('total', 0):,} "
+                f"requests succeeded at the HTTP level; mean {fmt_ms(get(h, 'request_time_us', 'mean'))} ms, "
+                f"max {fmt_ms(get(h, 'request_time_us', 'max'))} ms; gRPC errors: {errors:,} ({source}; "
+                "h2load cannot see `grpc-status`).")
+    sc, gc = get(res, "get_bare", "server", "cpu_percent"), get(res, "get_bare", "client_cpu_percent")
+    if sc is not None and gc is not None:
+        verdict = ""
+        if gc >= 90 and gc > sc + 5:
+            verdict = "; the load generator, not the server, was the limit"
+        elif sc >= 90:
+            verdict = "; the server was CPU-bound, as it should be"
+        hb = get(res, "h2load_bare", "rps")
+        h2 = f"; h2load, a lighter generator, got {ratio(hb, gb)} of orders-load's rate" if hb and gb else ""
+        add(f"- Bottleneck check, GetOrder on bare tonic: server {sc:.0f}% of its core, load generator "
+            f"{gc:.0f}% of its core{verdict}{h2}.")
     starts = get(res, "startup", "starts")
     if starts:
         each = ", ".join(f"{s['ms']:.0f} ms" for s in starts)
@@ -935,7 +956,7 @@ def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> st
     for note in notes:
         add(f"- {note}")
     add("")
-    return "\n".join(L)
+    return summary, "\n".join(L)
 
 
 def pct(v) -> str:
@@ -967,11 +988,10 @@ def chart(res: dict, path: Path, meta: dict) -> None:
     ax.legend(fontsize=8)
 
     ax = axes[1]
-    series = [("get_{}", "latency", "top rate"), ("get_open_{}", "latency", "half of bare's rate")]
-    labels = []
-    for j, (key, field_, label) in enumerate(series):
-        for q in ("p50_us", "p99_us", "p999_us"):
-            labels.append(f"{q[:-3].replace('p999', 'p99.9')}\n{label}")
+    series = [("get_{}", "latency", "top"), ("get_open_{}", "latency", "half")]
+    labels = [
+        f"{q}\n{label}" for _, _, label in series for q in ("p50", "p99", "p99.9")
+    ]
     x = range(len(labels))
     for i, (kind, label, color) in enumerate(kinds):
         values = []
@@ -980,9 +1000,10 @@ def chart(res: dict, path: Path, meta: dict) -> None:
                 v = get(res, key.format(kind), field_, q)
                 values.append(v / 1000 if v else 0)
         ax.bar([p + (i - 1) * width for p in x], values, width, label=label, color=color)
-    ax.set_xticks(list(x), labels, fontsize=7)
+    ax.set_xticks(list(x), labels, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("GetOrder latency, ms (log)")
+    ax.set_xlabel("top: closed loop at the top rate; half: open loop at half of bare tonic's top rate", fontsize=8)
     ax.set_title("GetOrder latency")
 
     ax = axes[2]
@@ -1004,14 +1025,18 @@ def chart(res: dict, path: Path, meta: dict) -> None:
     plt.close(fig)
 
 
-def update_readme(table: str, meta: dict) -> None:
+def update_readme(table: str) -> None:
     text = README.read_text()
     if README_BEGIN not in text or README_END not in text:
         log(f"README.md has no {README_BEGIN} … {README_END} markers: not updated")
         return
     head, rest = text.split(README_BEGIN, 1)
     _, tail_ = rest.split(README_END, 1)
-    body = f"{README_BEGIN}\n{table}\n![bench/compare chart](bench/results/latest.png)\n\n{README_END}"
+    body = (
+        f"{README_BEGIN}\n{table}\nEvery figure, the load generator's and the servers' CPU, and notes: "
+        "[`bench/results/latest.md`](bench/results/latest.md).\n\n"
+        f"![bench/compare: throughput, latency, memory](bench/results/latest.png)\n{README_END}"
+    )
     README.write_text(head + body + tail_)
 
 
@@ -1037,7 +1062,19 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="results folder (default: bench/results; --smoke: a temporary one)")
     parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (certificates, logs, databases)")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="measure nothing: write the report, chart and README table again from a latest.json",
+    )
     args = parser.parse_args()
+
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        out = args.out or RESULTS
+        out.mkdir(parents=True, exist_ok=True)
+        meta, results = saved["meta"], saved["results"]
+        return write_results(out, meta, results, [], args, notes=saved.get("notes", []))
 
     if (os.cpu_count() or 1) < 2:
         log("this machine has one core: server and load generator will share it")
@@ -1076,22 +1113,28 @@ def main() -> int:
         "plan": plan.__dict__,
         "failures": bench.failures,
     }
-    targets = compute_targets(bench.results)
-    table = markdown(bench.results, meta, targets, bench.notes)
+    return write_results(out, meta, bench.results, bench.failures, args, notes=bench.notes)
+
+
+def write_results(out: Path, meta: dict, results: dict, failures: list, args, notes: list) -> int:
+    """latest.json, latest.md, latest.png in `out`; the README table after a full run."""
+    targets = compute_targets(results)
+    summary, details = markdown(results, meta, targets, notes)
+    table = f"{summary}\n{details}"
     (out / "latest.json").write_text(
-        json.dumps({"meta": meta, "targets": targets, "results": bench.results}, indent=2) + "\n"
+        json.dumps({"meta": meta, "targets": targets, "notes": notes, "results": results}, indent=2) + "\n"
     )
     (out / "latest.md").write_text(f"# bench/compare: latest results\n\n{table}")
     try:
-        chart(bench.results, out / "latest.png", meta)
+        chart(results, out / "latest.png", meta)
     except Exception:  # noqa: BLE001 - the figures matter more than the picture
-        bench.failures.append(("chart", traceback.format_exc()))
-    if not args.smoke and not args.no_readme and out == RESULTS:
-        update_readme(table, meta)
+        failures.append(("chart", traceback.format_exc()))
+    if meta["mode"] == "full" and not args.no_readme and out == RESULTS:
+        update_readme(summary)
     print(table)
-    log(f"results in {out} ({time.monotonic() - started:.0f} s)")
-    if bench.failures:
-        log(f"{len(bench.failures)} measurement(s) failed: {', '.join(n for n, _ in bench.failures)}")
+    log(f"results in {out}")
+    if failures:
+        log(f"{len(failures)} measurement(s) failed: {', '.join(n for n, _ in failures)}")
         return 1
     return 0
 

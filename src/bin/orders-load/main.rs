@@ -552,10 +552,12 @@ async fn open_loop(ctx: &Arc<Ctx>, args: &RunArgs, rate: f64) -> RunResult {
     let mut sent = 0u64;
     let mut max_lag = Duration::ZERO;
     let mut n = 0u64;
+    let mut window_open = false;
     loop {
         let intended = t0 + Duration::from_secs_f64(n as f64 / rate);
         let measured = intended >= measure_from;
-        if measured && ctx.phase() == WARMUP {
+        if measured && !window_open {
+            window_open = true;
             // Sampling starts when the window does.
             if Instant::now() < intended {
                 tokio::time::sleep_until(intended).await;
