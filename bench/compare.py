@@ -759,8 +759,22 @@ def compute_targets(res: dict) -> list[dict]:
     bare = get(res, "get_bare", "rps")
     full = get(res, "get_full", "rps")
     py = get(res, "get_python", "rps")
-    v = full / bare if full and bare else None
-    target("full GetOrder throughput ≥ 70% of bare tonic's", f"{v:.0%}" if v else "—", v, v is not None and v >= 0.70)
+    # Two generators, and the lower ratio counts: a generator that runs out
+    # of CPU before bare tonic does understates bare tonic, which flatters
+    # the ratio (see the bottleneck check in the details).
+    ratios = {}
+    if full and bare:
+        ratios["orders-load"] = full / bare
+    h_full, h_bare = get(res, "h2load_full", "rps"), get(res, "h2load_bare", "rps")
+    if h_full and h_bare:
+        ratios["h2load"] = h_full / h_bare
+    v = min(ratios.values()) if ratios else None
+    target(
+        "full GetOrder throughput ≥ 70% of bare tonic's",
+        ", ".join(f"{r:.0%} ({name})" for name, r in ratios.items()) or "—",
+        v,
+        v is not None and v >= 0.70,
+    )
 
     p99_bare = get(res, "get_open_bare", "latency", "p99_us")
     p99_full = get(res, "get_open_full", "latency", "p99_us")

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod procfs;
+mod raw;
 mod startup;
 mod stats;
 mod target;
@@ -115,6 +116,12 @@ struct RunArgs {
     /// everything on one thread).
     #[arg(long)]
     threads: Option<usize>,
+    /// Make every call through the generated client, decoding each
+    /// response (by default GetOrder and RegisterOrder requests are encoded
+    /// once and their responses not decoded, so the load generator costs
+    /// less CPU per call than the server; statuses are checked either way).
+    #[arg(long)]
+    typed: bool,
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -144,6 +151,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // A subscriber that wants nothing. Without any subscriber, `tracing`
+    // (its `log` feature is on in the dependency tree) hands every span
+    // h2 and hyper make per call to `log`: a few percent of our CPU, spent
+    // for nobody.
+    let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
     let threads = cli
         .run
         .threads
@@ -306,7 +318,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let ctx = Arc::new(Ctx {
         target: target.clone(),
-        work: Workload::new(args.call, pool.clone()),
+        work: Workload::new(args.call, pool.clone(), args.typed),
         phase: AtomicU8::new(if args.warmup.is_zero() {
             MEASURING
         } else {
@@ -473,7 +485,7 @@ async fn closed_loop(ctx: &Arc<Ctx>, args: &RunArgs) -> RunResult {
             let stride = args.concurrency as u64;
             tokio::spawn(async move {
                 let mut stats = Stats::default();
-                let mut client = ctx.target.client(w);
+                let mut conn = ctx.target.conn(w);
                 let mut i = w as u64;
                 loop {
                     let phase = ctx.phase();
@@ -487,7 +499,7 @@ async fn closed_loop(ctx: &Arc<Ctx>, args: &RunArgs) -> RunResult {
                     }
                     let op = ctx.work.op(i);
                     let start = Instant::now();
-                    let result = ctx.work.call(&ctx.target, &mut client, op, i).await;
+                    let result = ctx.work.call(&ctx.target, &mut conn, op, i).await;
                     let latency = start.elapsed();
                     let code = result.map_or_else(|s| s.code(), |()| tonic::Code::Ok);
                     ctx.completed.fetch_add(1, Ordering::Relaxed);
@@ -585,9 +597,9 @@ async fn open_loop(ctx: &Arc<Ctx>, args: &RunArgs, rate: f64) -> RunResult {
         let shared = shared.clone();
         let i = n;
         tokio::spawn(async move {
-            let mut client = ctx2.target.client(i as usize);
+            let mut conn = ctx2.target.conn(i as usize);
             let op = ctx2.work.op(i);
-            let result = ctx2.work.call(&ctx2.target, &mut client, op, i).await;
+            let result = ctx2.work.call(&ctx2.target, &mut conn, op, i).await;
             let latency = intended.elapsed();
             let code = result.map_or_else(|s| s.code(), |()| tonic::Code::Ok);
             ctx2.completed.fetch_add(1, Ordering::Relaxed);
@@ -860,7 +872,24 @@ fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
             o.max_send_lag_us as f64 / 1000.0
         );
     }
-    if let Some(w) = &report.watch {
+    if let Some(w) = report
+        .watch
+        .as_ref()
+        .filter(|_| report.call == Call::Mix.name())
+    {
+        println!(
+            "  {} watchers following {} orders: {} events received, {} streams resumed, {} failed to open",
+            w.watchers, w.orders, w.events_seen, w.resumed, w.open_failed
+        );
+        for (code, n) in &w.stream_errors {
+            println!("  stream error {code}: {n}");
+        }
+    }
+    if let Some(w) = report
+        .watch
+        .as_ref()
+        .filter(|_| report.call == Call::Watch.name())
+    {
         println!(
             "  {} watchers on {} orders over {} connections, all open after {:.0} ms ({} failed)",
             w.watchers, w.orders, w.connections, w.open_ms, w.open_failed

@@ -6,6 +6,7 @@
 //! and a load generator must neither spend CPU per call on what can be built
 //! once nor hide errors behind retries.
 
+use crate::raw::RawClient;
 use anyhow::Context;
 use orders::pb::order_service_client::OrderServiceClient;
 use std::path::PathBuf;
@@ -14,6 +15,12 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub type Client = OrderServiceClient<Channel>;
+
+/// What a worker calls through.
+pub struct Conn {
+    pub typed: Client,
+    pub raw: RawClient,
+}
 
 /// How to reach the server.
 #[derive(clap::Args, Clone, Debug)]
@@ -119,6 +126,14 @@ impl Target {
     /// A client on connection `i` (round-robin over the connections).
     pub fn client(&self, i: usize) -> Client {
         OrderServiceClient::new(self.channels[i % self.channels.len()].clone())
+    }
+
+    /// Both clients on connection `i`: the generated one and the lean one.
+    pub fn conn(&self, i: usize) -> Conn {
+        Conn {
+            typed: self.client(i),
+            raw: RawClient::new(self.channels[i % self.channels.len()].clone()),
+        }
     }
 
     /// A unary request: the token and the deadline.

@@ -2,9 +2,11 @@
 //! must differ per call (a registration's `request_id`, an update's
 //! address) is made per call.
 
+use crate::raw;
 use crate::stats::Op;
-use crate::target::{Client, Target};
+use crate::target::{Conn, Target};
 use orders::pb;
+use prost::bytes::Bytes;
 use tonic::Status;
 
 /// Kinds of run (`--call`).
@@ -61,9 +63,15 @@ const MIX: [Op; 20] = [
 
 pub struct Workload {
     pub call: Call,
+    /// Every call through the generated client, responses decoded.
+    typed: bool,
     /// Orders the calls read and update (one for `get`).
     pool: Vec<pb::GetOrderRequest>,
+    /// The same GetOrder requests, encoded.
+    pool_raw: Vec<Bytes>,
     register: pb::RegisterOrderRequest,
+    /// `register` encoded, without a `request_id`.
+    register_raw: Bytes,
     list: pb::ListOrdersRequest,
 }
 
@@ -113,13 +121,17 @@ pub async fn register_orders(target: &Target, n: usize) -> Result<Vec<String>, S
 }
 
 impl Workload {
-    pub fn new(call: Call, pool: Vec<String>) -> Self {
+    pub fn new(call: Call, pool: Vec<String>, typed: bool) -> Self {
+        let pool: Vec<_> = pool
+            .into_iter()
+            .map(|order_id| pb::GetOrderRequest { order_id })
+            .collect();
         Self {
             call,
-            pool: pool
-                .into_iter()
-                .map(|order_id| pb::GetOrderRequest { order_id })
-                .collect(),
+            typed,
+            pool_raw: pool.iter().map(raw::encode).collect(),
+            pool,
+            register_raw: raw::encode(&new_order()),
             register: new_order(),
             list: pb::ListOrdersRequest {
                 page_size: 20,
@@ -137,23 +149,41 @@ impl Workload {
         }
     }
 
-    fn order(&self, i: u64) -> &pb::GetOrderRequest {
-        &self.pool[(i % self.pool.len() as u64) as usize]
+    fn index(&self, i: u64) -> usize {
+        (i % self.pool.len() as u64) as usize
     }
 
-    /// Makes the `i`-th call; the response is decoded and dropped.
+    fn order(&self, i: u64) -> &pb::GetOrderRequest {
+        &self.pool[self.index(i)]
+    }
+
+    /// Makes the `i`-th call; the response is dropped.
     pub async fn call(
         &self,
         target: &Target,
-        client: &mut Client,
+        conn: &mut Conn,
         op: Op,
         i: u64,
     ) -> Result<(), Status> {
+        let client = &mut conn.typed;
         match op {
+            Op::Get if !self.typed => {
+                let request = target.request(self.pool_raw[self.index(i)].clone());
+                raw::unary(&mut conn.raw, request, raw::GET_ORDER).await?;
+            }
             Op::Get => {
                 client
                     .get_order(target.request(self.order(i).clone()))
                     .await?;
+            }
+            Op::Register if !self.typed => {
+                let id = uuid::Uuid::new_v4();
+                let message = raw::with_request_id(
+                    &self.register_raw,
+                    id.hyphenated()
+                        .encode_lower(&mut uuid::Uuid::encode_buffer()),
+                );
+                raw::unary(&mut conn.raw, target.request(message), raw::REGISTER_ORDER).await?;
             }
             Op::Register => {
                 let mut request = self.register.clone();
@@ -185,14 +215,14 @@ mod tests {
 
     #[test]
     fn the_mix_is_mostly_reads() {
-        let w = Workload::new(Call::Mix, vec!["a".into(), "b".into()]);
+        let w = Workload::new(Call::Mix, vec!["a".into(), "b".into()], false);
         let count = |op| (0..200).filter(|i| w.op(*i) == op).count();
         assert_eq!(count(Op::Get), 160);
         assert_eq!(count(Op::Register), 20);
         assert_eq!(count(Op::Update), 10);
         assert_eq!(count(Op::List), 10);
         assert_eq!(w.order(3).order_id, "b");
-        let get = Workload::new(Call::Get, vec!["a".into()]);
+        let get = Workload::new(Call::Get, vec!["a".into()], false);
         assert!((0..50).all(|i| get.op(i) == Op::Get));
     }
 }
