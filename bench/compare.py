@@ -922,6 +922,13 @@ def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> tu
                 f"{w['events_sent']} updates, {w['deliveries_received']:,} of {w['deliveries_expected']:,} "
                 f"deliveries received{'; stream errors ' + str(w['stream_errors']) if w['stream_errors'] else ''}.")
     for kind in ("bare", "full"):
+        o = get(res, f"get_open_{kind}", "open_loop")
+        if o:
+            add(f"- GetOrder open loop, {kind}: {o['sent']:,} calls sent on schedule; the latest send was "
+                f"{fmt_ms(o['max_send_lag_us'])} ms behind it (more than a few ms: the server held "
+                f"{plan['open_concurrency']:,} calls in flight, or the generator lacked CPU; latency counts "
+                "from the schedule either way).")
+    for kind in ("bare", "full"):
         h = res.get(f"h2load_{kind}")
         if h and "error" not in h:
             req = h.get("requests") or {}
