@@ -36,7 +36,9 @@ const WATCH_BUFFER: usize = 64;
 
 struct Entry {
     order: pb::Order,
-    changes: broadcast::Sender<pb::Order>,
+    /// Made by the first watcher: a broadcast channel allocates its whole
+    /// buffer up front, which every registered order would otherwise pay.
+    changes: Option<broadcast::Sender<pb::Order>>,
 }
 
 #[derive(Default)]
@@ -104,12 +106,11 @@ impl Bare {
         if !req.request_id.is_empty() {
             state.by_request_id.insert(req.request_id, order.id.clone());
         }
-        let (changes, _) = broadcast::channel(WATCH_BUFFER);
         state.orders.insert(
             order.id.clone(),
             Entry {
                 order: order.clone(),
-                changes,
+                changes: None,
             },
         );
         Ok(order)
@@ -210,8 +211,10 @@ impl OrderService for Bare {
             entry.order.address = update.address;
             entry.order.version += 1;
             entry.order.update_time = Some(timestamp());
-            // No receiver is not an error: nobody is watching.
-            let _ = entry.changes.send(entry.order.clone());
+            if let Some(changes) = &entry.changes {
+                // No receiver is not an error: nobody is watching any more.
+                let _ = changes.send(entry.order.clone());
+            }
         }
         self.count(Ok(Response::new(pb::UpdateOrderResponse {
             order: Some(entry.order.clone()),
@@ -226,9 +229,14 @@ impl OrderService for Bare {
         request: Request<pb::WatchOrderRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let (current, changes) = {
-            let state = self.state.read().expect("state lock");
-            match state.orders.get(&request.get_ref().order_id) {
-                Some(e) => (e.order.clone(), e.changes.subscribe()),
+            let mut state = self.state.write().expect("state lock");
+            match state.orders.get_mut(&request.get_ref().order_id) {
+                Some(e) => {
+                    let changes = e
+                        .changes
+                        .get_or_insert_with(|| broadcast::channel(WATCH_BUFFER).0);
+                    (e.order.clone(), changes.subscribe())
+                }
                 None => return Err(Status::not_found("no such order")),
             }
         };
