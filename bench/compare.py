@@ -942,10 +942,12 @@ def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> tu
                 source = "the service's `grpc_server_handled_total` during the run: " + ", ".join(
                     f"{c} {int(n):,}" for c, n in sorted(codes.items())
                 )
+            in_flight = plan["h2load_clients"] * plan["h2load_streams"]
             add(f"- h2load {kind}: {h['rps']:,.0f} calls/s; {req.get('succeeded', 0):,} of {req.get('total', 0):,} "
                 f"requests succeeded at the HTTP level; mean {fmt_ms(get(h, 'request_time_us', 'mean'))} ms, "
-                f"max {fmt_ms(get(h, 'request_time_us', 'max'))} ms; gRPC errors: {errors:,} ({source}; "
-                "h2load cannot see `grpc-status`).")
+                f"max {fmt_ms(get(h, 'request_time_us', 'max'))} ms; gRPC codes other than OK: {errors:,} ({source}; "
+                f"h2load cannot see `grpc-status`; it cuts off the calls in flight, up to {in_flight}, when its "
+                "time is up, which would account for that many Canceled or Unknown).")
     sc, gc = get(res, "get_bare", "server", "cpu_percent"), get(res, "get_bare", "client_cpu_percent")
     if sc is not None and gc is not None:
         verdict = ""
