@@ -1,0 +1,1166 @@
+"""bench/compare: the orders service side by side with bare tonic and a Python
+grpc.aio server, in one run on one machine. Run it through ``bench/compare``,
+which prepares the Python environment, h2load and the binaries first.
+
+Servers (each started fresh for each measurement, pinned to one core with
+``taskset``; the load generator is pinned to the other):
+
+1. bare tonic: ``bench-bare-server``, the same proto, plaintext, in memory, no
+   middleware;
+2. the full service: ``orders-server`` in production mode (TLS, ES256 JWTs,
+   every middleware layer, JSON access logs, SQLite with ``synchronous =
+   FULL``);
+3. Python grpc.aio: ``bench/python/server.py``, TLS and PyJWT ES256 per call,
+   in memory.
+
+Measurements: GetOrder at the top rate (closed loop) and at half of bare
+tonic's top rate (open loop, for p99); RegisterOrder (the full service
+durable, with group commit and with one transaction per call); WatchOrder
+fan-out (watchers, memory, delivery latency); idle memory; start to SERVING;
+GetOrder again with ``h2load`` as an independent load generator; the cost of
+authentication. Results: ``latest.md`` (tables, ratios, targets),
+``latest.json`` (every figure) and ``latest.png`` (a chart) in the output
+folder, and in a full run the README's benchmark table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+README = REPO / "README.md"
+README_BEGIN = "<!-- bench/compare:begin -->"
+README_END = "<!-- bench/compare:end -->"
+
+# The server gets core 0, the load generator (and h2load) core 1.
+SERVER_CORE = "0"
+LOAD_CORE = "1"
+
+ISSUER = "orders-dev"  # what `orders-server dev-token` puts in its tokens
+AUDIENCE = "orders"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how hard each measurement runs."""
+
+    warmup: float
+    duration: float
+    connections: int
+    concurrency: int
+    open_concurrency: int
+    register_concurrency: int
+    watchers: int
+    watch_orders: int
+    event_rate: float
+    watch_duration: float
+    startups: int
+    h2load_duration: float
+    h2load_clients: int
+    h2load_streams: int
+
+
+FULL = Plan(
+    warmup=3,
+    duration=15,
+    connections=4,
+    concurrency=64,
+    open_concurrency=1000,
+    register_concurrency=64,
+    watchers=1000,
+    watch_orders=10,
+    event_rate=20,
+    watch_duration=12,
+    startups=5,
+    h2load_duration=12,
+    h2load_clients=4,
+    h2load_streams=16,
+)
+
+SMOKE = Plan(
+    warmup=0.3,
+    duration=1.0,
+    connections=2,
+    concurrency=8,
+    open_concurrency=64,
+    register_concurrency=8,
+    watchers=50,
+    watch_orders=5,
+    event_rate=20,
+    watch_duration=1.0,
+    startups=2,
+    h2load_duration=1,
+    h2load_clients=2,
+    h2load_streams=4,
+)
+
+
+def log(message: str) -> None:
+    print(f"bench/compare: {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env() -> dict[str, str]:
+    """Our environment without ORDERS_* (a developer's settings must not leak in)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("ORDERS")}
+
+
+def cores_busy() -> list[tuple[int, int]]:
+    """(busy, total) jiffies of cpu0 and cpu1 from /proc/stat."""
+    out = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        if re.match(r"cpu\d+ ", line):
+            v = [int(x) for x in line.split()[1:]]
+            idle = v[3] + v[4]  # idle + iowait
+            out.append((sum(v) - idle, sum(v)))
+    return out
+
+
+def busy_percent(before, after) -> list[float]:
+    return [
+        round(100.0 * (a[0] - b[0]) / max(1, a[1] - b[1]), 1) for b, a in zip(before, after)
+    ]
+
+
+def rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class Failure(Exception):
+    """A measurement that could not be made; the run goes on and fails at the end."""
+
+
+@dataclass
+class Server:
+    kind: str  # bare | full | python
+    endpoint: str
+    proc: subprocess.Popen
+    log_path: Path
+    tls: bool
+    admin: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> str:
+        """SIGTERM, wait (SIGKILL after 20 s); returns what the server printed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.output()
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    plan: Plan
+    bin_dir: Path
+    work: Path
+    certs: Path = field(init=False)
+    token_file: Path = field(init=False)
+    token: str = field(init=False)
+    results: dict = field(default_factory=dict)
+    failures: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def bin(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    # --- set-up ----------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self.certs = self.work / "certs"
+        env = clean_env()
+        run([self.bin("orders-server"), "dev-certs", "--dir", str(self.certs)], env=env, cwd=REPO)
+        token = run(
+            [
+                self.bin("orders-server"),
+                "dev-token",
+                "--dir",
+                str(self.certs),
+                "--sub",
+                "alice",
+                "--scope",
+                "orders:read orders:write",
+                "--ttl",
+                "7200",
+            ],
+            env=env,
+            cwd=REPO,
+        ).strip()
+        self.token = token
+        self.token_file = self.work / "token"
+        self.token_file.write_text(token)
+
+    # --- servers ---------------------------------------------------------------
+
+    def _spawn(self, kind: str, argv: list[str], env: dict) -> tuple[subprocess.Popen, Path]:
+        log_path = self.work / f"{kind}-{time.monotonic_ns()}.log"
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(
+                ["taskset", "-c", SERVER_CORE, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
+        return proc, log_path
+
+    def full_env(self, port: int, admin: int, extra: dict | None = None) -> dict:
+        env = clean_env()
+        env.update(
+            {
+                "ORDERS_ENV": "production",
+                "ORDERS_CONFIG_DIR": str(REPO / "config"),
+                "ORDERS__SERVER__ADDR": f"127.0.0.1:{port}",
+                "ORDERS__ADMIN__ADDR": f"127.0.0.1:{admin}",
+                "ORDERS__TLS__CERT": str(self.certs / "server.pem"),
+                "ORDERS__TLS__KEY": str(self.certs / "server.key"),
+                "ORDERS__AUTH__ISSUER": ISSUER,
+                "ORDERS__AUTH__AUDIENCE": AUDIENCE,
+                "ORDERS__AUTH__JWKS_FILE": str(self.certs / "jwks.json"),
+                "ORDERS__DATABASE__URL": f"sqlite://{self.work / f'orders-{time.monotonic_ns()}.db'}",
+                # Only shortens the stop between measurements; serving is unchanged.
+                "ORDERS__SHUTDOWN__DRAIN_SECS": "0",
+            }
+        )
+        env.update(extra or {})
+        return env
+
+    def start(self, kind: str, extra_env: dict | None = None) -> Server:
+        if kind == "bare":
+            port = free_port()
+            proc, log_path = self._spawn(
+                kind, [self.bin("bench-bare-server"), "--addr", f"127.0.0.1:{port}"], clean_env()
+            )
+            server = Server(kind, f"http://127.0.0.1:{port}", proc, log_path, tls=False)
+            wait_tcp(server, port)
+        elif kind == "full":
+            port, admin = free_port(), free_port()
+            proc, log_path = self._spawn(
+                kind, [self.bin("orders-server")], self.full_env(port, admin, extra_env)
+            )
+            server = Server(kind, f"https://127.0.0.1:{port}", proc, log_path, tls=True, admin=admin)
+            wait_serving(server, admin)
+        elif kind == "python":
+            port = free_port()
+            argv = [
+                sys.executable,
+                str(REPO / "bench" / "python" / "server.py"),
+                "--port",
+                str(port),
+                "--cert",
+                str(self.certs / "server.pem"),
+                "--key",
+                str(self.certs / "server.key"),
+                "--jwks",
+                str(self.certs / "jwks.json"),
+                "--issuer",
+                ISSUER,
+                "--audience",
+                AUDIENCE,
+            ]
+            proc, log_path = self._spawn(kind, argv, clean_env())
+            server = Server(kind, f"https://127.0.0.1:{port}", proc, log_path, tls=True)
+            wait_tcp(server, port)
+        else:
+            raise ValueError(kind)
+        return server
+
+    # --- the load generator ------------------------------------------------------
+
+    def load(self, server: Server, call: str, *extra: str, timeout: float = 300) -> dict:
+        argv = [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            self.bin("orders-load"),
+            "--endpoint",
+            server.endpoint,
+            "--token-file",
+            str(self.token_file),
+            "--call",
+            call,
+            "--server-pid",
+            str(server.pid),
+            "--threads",
+            "1",
+            "--json",
+            "--quiet",
+            *extra,
+        ]
+        if server.tls:
+            argv += ["--ca-cert", str(self.certs / "ca.pem"), "--tls-domain", "localhost"]
+        before = cores_busy()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=clean_env())
+        after = cores_busy()
+        if done.returncode != 0:
+            raise Failure(
+                f"orders-load --call {call} against {server.kind} failed: {done.stderr.strip()}\n"
+                f"server output (last lines): {tail(server.output())}"
+            )
+        report = json.loads(done.stdout)
+        report["cores_busy_percent"] = busy_percent(before, after)
+        return report
+
+    def closed(self, server: Server, call: str, concurrency: int) -> dict:
+        p = self.plan
+        return self.load(
+            server,
+            call,
+            "--connections",
+            str(p.connections),
+            "--concurrency",
+            str(concurrency),
+            "--warmup",
+            f"{p.warmup}s",
+            "--duration",
+            f"{p.duration}s",
+        )
+
+    # --- measurements ------------------------------------------------------------
+
+    def measure(self, name: str, fn) -> None:
+        log(f"{name} ...")
+        started = time.monotonic()
+        try:
+            self.results[name] = fn()
+        except Exception as e:  # noqa: BLE001 - recorded, reported, fails the run at the end
+            message = str(e) if isinstance(e, Failure) else traceback.format_exc()
+            log(f"{name} FAILED: {message}")
+            self.failures.append((name, message))
+            self.results[name] = {"error": message.splitlines()[0] if message else "failed"}
+        log(f"{name} done in {time.monotonic() - started:.1f} s")
+
+    def with_server(self, kind: str, fn, extra_env: dict | None = None):
+        server = self.start(kind, extra_env)
+        try:
+            result = fn(server)
+        finally:
+            output = server.stop()
+        if isinstance(result, dict):
+            result["server_exit"] = server.proc.returncode
+            if server.kind == "bare":
+                result["bare_handled"] = parse_bare_handled(output)
+        return result
+
+    def run_all(self) -> None:
+        p = self.plan
+        self.measure("startup", self.startup)
+        for kind in ("bare", "full", "python"):
+            self.measure(f"idle_{kind}", lambda k=kind: self.with_server(k, self.idle))
+        for kind in ("bare", "full", "python"):
+            self.measure(
+                f"get_{kind}",
+                lambda k=kind: self.with_server(k, lambda s: self.closed(s, "get", p.concurrency)),
+            )
+        self.measure(
+            "get_full_nocache",
+            lambda: self.with_server(
+                "full",
+                lambda s: self.closed(s, "get", p.concurrency),
+                {"ORDERS__AUTH__TOKEN_CACHE_SIZE": "0"},
+            ),
+        )
+        bare_top = self.results.get("get_bare", {}).get("rps")
+        if bare_top:
+            rate = max(1, round(bare_top / 2))
+            for kind in ("bare", "full"):
+                self.measure(
+                    f"get_open_{kind}",
+                    lambda k=kind: self.with_server(k, lambda s: self.open_loop(s, rate)),
+                )
+        for kind in ("bare", "full", "python"):
+            self.measure(
+                f"register_{kind}",
+                lambda k=kind: self.with_server(
+                    k, lambda s: self.closed(s, "register", p.register_concurrency)
+                ),
+            )
+        one_tx = {"ORDERS__DATABASE__GROUP_COMMIT": "false"}
+        refused = self.config_refuses(one_tx)
+        if refused:
+            self.notes.append(
+                "The one-transaction-per-call baseline needs `database.group_commit = false`, "
+                f"which this build refuses: {refused}"
+            )
+            self.results["register_full_one_tx"] = {"error": "database.group_commit unknown to this build"}
+        else:
+            self.measure(
+                "register_full_one_tx",
+                lambda: self.with_server(
+                    "full",
+                    lambda s: self.closed(s, "register", p.register_concurrency),
+                    one_tx,
+                ),
+            )
+        for kind in ("bare", "full", "python"):
+            self.measure(f"watch_{kind}", lambda k=kind: self.with_server(k, self.fanout))
+        if shutil.which("h2load"):
+            for kind in ("bare", "full"):
+                self.measure(f"h2load_{kind}", lambda k=kind: self.with_server(k, self.h2load))
+        else:
+            self.notes.append("h2load is not installed: its checks were skipped.")
+        self.measure("auth", self.auth_cost)
+
+    def startup(self) -> dict:
+        port, admin = free_port(), free_port()
+        env = self.full_env(port, admin)
+        argv = [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            self.bin("orders-load"),
+            "startup",
+            "--health",
+            f"http://127.0.0.1:{admin}",
+            "--service",
+            "readiness",
+            "--repeat",
+            str(self.plan.startups),
+            "--settle",
+            "1s",
+            "--json",
+            "--",
+            "taskset",
+            "-c",
+            SERVER_CORE,
+            self.bin("orders-server"),
+        ]
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+        if done.returncode != 0:
+            raise Failure(f"orders-load startup failed: {done.stderr.strip()}")
+        return json.loads(done.stdout)
+
+    def idle(self, server: Server) -> dict:
+        time.sleep(1.0)
+        return {"rss_kib": rss_kib(server.pid)}
+
+    def open_loop(self, server: Server, rate: int) -> dict:
+        p = self.plan
+        return self.load(
+            server,
+            "get",
+            "--connections",
+            str(p.connections),
+            "--concurrency",
+            str(p.open_concurrency),
+            "--rate",
+            str(rate),
+            "--warmup",
+            f"{p.warmup}s",
+            "--duration",
+            f"{p.duration}s",
+        )
+
+    def fanout(self, server: Server) -> dict:
+        p = self.plan
+        return self.load(
+            server,
+            "watch",
+            "--watchers",
+            str(p.watchers),
+            "--watch-orders",
+            str(p.watch_orders),
+            "--event-rate",
+            str(p.event_rate),
+            "--warmup",
+            f"{p.warmup}s",
+            "--duration",
+            f"{p.watch_duration}s",
+        )
+
+    def h2load(self, server: Server) -> dict:
+        p = self.plan
+        # One order to read, registered through the load generator.
+        setup = self.load(server, "get", "--requests", "1", "--warmup", "0s", "--concurrency", "1")
+        order_id = setup["orders"][0]
+        body = self.work / "get-order.bin"
+        body.write_bytes(grpc_frame(get_order_request(order_id)))
+        before = self.handled(server)
+        argv = [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            "h2load",
+            "-t",
+            "1",
+            "-c",
+            str(p.h2load_clients),
+            "-m",
+            str(p.h2load_streams),
+            # h2load takes integer durations: milliseconds.
+            "-D",
+            f"{round(p.h2load_duration * 1000)}ms",
+            "--warm-up-time",
+            f"{round(p.warmup * 1000)}ms",
+            "-d",
+            str(body),
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-H",
+            f"authorization: Bearer {self.token}",
+            f"{server.endpoint}/orders.v1.OrderService/GetOrder",
+        ]
+        cpu = cores_busy()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        cpu_after = cores_busy()
+        if done.returncode != 0:
+            raise Failure(f"h2load failed: {done.stdout[-500:]} {done.stderr[-500:]}")
+        result = parse_h2load(done.stdout)
+        result["cores_busy_percent"] = busy_percent(cpu, cpu_after)
+        after = self.handled(server)
+        if after is not None and before is not None:
+            diff = {code: after.get(code, 0) - before.get(code, 0) for code in after}
+            result["grpc_codes"] = {c: n for c, n in diff.items() if n}
+        return result
+
+    def handled(self, server: Server) -> dict | None:
+        """GetOrder calls the full service answered, by gRPC code (its /metrics)."""
+        if server.admin is None:
+            return None
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.admin}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        codes: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("grpc_server_handled_total{") and 'grpc_method="GetOrder"' in line:
+                code = re.search(r'grpc_code="([^"]+)"', line).group(1)
+                codes[code] = codes.get(code, 0) + float(line.rsplit(" ", 1)[1])
+        return codes
+
+    def config_refuses(self, extra: dict) -> str | None:
+        """The reason `orders-server check-config` refuses these settings, or None."""
+        env = self.full_env(free_port(), free_port(), extra)
+        done = subprocess.run(
+            [self.bin("orders-server"), "check-config"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        return None if done.returncode == 0 else done.stderr.strip()
+
+    def auth_cost(self) -> dict:
+        done = subprocess.run(
+            ["taskset", "-c", SERVER_CORE, self.bin("bench-auth-cost"), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            raise Failure(f"bench-auth-cost failed: {done.stderr.strip()}")
+        return json.loads(done.stdout)
+
+
+# --- helpers -----------------------------------------------------------------------
+
+
+def run(argv, **kwargs) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    if done.returncode != 0:
+        raise Failure(f"{' '.join(map(str, argv))} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_tcp(server: Server, port: int, limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise Failure(f"the {server.kind} server exited: {tail(server.output())}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    server.stop()
+    raise Failure(f"the {server.kind} server did not listen within {limit} s")
+
+
+def wait_serving(server: Server, admin: int, limit: float = 60) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + limit
+    with grpc.insecure_channel(f"127.0.0.1:{admin}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if server.proc.poll() is not None:
+                raise Failure(f"the {server.kind} server exited: {tail(server.output())}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    server.stop()
+    raise Failure(f"the {server.kind} server was not SERVING within {limit} s")
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def get_order_request(order_id: str) -> bytes:
+    """GetOrderRequest{order_id} in protobuf: field 1, length-delimited."""
+    raw = order_id.encode()
+    return b"\x0a" + varint(len(raw)) + raw
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message: not compressed, 4-byte big-endian length."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def parse_h2load(text: str) -> dict:
+    out: dict = {}
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
+    if m:
+        out["rps"] = float(m.group(3))
+    m = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout",
+        text,
+    )
+    if m:
+        keys = ["total", "started", "done", "succeeded", "failed", "errored", "timeout"]
+        out["requests"] = dict(zip(keys, map(int, m.groups())))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if m:
+        out["http_status"] = dict(zip(["2xx", "3xx", "4xx", "5xx"], map(int, m.groups())))
+    m = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", text)
+    if m:
+        out["request_time_us"] = {
+            "min": to_us(m.group(1)),
+            "max": to_us(m.group(2)),
+            "mean": to_us(m.group(3)),
+            "sd": to_us(m.group(4)),
+        }
+    if "rps" not in out:
+        raise Failure(f"cannot read h2load's output: {text[-800:]}")
+    return out
+
+
+def to_us(value: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", value)
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+
+
+def parse_bare_handled(output: str) -> dict | None:
+    m = re.search(r"handled: OK=(\d+) NotFound=(\d+) other=(\d+)", output)
+    return dict(zip(["OK", "NotFound", "other"], map(int, m.groups()))) if m else None
+
+
+# --- report ------------------------------------------------------------------------
+
+
+def get(results: dict, *path, default=None):
+    value = results
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return default
+        value = value[key]
+    return value
+
+
+def fmt_rate(v) -> str:
+    return "—" if v is None else f"{v:,.0f}"
+
+
+def fmt_ms(us) -> str:
+    if us is None:
+        return "—"
+    ms = us / 1000
+    return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:,.0f}"
+
+
+def fmt_mib(kib) -> str:
+    return "—" if kib is None else f"{kib / 1024:.1f}"
+
+
+def ratio(a, b, digits: int = 2) -> str:
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.{digits}f}×"
+
+
+def error_text(r: dict | None) -> str:
+    if not r:
+        return ""
+    if "error" in r:
+        return "failed: " + r["error"][:120]
+    errors = r.get("errors") or {}
+    return ", ".join(f"{k} {v}" for k, v in errors.items())
+
+
+def compute_targets(res: dict) -> list[dict]:
+    """Each target of issue 7: the measured figure and whether it is met."""
+    targets = []
+
+    def target(name, measured, value, ok):
+        targets.append(
+            {"target": name, "measured": measured, "value": value, "met": None if value is None else ok}
+        )
+
+    bare = get(res, "get_bare", "rps")
+    full = get(res, "get_full", "rps")
+    py = get(res, "get_python", "rps")
+    # Two generators, and the lower ratio counts: a generator that runs out
+    # of CPU before bare tonic does understates bare tonic, which flatters
+    # the ratio (see the bottleneck check in the details).
+    ratios = {}
+    if full and bare:
+        ratios["orders-load"] = full / bare
+    h_full, h_bare = get(res, "h2load_full", "rps"), get(res, "h2load_bare", "rps")
+    if h_full and h_bare:
+        ratios["h2load"] = h_full / h_bare
+    v = min(ratios.values()) if ratios else None
+    target(
+        "full GetOrder throughput ≥ 70% of bare tonic's",
+        ", ".join(f"{r:.0%} ({name})" for name, r in ratios.items()) or "—",
+        v,
+        v is not None and v >= 0.70,
+    )
+
+    p99_bare = get(res, "get_open_bare", "latency", "p99_us")
+    p99_full = get(res, "get_open_full", "latency", "p99_us")
+    v = p99_full / p99_bare if p99_full and p99_bare else None
+    target(
+        "p99 at half of bare tonic's top rate ≤ 2× bare tonic's",
+        f"{v:.2f}× ({fmt_ms(p99_full)} vs {fmt_ms(p99_bare)} ms)" if v else "—",
+        v,
+        v is not None and v <= 2.0,
+    )
+
+    v = full / py if full and py else None
+    target("full ≥ 10× Python grpc.aio (GetOrder)", f"{v:.1f}×" if v else "—", v, v is not None and v >= 10)
+    reg_full = get(res, "register_full", "rps")
+    reg_py = get(res, "register_python", "rps")
+    v = reg_full / reg_py if reg_full and reg_py else None
+    target("full ≥ 10× Python grpc.aio (RegisterOrder)", f"{v:.1f}×" if v else "—", v, v is not None and v >= 10)
+
+    v = reg_full / full if reg_full and full else None
+    target("durable RegisterOrder ≥ 40% of GetOrder throughput", f"{v:.0%}" if v else "—", v, v is not None and v >= 0.40)
+    one_tx = get(res, "register_full_one_tx", "rps")
+    v = reg_full / one_tx if reg_full and one_tx else None
+    target("RegisterOrder ≥ 5× one transaction per call", f"{v:.1f}×" if v else "—", v, v is not None and v >= 5)
+
+    idle = get(res, "startup", "median_idle_rss_kib") or get(res, "idle_full", "rss_kib")
+    v = idle / 1024 if idle else None
+    target("idle resident memory ≤ 20 MiB", f"{v:.1f} MiB" if v else "—", v, v is not None and v <= 20)
+    w = get(res, "watch_full", "watch", "server_rss_kib_open")
+    w_max = get(res, "watch_full", "server", "rss_kib_max")
+    rss = max(x for x in (w, w_max, 0) if x is not None) or None
+    watchers = get(res, "watch_full", "watch", "watchers") or 0
+    v = rss / 1024 if rss else None
+    target(
+        f"resident memory with {watchers:,} WatchOrder streams ≤ 80 MiB",
+        f"{v:.1f} MiB" if v else "—",
+        v,
+        v is not None and v <= 80,
+    )
+
+    v = get(res, "startup", "median_ms")
+    target("start to SERVING ≤ 200 ms", f"{v:.0f} ms" if v is not None else "—", v, v is not None and v <= 200)
+
+    hit = get(res, "auth", "cache_hit_us")
+    per_call = get(res, "get_full", "server", "cpu_us_per_call")
+    v = hit / per_call if hit and per_call else None
+    target(
+        "authentication (token cache hit) ≤ 2% of a call's CPU time",
+        f"{v:.2%} ({hit:.2f} µs of {per_call:.0f} µs)" if v is not None else "—",
+        v,
+        v is not None and v <= 0.02,
+    )
+    return targets
+
+
+def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> tuple[str, str]:
+    """The summary (figures, ratios, targets: what the README shows) and the details."""
+    L: list[str] = []
+    add = L.append
+    plan = meta["plan"]
+    add(f"Made by `{meta['command']}` on {meta['date']} (commit `{meta['commit']}`, {meta['mode']} mode, "
+        f"{meta['elapsed_s']:.0f} s). Machine: {meta['machine']}. Server on core {SERVER_CORE}, load "
+        f"generator on core {LOAD_CORE} (`taskset`); load average before the run: {meta['loadavg']}.")
+    add("")
+
+    add("| measure | bare tonic | full service | Python grpc.aio | full / bare | full / Python |")
+    add("|---|---:|---:|---:|---:|---:|")
+    gb, gf, gp = (get(res, f"get_{k}", "rps") for k in ("bare", "full", "python"))
+    add(f"| GetOrder, calls/s (closed loop, {plan['concurrency']} in flight) | {fmt_rate(gb)} | {fmt_rate(gf)} | {fmt_rate(gp)} | {ratio(gf, gb)} | {ratio(gf, gp, 1)} |")
+    for q, label in (("p50_us", "p50"), ("p99_us", "p99")):
+        b, f, p = (get(res, f"get_{k}", "latency", q) for k in ("bare", "full", "python"))
+        add(f"| GetOrder {label} latency at top rate, ms | {fmt_ms(b)} | {fmt_ms(f)} | {fmt_ms(p)} | {ratio(f, b)} | {ratio(f, p)} |")
+    rate = get(res, "get_open_bare", "rate")
+    if rate:
+        for q, label in (("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9")):
+            b, f = (get(res, f"get_open_{k}", "latency", q) for k in ("bare", "full"))
+            add(f"| GetOrder {label} at {rate:,.0f}/s (half of bare's top; open loop), ms | {fmt_ms(b)} | {fmt_ms(f)} | — | {ratio(f, b)} | — |")
+    cb, cf, cp = (get(res, f"get_{k}", "server", "cpu_us_per_call") for k in ("bare", "full", "python"))
+    add(f"| server CPU per GetOrder, µs | {fmt_rate(cb)} | {fmt_rate(cf)} | {fmt_rate(cp)} | {ratio(cf, cb)} | {ratio(cf, cp)} |")
+    rb, rf, rp = (get(res, f"register_{k}", "rps") for k in ("bare", "full", "python"))
+    add(f"| RegisterOrder, calls/s (full: durable, group commit; others: memory) | {fmt_rate(rb)} | {fmt_rate(rf)} | {fmt_rate(rp)} | {ratio(rf, rb)} | {ratio(rf, rp, 1)} |")
+    one = get(res, "register_full_one_tx", "rps")
+    add(f"| RegisterOrder, calls/s, one transaction per call (durable) | — | {fmt_rate(one)} | — | — | — |")
+    for q, label in (("p50_us", "p50"), ("p99_us", "p99")):
+        b, f, p = (get(res, f"register_{k}", "latency", q) for k in ("bare", "full", "python"))
+        add(f"| RegisterOrder {label} latency, ms | {fmt_ms(b)} | {fmt_ms(f)} | {fmt_ms(p)} | {ratio(f, b)} | {ratio(f, p)} |")
+    ib = get(res, "idle_bare", "rss_kib")
+    i_f = get(res, "startup", "median_idle_rss_kib") or get(res, "idle_full", "rss_kib")
+    ip = get(res, "idle_python", "rss_kib")
+    add(f"| idle resident memory, MiB | {fmt_mib(ib)} | {fmt_mib(i_f)} | {fmt_mib(ip)} | {ratio(i_f, ib)} | {ratio(i_f, ip)} |")
+    watchers = get(res, "watch_full", "watch", "watchers") or plan["watchers"]
+
+    def watch_rss(kind):
+        return max(
+            (x for x in (get(res, f"watch_{kind}", "watch", "server_rss_kib_open"), get(res, f"watch_{kind}", "server", "rss_kib_max")) if x),
+            default=None,
+        )
+
+    wb, wf, wp = (watch_rss(k) for k in ("bare", "full", "python"))
+    add(f"| resident memory with {watchers:,} WatchOrder streams, MiB | {fmt_mib(wb)} | {fmt_mib(wf)} | {fmt_mib(wp)} | {ratio(wf, wb)} | {ratio(wf, wp)} |")
+    for q, label in (("p50_us", "p50"), ("p99_us", "p99")):
+        b, f, p = (get(res, f"watch_{k}", "watch", "delivery_latency", q) for k in ("bare", "full", "python"))
+        add(f"| event delivery {label} to {watchers:,} watchers, ms | {fmt_ms(b)} | {fmt_ms(f)} | {fmt_ms(p)} | {ratio(f, b)} | {ratio(f, p)} |")
+    st = get(res, "startup", "median_ms")
+    add(f"| start to SERVING (median of {plan['startups']}), ms | — | {'—' if st is None else f'{st:.0f}'} | — | — | — |")
+    hb, hf = get(res, "h2load_bare", "rps"), get(res, "h2load_full", "rps")
+    add(f"| GetOrder with h2load, calls/s | {fmt_rate(hb)} | {fmt_rate(hf)} | — | {ratio(hf, hb)} | — |")
+    add("")
+
+    add("### Targets (issue 7)")
+    add("")
+    add("| target | measured | met |")
+    add("|---|---|---|")
+    for t in targets:
+        met = "—" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        add(f"| {t['target']} | {t['measured']} | {met} |")
+    add("")
+
+    summary = "\n".join(L)
+    L.clear()
+    add("### Details")
+    add("")
+    add("Load runs (`orders-load`; latencies of successful calls; CPU as a share of one core; "
+        "`cores busy` is what `/proc/stat` saw on cores 0 and 1 during the run, so anything "
+        "beyond the server's and the generator's own CPU was another process):")
+    add("")
+    add("| run | calls/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | server CPU | generator CPU | cores busy |")
+    add("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
+    for name in sorted(k for k in res if k.startswith(("get_", "register_", "watch_"))):
+        r = res[name]
+        lat = r.get("latency") or {}
+        if name.startswith("watch_"):
+            lat = get(r, "watch", "delivery_latency") or {}
+        add(
+            f"| {name} | {fmt_rate(r.get('rps'))} | {fmt_ms(lat.get('p50_us'))} | {fmt_ms(lat.get('p90_us'))} | "
+            f"{fmt_ms(lat.get('p99_us'))} | {fmt_ms(lat.get('p999_us'))} | {fmt_ms(lat.get('max_us'))} | "
+            f"{error_text(r)} | {pct(get(r, 'server', 'cpu_percent'))} | {pct(r.get('client_cpu_percent'))} | "
+            f"{'/'.join(f'{c:.0f}%' for c in r.get('cores_busy_percent', []))} |"
+        )
+    add("")
+    for kind in ("bare", "full", "python"):
+        w = get(res, f"watch_{kind}", "watch")
+        if w:
+            add(f"- WatchOrder {kind}: {w['watchers']:,} watchers on {w['orders']} orders over "
+                f"{w['connections']} connections, all open in {w['open_ms']:.0f} ms; "
+                f"{w['events_sent']} updates, {w['deliveries_received']:,} of {w['deliveries_expected']:,} "
+                f"deliveries received{'; stream errors ' + str(w['stream_errors']) if w['stream_errors'] else ''}.")
+    for kind in ("bare", "full"):
+        o = get(res, f"get_open_{kind}", "open_loop")
+        if o:
+            add(f"- GetOrder open loop, {kind}: {o['sent']:,} calls sent on schedule; the latest send was "
+                f"{fmt_ms(o['max_send_lag_us'])} ms behind it (more than a few ms: the server held "
+                f"{plan['open_concurrency']:,} calls in flight, or the generator lacked CPU; latency counts "
+                "from the schedule either way).")
+    for kind in ("bare", "full"):
+        h = res.get(f"h2load_{kind}")
+        if h and "error" not in h:
+            req = h.get("requests") or {}
+            if kind == "bare":
+                counted = h.get("bare_handled") or {}
+                errors = counted.get("NotFound", 0) + counted.get("other", 0)
+                source = f"the bare server's own count over its life: {counted.get('OK', 0):,} OK"
+            else:
+                codes = h.get("grpc_codes") or {}
+                errors = sum(int(n) for c, n in codes.items() if c != "OK")
+                source = "the service's `grpc_server_handled_total` during the run: " + ", ".join(
+                    f"{c} {int(n):,}" for c, n in sorted(codes.items())
+                )
+            in_flight = plan["h2load_clients"] * plan["h2load_streams"]
+            add(f"- h2load {kind}: {h['rps']:,.0f} calls/s; {req.get('succeeded', 0):,} of {req.get('total', 0):,} "
+                f"requests succeeded at the HTTP level; mean {fmt_ms(get(h, 'request_time_us', 'mean'))} ms, "
+                f"max {fmt_ms(get(h, 'request_time_us', 'max'))} ms; gRPC codes other than OK: {errors:,} ({source}; "
+                f"h2load cannot see `grpc-status`; it cuts off the calls in flight, up to {in_flight}, when its "
+                "time is up, which would account for that many Canceled or Unknown).")
+    sc, gc = get(res, "get_bare", "server", "cpu_percent"), get(res, "get_bare", "client_cpu_percent")
+    if sc is not None and gc is not None:
+        verdict = ""
+        if gc >= 90 and gc > sc + 5:
+            verdict = "; the load generator, not the server, was the limit"
+        elif sc >= 90:
+            verdict = "; the server was CPU-bound, as it should be"
+        hb = get(res, "h2load_bare", "rps")
+        h2 = f"; h2load, a lighter generator, got {ratio(hb, gb)} of orders-load's rate" if hb and gb else ""
+        add(f"- Bottleneck check, GetOrder on bare tonic: server {sc:.0f}% of its core, load generator "
+            f"{gc:.0f}% of its core{verdict}{h2}.")
+    starts = get(res, "startup", "starts")
+    if starts:
+        each = ", ".join(f"{s['ms']:.0f} ms" for s in starts)
+        add(f"- Start to SERVING, each start: {each} (the first creates the database; certificates exist).")
+    hit, full_check = get(res, "auth", "cache_hit_us"), get(res, "auth", "full_check_us")
+    if hit:
+        nocache = get(res, "get_full_nocache", "server", "cpu_us_per_call")
+        cached = get(res, "get_full", "server", "cpu_us_per_call")
+        extra = ""
+        if nocache and cached:
+            extra = (f"; end to end, the full service spends {nocache:.0f} µs of CPU per GetOrder with the "
+                     f"token cache off against {cached:.0f} µs with it ({nocache - cached:.0f} µs more per call, "
+                     f"{get(res, 'get_full_nocache', 'rps') or 0:,.0f} calls/s)")
+        add(f"- Authentication (`bench-auth-cost`): full ES256 check {full_check:.1f} µs, token cache hit "
+            f"{hit:.2f} µs{extra}.")
+    for name, message in meta.get("failures", []):
+        add(f"- **{name} failed**: {message.splitlines()[0][:300]}")
+    for note in notes:
+        add(f"- {note}")
+    add("")
+    return summary, "\n".join(L)
+
+
+def pct(v) -> str:
+    return "—" if v is None else f"{v:.0f}%"
+
+
+def chart(res: dict, path: Path, meta: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [("bare", "bare tonic", "#4c72b0"), ("full", "full service", "#dd8452"), ("python", "Python grpc.aio", "#55a868")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+
+    ax = axes[0]
+    groups = ["GetOrder", "RegisterOrder", "GetOrder (h2load)"]
+    keys = ["get_{}", "register_{}", "h2load_{}"]
+    width = 0.26
+    for i, (kind, label, color) in enumerate(kinds):
+        values = [get(res, k.format(kind), "rps") or 0 for k in keys]
+        ax.bar([g + (i - 1) * width for g in range(len(groups))], values, width, label=label, color=color)
+    one = get(res, "register_full_one_tx", "rps")
+    if one:
+        ax.bar([1 + 2 * width], [one], width, label="full, one tx per call", color="#c44e52")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("calls per second")
+    ax.set_title("Throughput (closed loop)")
+    ax.legend(fontsize=8)
+
+    ax = axes[1]
+    series = [("get_{}", "latency", "top"), ("get_open_{}", "latency", "half")]
+    labels = [
+        f"{q}\n{label}" for _, _, label in series for q in ("p50", "p99", "p99.9")
+    ]
+    x = range(len(labels))
+    for i, (kind, label, color) in enumerate(kinds):
+        values = []
+        for key, field_, _ in series:
+            for q in ("p50_us", "p99_us", "p999_us"):
+                v = get(res, key.format(kind), field_, q)
+                values.append(v / 1000 if v else 0)
+        ax.bar([p + (i - 1) * width for p in x], values, width, label=label, color=color)
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("GetOrder latency, ms (log)")
+    ax.set_xlabel("top: closed loop at the top rate; half: open loop at half of bare tonic's top rate", fontsize=8)
+    ax.set_title("GetOrder latency")
+
+    ax = axes[2]
+    groups = ["idle", f"{meta['plan']['watchers']:,} watchers"]
+    for i, (kind, label, color) in enumerate(kinds):
+        idle = get(res, "startup", "median_idle_rss_kib") if kind == "full" else None
+        idle = idle or get(res, f"idle_{kind}", "rss_kib") or 0
+        watch = max(get(res, f"watch_{kind}", "watch", "server_rss_kib_open") or 0, get(res, f"watch_{kind}", "server", "rss_kib_max") or 0)
+        ax.bar([g + (i - 1) * width for g in range(2)], [idle / 1024, watch / 1024], width, label=label, color=color)
+    ax.axhline(20, color="grey", linestyle=":", linewidth=1)
+    ax.axhline(80, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(range(2), groups)
+    ax.set_ylabel("resident memory, MiB")
+    ax.set_title("Server memory (targets: 20 / 80 MiB)")
+
+    fig.suptitle(f"bench/compare, {meta['date']}, commit {meta['commit']} ({meta['mode']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def update_readme(table: str) -> None:
+    text = README.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        log(f"README.md has no {README_BEGIN} … {README_END} markers: not updated")
+        return
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail_ = rest.split(README_END, 1)
+    body = (
+        f"{README_BEGIN}\n{table}\nEvery figure, the load generator's and the servers' CPU, and notes: "
+        "[`bench/results/latest.md`](bench/results/latest.md).\n\n"
+        f"![bench/compare: throughput, latency, memory](bench/results/latest.png)\n{README_END}"
+    )
+    README.write_text(head + body + tail_)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} × {model}, Linux {platform.release()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench/compare", description=__doc__.split("\n\n")[0].replace("\n", " ")
+    )
+    parser.add_argument("--smoke", action="store_true", help="the whole pipeline in seconds (CI)")
+    parser.add_argument("--profile", default="release", help="cargo profile of the binaries (set by bench/compare)")
+    parser.add_argument("--release", action="store_true", help="with --smoke: use the release build")
+    parser.add_argument("--out", type=Path, help="results folder (default: bench/results; --smoke: a temporary one)")
+    parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (certificates, logs, databases)")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="measure nothing: write the report, chart and README table again from a latest.json",
+    )
+    args = parser.parse_args()
+
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        out = args.out or RESULTS
+        out.mkdir(parents=True, exist_ok=True)
+        meta, results = saved["meta"], saved["results"]
+        return write_results(out, meta, results, [], args, notes=saved.get("notes", []))
+
+    if (os.cpu_count() or 1) < 2:
+        log("this machine has one core: server and load generator will share it")
+        global LOAD_CORE
+        LOAD_CORE = SERVER_CORE
+    profile_dir = {"dev": "debug", "test": "debug", "bench": "release"}.get(args.profile, args.profile)
+    bin_dir = REPO / "target" / profile_dir
+    plan = SMOKE if args.smoke else FULL
+    out = args.out or (Path(tempfile.mkdtemp(prefix="orders-bench-smoke-")) if args.smoke else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="orders-bench-"))
+    started = time.monotonic()
+    bench = Bench(args=args, plan=plan, bin_dir=bin_dir, work=work)
+    loadavg = Path("/proc/loadavg").read_text().split()[:3]
+    try:
+        bench.prepare()
+        bench.run_all()
+    finally:
+        if args.keep:
+            log(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    meta = {
+        "command": "bench/compare --smoke" if args.smoke else "bench/compare",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit + ("+changes" if dirty else ""),
+        "mode": "smoke" if args.smoke else "full",
+        "profile": args.profile,
+        "machine": machine(),
+        "loadavg": " ".join(loadavg),
+        "elapsed_s": time.monotonic() - started,
+        "plan": plan.__dict__,
+        "failures": bench.failures,
+    }
+    return write_results(out, meta, bench.results, bench.failures, args, notes=bench.notes)
+
+
+def write_results(out: Path, meta: dict, results: dict, failures: list, args, notes: list) -> int:
+    """latest.json, latest.md, latest.png in `out`; the README table after a full run."""
+    targets = compute_targets(results)
+    summary, details = markdown(results, meta, targets, notes)
+    table = f"{summary}\n{details}"
+    (out / "latest.json").write_text(
+        json.dumps({"meta": meta, "targets": targets, "notes": notes, "results": results}, indent=2) + "\n"
+    )
+    (out / "latest.md").write_text(f"# bench/compare: latest results\n\n{table}")
+    try:
+        chart(results, out / "latest.png", meta)
+    except Exception:  # noqa: BLE001 - the figures matter more than the picture
+        failures.append(("chart", traceback.format_exc()))
+    if meta["mode"] == "full" and not args.no_readme and out == RESULTS:
+        update_readme(summary)
+    print(table)
+    log(f"results in {out}")
+    if failures:
+        log(f"{len(failures)} measurement(s) failed: {', '.join(n for n, _ in failures)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
