@@ -714,3 +714,32 @@ async fn shutdown_ends_open_streams_and_returns() {
         Some(Ok(e)) => panic!("unexpected event {e:?}"),
     }
 }
+
+/// Many callers changing one order at once, none with a precondition: every
+/// change is applied, one after another (none ends ABORTED for having lost
+/// optimistic races), and the history has every version once.
+#[tokio::test]
+async fn concurrent_changes_to_one_order_all_apply() {
+    on_every_backend!(|server| {
+        let alice = server.alice().await;
+        let order = alice
+            .register_order(vec![item("A", 1, 1)], address("A"))
+            .await
+            .unwrap();
+        const CALLERS: usize = 40;
+        let calls = (0..CALLERS).map(|i| {
+            let alice = alice.clone();
+            let id = order.id.clone();
+            tokio::spawn(async move {
+                alice
+                    .update_order(&id, vec![address(&format!("Street {i}"))])
+                    .await
+            })
+        });
+        for result in futures::future::join_all(calls).await {
+            result.unwrap().unwrap();
+        }
+        let after = alice.get_order(&order.id).await.unwrap();
+        assert_eq!(after.version, 1 + CALLERS as i64);
+    });
+}

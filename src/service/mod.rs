@@ -49,7 +49,17 @@ pub struct Orders {
     stopping: watch::Receiver<bool>,
     /// Fails calls fast while the database is known to be down.
     health: HealthState,
+    /// Changes to one order take turns within this process (striped by
+    /// order id). Optimistic concurrency alone let concurrent changes to a
+    /// hot order read the same version, and only one of them can commit per
+    /// write group, so under load some ran out of retries (ABORTED although
+    /// the caller set no precondition). Across replicas, the version check
+    /// and retries still decide.
+    turns: Arc<[tokio::sync::Mutex<()>]>,
 }
+
+/// Stripes of `Orders::turns`: enough that unrelated orders rarely wait.
+const TURN_STRIPES: usize = 256;
 
 impl Orders {
     pub fn new(
@@ -63,7 +73,14 @@ impl Orders {
             tokens,
             stopping,
             health,
+            turns: (0..TURN_STRIPES).map(|_| Default::default()).collect(),
         }
+    }
+
+    fn turn(&self, raw_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(raw_id);
+        &self.turns[(hash % TURN_STRIPES as u64) as usize]
     }
 
     /// UNAVAILABLE at once while the periodic check finds the database down.
@@ -104,6 +121,7 @@ impl Orders {
     where
         F: Fn(&Order) -> Result<Vec<Order>, RuleError>,
     {
+        let _turn = self.turn(raw_id).lock().await;
         for _ in 0..CONFLICT_RETRIES {
             let current = self.visible(caller, raw_id).await?;
             let versions = change(&current).map_err(|rule| ServiceError::Rule {
