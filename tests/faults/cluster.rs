@@ -17,12 +17,33 @@ use tonic_health::pb::health_check_response::ServingStatus;
 const SERVER: &str = env!("CARGO_BIN_EXE_orders-server");
 
 /// A port free now, to be used (and reused across restarts) by a replica.
+/// A port for a replica to keep across its restarts. Taken from below the
+/// kernel's ephemeral range: a port-0 pick lies inside that range, and while
+/// a replica is down any outgoing connection (the SDK's, PostgreSQL's) could
+/// be given it as its local port, and the restart would find it taken.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16;
+    let span = ephemeral_low.saturating_sub(low).max(1);
+    // Start somewhere random (runs of this suite may overlap), then walk.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        rand::random_range(0..span),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = low + NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {ephemeral_low}");
 }
 
 /// The last lines a replica printed (stdout and stderr), for failure reports.
