@@ -64,7 +64,12 @@ pub struct ServerSettings {
     pub max_message_bytes: usize,
     pub max_concurrent_streams: u32,
     pub concurrency_limit: usize,
+    /// Connections are asked to go away (GOAWAY) after this age, ±10% per
+    /// connection; 0: never.
     pub max_connection_age_secs: u64,
+    /// How long a connection past its age may finish the calls and streams
+    /// it carries before it is closed.
+    pub max_connection_age_grace_secs: u64,
     pub keepalive_interval_secs: u64,
     /// Largest request header block (metadata included) a client may send,
     /// in bytes (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`).
@@ -93,6 +98,7 @@ impl Default for ServerSettings {
             max_concurrent_streams: 200,
             concurrency_limit: 1_000,
             max_connection_age_secs: 300,
+            max_connection_age_grace_secs: 30,
             keepalive_interval_secs: 30,
             max_header_list_bytes: 16 * 1024,
             http2_max_pending_accept_reset_streams: 20,

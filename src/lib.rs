@@ -51,6 +51,8 @@ pub mod health;
 #[cfg(feature = "server")]
 pub mod middleware;
 #[cfg(feature = "server")]
+pub mod serve;
+#[cfg(feature = "server")]
 pub mod service;
 #[cfg(feature = "server")]
 pub mod shutdown;

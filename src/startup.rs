@@ -13,8 +13,9 @@ use crate::pb::order_service_server::OrderServiceServer;
 use crate::service::Orders;
 use crate::store::{self, Store};
 use crate::telemetry::Metrics;
-use crate::{admin, dev, tls};
+use crate::{admin, dev, serve, tls};
 use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,18 +23,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::Server;
 use tower::ServiceBuilder;
-/// How long a connection past its maximum age may finish its calls.
-pub const CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
-
-/// The maximum connection age, plus up to 10% at random per process, so the
-/// connections of replicas started together do not all recycle at once.
-fn jittered(age: Duration) -> Duration {
-    use rand::Rng;
-    age + age.mul_f64(rand::rng().random_range(0.0..0.1))
-}
-
 /// How long in-flight calls may take to finish once draining is over.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -206,34 +196,29 @@ impl Application {
             .layer(AuthLayer::new(self.verifier.clone()))
             .layer(MessageSizeLayer)
             .layer(PanicGuardLayer);
-        let mut server = Server::builder()
+        let routes = tonic::service::Routes::new(self.health.service()).add_service(orders);
+        let routes = match (reflection_v1, reflection_v1alpha) {
+            (Some(v1), Some(v1alpha)) => routes.add_service(v1).add_service(v1alpha),
+            _ => routes,
+        };
+        let service = stack.service(routes.prepare());
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
             .max_concurrent_streams(s.server.max_concurrent_streams)
-            .http2_keepalive_interval((!keepalive.is_zero()).then_some(keepalive))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .max_connection_age(jittered(Duration::from_secs(
-                s.server.max_connection_age_secs,
-            )))
-            .max_connection_age_grace(CONNECTION_AGE_GRACE)
-            .tcp_nodelay(true)
+            .keep_alive_interval((!keepalive.is_zero()).then_some(keepalive))
+            .keep_alive_timeout(Duration::from_secs(20))
             // Abuse limits (issue 3): header block size and HTTP/2 reset floods.
-            .http2_max_header_list_size(s.server.max_header_list_bytes)
-            .http2_max_pending_accept_reset_streams(Some(
-                s.server.http2_max_pending_accept_reset_streams,
-            ))
-            .http2_max_local_error_reset_streams(Some(s.server.http2_max_local_error_reset_streams))
-            .layer(stack);
-        let router = server
-            .add_service(self.health.service())
-            .add_service(orders)
-            .add_optional_service(reflection_v1)
-            .add_optional_service(reflection_v1alpha);
+            .max_header_list_size(s.server.max_header_list_bytes)
+            .max_pending_accept_reset_streams(Some(s.server.http2_max_pending_accept_reset_streams))
+            .max_local_error_reset_streams(Some(s.server.http2_max_local_error_reset_streams));
+        let age = (s.server.max_connection_age_secs > 0).then(|| serve::ConnectionAge {
+            max: Duration::from_secs(s.server.max_connection_age_secs),
+            grace: Duration::from_secs(s.server.max_connection_age_grace_secs),
+        });
 
         let drain = Duration::from_secs(s.shutdown.drain_secs);
         let (drained_tx, drained) = tokio::sync::oneshot::channel::<()>();
-        let mut listening = stopping_tx.subscribe();
-        let stop_listening = async move {
-            let _ = listening.wait_for(|stopping| *stopping).await;
-        };
         let signal = async move {
             shutdown.await;
             tracing::info!(drain_secs = drain.as_secs(), "shutting down: draining");
@@ -266,23 +251,12 @@ impl Application {
         let serve = async move {
             match self.tls {
                 Some(state) => {
-                    router
-                        .serve_with_incoming_shutdown(
-                            until_stopped(
-                                tls::incoming(self.listener, state, limits),
-                                stop_listening,
-                            ),
-                            signal,
-                        )
-                        .await
+                    let incoming = tls::incoming(self.listener, state, limits);
+                    serve::serve(incoming, service, http2, age, signal).await
                 }
                 None => {
-                    router
-                        .serve_with_incoming_shutdown(
-                            until_stopped(tls::plaintext_incoming(self.listener), stop_listening),
-                            signal,
-                        )
-                        .await
+                    let incoming = tls::plaintext_incoming(self.listener);
+                    serve::serve(incoming, service, http2, age, signal).await
                 }
             }
         };
@@ -296,7 +270,7 @@ impl Application {
             }
         };
         tokio::select! {
-            served = serve => served?,
+            () = serve => {}
             _ = grace_expired => tracing::warn!(
                 grace_secs = SHUTDOWN_GRACE.as_secs(),
                 "in-flight calls did not finish in time; closing their connections"
@@ -313,44 +287,6 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-/// The connections of `incoming` until `stop` resolves; then `incoming` is
-/// dropped, and with it the listener, so new connections are refused at once
-/// (the client tries another replica) instead of being accepted, and even
-/// TLS-handshaken, into a queue that nobody serves any more. Tonic stops
-/// reading its incoming stream at shutdown but keeps it (and so the
-/// listening socket) until every connection has closed, which can take
-/// [`SHUTDOWN_GRACE`].
-fn until_stopped<S, T>(
-    incoming: S,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> tokio_stream::wrappers::ReceiverStream<T>
-where
-    S: tokio_stream::Stream<Item = T> + Send + 'static,
-    T: Send + 'static,
-{
-    use tokio_stream::StreamExt;
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(async move {
-        tokio::pin!(incoming);
-        tokio::pin!(stop);
-        loop {
-            let conn = tokio::select! {
-                _ = &mut stop => return,
-                next = incoming.next() => match next {
-                    Some(conn) => conn,
-                    None => return,
-                },
-            };
-            // Tonic no longer reads once it is shutting down: stop waiting.
-            tokio::select! {
-                _ = &mut stop => return,
-                sent = tx.send(conn) => if sent.is_err() { return },
-            }
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Reflection over our protos, health, and `google.rpc` (so tools such as

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use orders::sdk::pb;
 use sqlx::Connection;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -564,4 +565,99 @@ async fn a_client_cancel_ends_the_servers_stream_work() {
     tokio::time::timeout(Duration::from_secs(5), server.stop())
         .await
         .expect("stops promptly");
+}
+
+/// gRFC A9 connection age: at its (jittered) age a connection gets GOAWAY,
+/// its calls finish and new calls go to a new connection, so callers see
+/// no failure, not even without retries; streams on it end with UNAVAILABLE
+/// so their clients resume at once; and whatever still holds it open after
+/// the grace is cut off.
+#[tokio::test]
+async fn connections_past_their_age_are_recycled_without_failing_a_call() {
+    let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
+        s.server.max_connection_age_secs = 1;
+        s.server.max_connection_age_grace_secs = 2;
+    })
+    .await;
+    let alice = server.alice().await;
+    let order = alice
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
+
+    // A plain generated client, no SDK resume: the stream must end by itself.
+    let token = server.certs.token("alice", READ_WRITE);
+    let mut raw = pb::order_service_client::OrderServiceClient::new(alice.channel());
+    let mut request = tonic::Request::new(pb::WatchOrderRequest {
+        order_id: order.id.clone(),
+        after_version: 0,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let opened = Instant::now();
+    let mut watch = raw.watch_order(request).await.unwrap().into_inner();
+    // A health watch on the main port is not ended by recycling: the grace
+    // ends it, with the connection.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(alice.channel())
+        .watch(HealthCheckRequest {
+            service: ORDERS.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let once = alice.with_retry(orders::sdk::RetryPolicy::none());
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let client = once.clone();
+            let id = order.id.clone();
+            tokio::spawn(async move {
+                let until = Instant::now() + Duration::from_millis(3500);
+                let mut calls = 0u32;
+                while Instant::now() < until {
+                    client.get_order(&id).await.expect("no call fails");
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().order.unwrap().version,
+        1
+    );
+    let status = watch
+        .next()
+        .await
+        .expect("the stream ends with a status")
+        .expect_err("the stream ends with UNAVAILABLE");
+    let ended = opened.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("maximum age"), "{status:?}");
+    assert!(
+        ended >= Duration::from_millis(850) && ended < Duration::from_millis(2500),
+        "ended at the connection's age (1 s ± 10%), not at the grace: {ended:?}"
+    );
+
+    let health_end = loop {
+        match health.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status,
+            None => panic!("the health watch ended without an error"),
+        }
+    };
+    let cut = opened.elapsed();
+    assert!(
+        cut >= Duration::from_millis(2700) && cut < Duration::from_secs(6),
+        "cut off once age (≈1 s) and grace (2 s) had passed: {cut:?} ({health_end:?})"
+    );
+
+    let mut calls = 0;
+    for caller in callers {
+        calls += caller.await.unwrap();
+    }
+    assert!(calls > 100, "calls kept flowing across recycling: {calls}");
+    server.stop().await;
 }

@@ -30,7 +30,7 @@ mod token;
 
 pub use crate::pb;
 pub use error::Error;
-pub use retry::RetryPolicy;
+pub use retry::{RetryPolicy, TRANSPARENT_RETRIES, never_sent};
 pub use streams::{OrderWatch, RESUME_ATTEMPTS, Tracker};
 pub use token::{FileToken, FnToken, StaticToken, TokenProvider};
 
@@ -649,7 +649,8 @@ impl Client {
     }
 
     /// Runs a unary call within this client's deadline (retries included),
-    /// retrying on UNAVAILABLE when `safe`.
+    /// retrying on UNAVAILABLE when `safe`; a call that never left the client
+    /// is sent again whatever it is ([`never_sent`]).
     async fn unary<T, R, F, Fut>(&self, safe: bool, message: T, mut call: F) -> Result<R, Error>
     where
         T: Clone,
@@ -659,6 +660,7 @@ impl Client {
         let deadline = Instant::now() + self.timeout;
         self.retry.record_call();
         let mut attempt = 1;
+        let mut resent = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -671,6 +673,10 @@ impl Client {
             request.set_timeout(left);
             match call(self.inner.clone(), request).await {
                 Ok(response) => return Ok(response.into_inner()),
+                Err(status) if resent < TRANSPARENT_RETRIES && never_sent(&status) => {
+                    tracing::debug!(resent, "call never sent (connection closed): sending again");
+                    resent += 1;
+                }
                 Err(status) if safe && self.retry.may_retry(&status, attempt) => {
                     let pause = self
                         .retry

@@ -128,6 +128,36 @@ impl RetryPolicy {
     }
 }
 
+/// How many times a call that never left the client is sent again before
+/// its failure is returned (see [`never_sent`]).
+pub const TRANSPARENT_RETRIES: u32 = 3;
+
+/// Whether a failed call never left this client: it was still queued for a
+/// connection that closed before sending it (the server recycling the
+/// connection with GOAWAY, or the connection dying), which hyper reports as
+/// a canceled request. The server never saw it, so any call, whatever it
+/// does, can be sent again: what gRPC's own clients do as "transparent
+/// retry" (gRFC A6). The SDK does so up to [`TRANSPARENT_RETRIES`] times
+/// without a pause, outside the retry policy and its budget.
+///
+/// ```
+/// let status = tonic::Status::cancelled("the caller gave up");
+/// assert!(!orders::sdk::never_sent(&status));
+/// ```
+pub fn never_sent(status: &tonic::Status) -> bool {
+    if status.code() != Code::Cancelled && status.code() != Code::Unavailable {
+        return false;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        if let Some(err) = s.downcast_ref::<hyper::Error>() {
+            return err.is_canceled();
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// UNAVAILABLE, or a CANCELLED/UNKNOWN that came from the connection.
 pub(crate) fn retryable(status: &tonic::Status) -> bool {
     match status.code() {

@@ -16,6 +16,7 @@ use crate::auth::{Principal, principal_of};
 use crate::domain::{Caller, NewOrder, Order, OrderId, RuleError, Violations};
 use crate::health::HealthState;
 use crate::pb::{self, order_service_server::OrderService};
+use crate::serve::ConnectionRecycled;
 use crate::store::{Idempotency, Inserted, ListQuery, Store, StoreError};
 use chrono::Utc;
 use page_token::PageTokens;
@@ -58,6 +59,36 @@ pub struct Orders {
     turns: Arc<[tokio::sync::Mutex<()>]>,
 }
 
+/// What ends an open stream before its order is final or its client leaves:
+/// the server having drained, or the stream's connection reaching its
+/// maximum age. Either way the stream ends with UNAVAILABLE, so the client
+/// resumes (on another replica, or on a fresh connection) from the last
+/// version it has, instead of holding up shutdown or being cut off when the
+/// connection's grace runs out.
+pub(super) struct StreamEnd {
+    stopping: watch::Receiver<bool>,
+    recycled: Option<ConnectionRecycled>,
+}
+
+impl StreamEnd {
+    /// Resolves with the status to end the stream with.
+    pub(super) async fn wait(&mut self) -> Status {
+        let Self { stopping, recycled } = self;
+        let recycled = async {
+            match recycled {
+                Some(recycled) => recycled.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s) => Status::unavailable("server shutting down"),
+            () = recycled => Status::unavailable(
+                "connection reached its maximum age: resume on a new connection",
+            ),
+        }
+    }
+}
+
 /// Stripes of `Orders::turns`: enough that unrelated orders rarely wait.
 const TURN_STRIPES: usize = 256;
 
@@ -92,10 +123,12 @@ impl Orders {
         }
     }
 
-    /// Resolves once the server has drained.
-    async fn stopped(&self) {
-        let mut stopping = self.stopping.clone();
-        let _ = stopping.wait_for(|s| *s).await;
+    /// What ends a stream opened by `request` early (see [`StreamEnd`]).
+    fn stream_end<T>(&self, request: &Request<T>) -> StreamEnd {
+        StreamEnd {
+            stopping: self.stopping.clone(),
+            recycled: request.extensions().get::<ConnectionRecycled>().cloned(),
+        }
     }
 
     /// The order, if it exists and the caller may see it; NOT_FOUND otherwise,
@@ -351,8 +384,10 @@ impl OrderService for Orders {
         request: Request<pb::WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
         let (_, caller) = caller(&request)?;
+        let end = self.stream_end(&request);
         let req = request.into_inner();
-        let stream = streams::watch(self.clone(), caller, req.order_id, req.after_version).await?;
+        let stream =
+            streams::watch(self.clone(), caller, end, req.order_id, req.after_version).await?;
         Ok(Response::new(stream))
     }
 
@@ -363,9 +398,11 @@ impl OrderService for Orders {
         request: Request<Streaming<pb::TrackOrdersRequest>>,
     ) -> Result<Response<Self::TrackOrdersStream>, Status> {
         let (_, caller) = caller(&request)?;
+        let end = self.stream_end(&request);
         Ok(Response::new(streams::track(
             self.clone(),
             caller,
+            end,
             request.into_inner(),
         )))
     }

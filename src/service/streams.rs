@@ -13,7 +13,7 @@
 //! Each stream runs as a task feeding a bounded channel; when the client goes
 //! away the channel closes and the task ends.
 
-use super::{EventStream, MAX_TRACKED_ORDERS, Orders, ServiceError};
+use super::{EventStream, MAX_TRACKED_ORDERS, Orders, ServiceError, StreamEnd};
 use crate::domain::{Caller, Order, OrderId};
 use crate::pb;
 use crate::store::Change;
@@ -41,15 +41,18 @@ enum Wake {
     Order(OrderId, i64),
     /// Anything may have changed: re-read everything followed.
     Everything,
-    /// The feed is gone (shutting down).
-    Closed,
+    /// The stream must end with this status (the feed is gone, the server
+    /// is stopping, or the connection is being recycled).
+    Closed(Status),
 }
 
 async fn next_wake(feed: &mut broadcast::Receiver<Change>) -> Wake {
     match feed.recv().await {
         Ok(Change::Order { id, version }) => Wake::Order(id, version),
         Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => Wake::Everything,
-        Err(broadcast::error::RecvError::Closed) => Wake::Closed,
+        Err(broadcast::error::RecvError::Closed) => {
+            Wake::Closed(Status::unavailable("server shutting down"))
+        }
     }
 }
 
@@ -74,6 +77,7 @@ async fn catch_up(
 pub(super) async fn watch(
     svc: Orders,
     caller: Caller,
+    mut end: StreamEnd,
     raw_id: String,
     after_version: i64,
 ) -> Result<EventStream, ServiceError> {
@@ -108,7 +112,7 @@ pub(super) async fn watch(
         if send_all(&tx, &initial).await.is_err() || done {
             return;
         }
-        follow(&svc, &tx, &mut feed, id, last_sent).await;
+        follow(&svc, &tx, &mut end, &mut feed, id, last_sent).await;
     });
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
@@ -117,6 +121,7 @@ pub(super) async fn watch(
 async fn follow(
     svc: &Orders,
     tx: &Tx,
+    end: &mut StreamEnd,
     feed: &mut broadcast::Receiver<Change>,
     id: OrderId,
     mut last_sent: i64,
@@ -124,17 +129,15 @@ async fn follow(
     loop {
         let wake = tokio::select! {
             _ = tx.closed() => return,
-            _ = svc.stopped() => Wake::Closed,
+            status = end.wait() => Wake::Closed(status),
             wake = next_wake(feed) => wake,
         };
         match wake {
             Wake::Order(changed, version) if changed == id && version > last_sent => {}
             Wake::Order(..) => continue,
             Wake::Everything => {}
-            Wake::Closed => {
-                let _ = tx
-                    .send(Err(Status::unavailable("server shutting down")))
-                    .await;
+            Wake::Closed(status) => {
+                let _ = tx.send(Err(status)).await;
                 return;
             }
         }
@@ -157,11 +160,12 @@ async fn follow(
 pub(super) fn track(
     svc: Orders,
     caller: Caller,
+    mut end: StreamEnd,
     inbound: Streaming<pb::TrackOrdersRequest>,
 ) -> EventStream {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
-        if let Err(status) = run_track(&svc, &caller, inbound, &tx).await {
+        if let Err(status) = run_track(&svc, &caller, &mut end, inbound, &tx).await {
             let _ = tx.send(Err(status)).await;
         }
     });
@@ -173,6 +177,7 @@ pub(super) fn track(
 async fn run_track(
     svc: &Orders,
     caller: &Caller,
+    end: &mut StreamEnd,
     mut inbound: Streaming<pb::TrackOrdersRequest>,
     tx: &Tx,
 ) -> Result<(), Status> {
@@ -188,7 +193,7 @@ async fn run_track(
         }
         tokio::select! {
             _ = tx.closed() => return Ok(()),
-            _ = svc.stopped() => return Err(Status::unavailable("server shutting down")),
+            status = end.wait() => return Err(status),
             msg = inbound.message(), if !half_closed => match msg {
                 Ok(Some(req)) => match req.action {
                     Some(Action::Subscribe(raw)) => {
@@ -228,7 +233,7 @@ async fn run_track(
                         _ => continue,
                     },
                     Wake::Everything => followed.keys().cloned().collect(),
-                    Wake::Closed => return Err(Status::unavailable("server shutting down")),
+                    Wake::Closed(status) => return Err(status),
                 };
                 for id in due {
                     let last = followed[&id];

@@ -227,6 +227,9 @@ struct Report {
     requests: u64,
     ok: u64,
     errors: BTreeMap<String, u64>,
+    /// Calls sent again because they never left this client (a connection
+    /// closed before sending them); each still counts once in `requests`.
+    resent: u64,
     /// `requests` per second.
     rps: f64,
     /// Successful calls, all kinds together.
@@ -272,6 +275,11 @@ struct WatchReport {
     stream_errors: BTreeMap<String, u64>,
     /// Streams opened again after they broke (mix).
     resumed: u64,
+    /// Events that did not follow the watcher's previous one (a version
+    /// lost or repeated, resumes included): must be 0.
+    out_of_order: u64,
+    /// Stream opens sent again because they never left this client.
+    resent: u64,
     /// Every event received (mix: the followers' count).
     events_seen: u64,
 }
@@ -388,6 +396,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         delivery_latency: None,
         stream_errors: stats::errors(&fanout.stream_errors.lock().expect("errors lock")),
         resumed: fanout.resumed.load(Ordering::Relaxed),
+        out_of_order: fanout.out_of_order.load(Ordering::Relaxed),
+        resent: fanout.resent.load(Ordering::Relaxed),
         events_seen: fanout.events_seen.load(Ordering::Relaxed),
     });
     let report = Report {
@@ -407,6 +417,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         requests: total,
         ok: codes[0],
         errors: stats::errors(&codes),
+        resent: ctx.work.resent.load(Ordering::Relaxed),
         rps: total as f64 / seconds,
         latency: Summary::of(&all),
         by_call: stats::by_call(&stats, seconds),
@@ -760,6 +771,7 @@ async fn fanout_run(
         requests: update_stats.total(),
         ok: updates.codes[0],
         errors: stats::errors(&updates.codes),
+        resent: 0,
         rps: update_stats.total() as f64 / seconds,
         latency: Summary::of(&updates.latency),
         by_call: stats::by_call(&update_stats, seconds),
@@ -777,6 +789,8 @@ async fn fanout_run(
             delivery_latency: Summary::of(&latency),
             stream_errors: stats::errors(&fanout.stream_errors.lock().expect("errors lock")),
             resumed: fanout.resumed.load(Ordering::Relaxed),
+            out_of_order: fanout.out_of_order.load(Ordering::Relaxed),
+            resent: fanout.resent.load(Ordering::Relaxed),
             events_seen: fanout.events_seen.load(Ordering::Relaxed),
         }),
         server,
@@ -856,6 +870,12 @@ fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
         report.ok,
         report.requests - report.ok
     );
+    if report.resent > 0 {
+        println!(
+            "  {} calls sent again: they never left this client (connection closed first)",
+            report.resent
+        );
+    }
     for (method, call) in &report.by_call {
         println!("  {method:<14} {:>10.1}/s", call.rps);
         if let Some(l) = &call.latency {
@@ -878,8 +898,8 @@ fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
         .filter(|_| report.call == Call::Mix.name())
     {
         println!(
-            "  {} watchers following {} orders: {} events received, {} streams resumed, {} failed to open",
-            w.watchers, w.orders, w.events_seen, w.resumed, w.open_failed
+            "  {} watchers following {} orders: {} events received ({} out of order), {} streams resumed, {} failed to open",
+            w.watchers, w.orders, w.events_seen, w.out_of_order, w.resumed, w.open_failed
         );
         for (code, n) in &w.stream_errors {
             println!("  stream error {code}: {n}");

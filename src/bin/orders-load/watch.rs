@@ -45,6 +45,11 @@ pub struct Fanout {
     pub stream_errors: Mutex<[u64; 17]>,
     /// Streams re-opened after they broke (followers only).
     pub resumed: AtomicU64,
+    /// Events that did not follow the previous one received by the same
+    /// watcher (a version skipped or repeated across a resume): must be 0.
+    pub out_of_order: AtomicU64,
+    /// Stream opens sent again because they never left this client.
+    pub resent: AtomicU64,
 }
 
 impl Fanout {
@@ -67,6 +72,8 @@ impl Fanout {
             events_seen: AtomicU64::new(0),
             stream_errors: Mutex::new([0; 17]),
             resumed: AtomicU64::new(0),
+            out_of_order: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
         }
     }
 
@@ -119,6 +126,10 @@ pub async fn watcher(
         };
         let mut stream = match opened {
             Ok(r) => r.into_inner(),
+            Err(status) if orders::sdk::never_sent(&status) && !*stop.borrow() => {
+                fanout.resent.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             Err(status) => {
                 fanout.stream_error(status.code());
                 if first {
@@ -139,6 +150,9 @@ pub async fn watcher(
             match message {
                 Ok(Some(pb::OrderEvent { order: Some(order) })) => {
                     let now = Instant::now();
+                    if last > 0 && order.version != last + 1 {
+                        fanout.out_of_order.fetch_add(1, Ordering::Relaxed);
+                    }
                     last = order.version;
                     fanout.events_seen.fetch_add(1, Ordering::Relaxed);
                     if first {

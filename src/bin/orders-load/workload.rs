@@ -7,6 +7,7 @@ use crate::stats::Op;
 use crate::target::{Conn, Target};
 use orders::pb;
 use prost::bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::Status;
 
 /// Kinds of run (`--call`).
@@ -73,6 +74,9 @@ pub struct Workload {
     /// `register` encoded, without a `request_id`.
     register_raw: Bytes,
     list: pb::ListOrdersRequest,
+    /// Calls sent again because they never left this client (see
+    /// [`orders::sdk::never_sent`]).
+    pub resent: AtomicU64,
 }
 
 /// A valid order: two items and an address.
@@ -137,6 +141,7 @@ impl Workload {
                 page_size: 20,
                 ..Default::default()
             },
+            resent: AtomicU64::new(0),
         }
     }
 
@@ -157,8 +162,33 @@ impl Workload {
         &self.pool[self.index(i)]
     }
 
-    /// Makes the `i`-th call; the response is dropped.
+    /// Makes the `i`-th call; the response is dropped. A call that never
+    /// left this client (its connection closed first, as when the server
+    /// recycles connections) is sent again, as gRPC clients do, and counted
+    /// in `resent`; every other failure is the call's result.
     pub async fn call(
+        &self,
+        target: &Target,
+        conn: &mut Conn,
+        op: Op,
+        i: u64,
+    ) -> Result<(), Status> {
+        let mut resent = 0;
+        loop {
+            match self.call_once(target, conn, op, i).await {
+                Err(status)
+                    if resent < orders::sdk::TRANSPARENT_RETRIES
+                        && orders::sdk::never_sent(&status) =>
+                {
+                    resent += 1;
+                    self.resent.fetch_add(1, Ordering::Relaxed);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn call_once(
         &self,
         target: &Target,
         conn: &mut Conn,

@@ -1,0 +1,198 @@
+//! Serving HTTP/2 connections: accept, connection age with a real graceful
+//! phase, and draining.
+//!
+//! Written here rather than taken from `tonic::transport::Server`, because
+//! tonic's connection loop gets connection age wrong in the way that
+//! matters: with `max_connection_age_grace` set it never starts the graceful
+//! phase, it waits out age + grace and then drops the connection with calls
+//! in flight (tonic 0.14.5 to 0.14.9, `connection_timeout_future`), so every
+//! recycled connection fails the calls it carries with UNKNOWN; without a
+//! grace, a connection held open by a stream never closes. gRFC A9 asks for
+//! GOAWAY at the (per-connection jittered) age, then a hard close once the
+//! grace has passed; that is what [`serve`] does, on hyper's HTTP/2 server,
+//! with tonic's routes and our middleware as the service.
+//!
+//! hyper's graceful shutdown is the two-step GOAWAY of RFC 9113 §6.8: a
+//! GOAWAY with the largest stream id and a PING, then, once the PING is
+//! answered, a GOAWAY naming the last stream the server will process. Calls
+//! in flight finish; calls the client sent after that are refused without
+//! having been seen, so clients may send them again elsewhere.
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::pin;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+use tokio_stream::{Stream, StreamExt};
+use tonic::body::Body;
+use tonic::transport::server::Connected;
+use tower::{Service, ServiceExt};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// gRFC A9 connection management: after `max` (jittered by ±10% per
+/// connection, so connections opened together do not all recycle together)
+/// the connection is asked to go away; after a further `grace` it is closed
+/// whatever it still carries.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionAge {
+    pub max: Duration,
+    pub grace: Duration,
+}
+
+impl ConnectionAge {
+    /// This connection's age limit: `max` ± 10% at random.
+    fn jittered(&self) -> Duration {
+        use rand::Rng;
+        self.max.mul_f64(rand::rng().random_range(0.9..=1.1))
+    }
+}
+
+/// In every request's extensions: turns when the request's connection is
+/// asked to go away at its maximum age. Streams that would otherwise run
+/// until the grace cuts them off end then (UNAVAILABLE), so their clients
+/// resume on a fresh connection at once.
+#[derive(Debug, Clone)]
+pub struct ConnectionRecycled(watch::Receiver<bool>);
+
+impl ConnectionRecycled {
+    /// Resolves once the connection is going away (or gone).
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|recycled| *recycled).await;
+    }
+}
+
+/// Serves `service` on every connection `incoming` yields until `drain`
+/// resolves; then stops accepting (dropping `incoming`, and with it the
+/// listening socket, so new connections are refused at once and go to
+/// another replica), asks every connection to go away, and returns once all
+/// of them have closed. The caller bounds that wait (calls that never end
+/// would hold it up for ever) by dropping this future; the remaining
+/// connections then close when the runtime shuts down.
+pub async fn serve<I, IO, IE, S, ResBody>(
+    incoming: I,
+    service: S,
+    http2: http2::Builder<TokioExecutor>,
+    age: Option<ConnectionAge>,
+    drain: impl Future<Output = ()>,
+) where
+    I: Stream<Item = Result<IO, IE>>,
+    IE: std::fmt::Display,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    // Every connection holds a receiver: `closed()` resolves when the last
+    // connection is gone.
+    let (going_away, going_away_rx) = watch::channel(false);
+    {
+        let mut incoming = pin!(incoming);
+        let mut drain = pin!(drain);
+        loop {
+            let io = tokio::select! {
+                _ = &mut drain => break,
+                io = incoming.next() => match io {
+                    Some(Ok(io)) => io,
+                    Some(Err(err)) => {
+                        tracing::debug!(error = %err, "connection not accepted");
+                        continue;
+                    }
+                    None => break,
+                },
+            };
+            tokio::spawn(serve_connection(
+                io,
+                service.clone(),
+                http2.clone(),
+                age,
+                going_away_rx.clone(),
+            ));
+        }
+    }
+    drop(going_away_rx);
+    let _ = going_away.send(true);
+    going_away.closed().await;
+}
+
+async fn serve_connection<IO, S, ResBody>(
+    io: IO,
+    service: S,
+    http2: http2::Builder<TokioExecutor>,
+    age: Option<ConnectionAge>,
+    mut going_away: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    // What tonic's own server puts in every request: handlers, the access
+    // log and the client-identity layer read the peer address and the
+    // client certificate from it.
+    let info = io.connect_info();
+    let (recycle, recycled) = watch::channel(false);
+    let recycled = ConnectionRecycled(recycled);
+    let per_request = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(info.clone());
+        request.extensions_mut().insert(recycled.clone());
+        let call = service.clone().oneshot(request);
+        async move {
+            Ok::<_, Infallible>(match call.await {
+                Ok(response) => response.map(Body::new),
+                // Our layers answer failures as gRPC statuses themselves;
+                // whatever still arrives as an error gets a status too
+                // (what tonic's `RecoverError` does), not a stream reset.
+                Err(err) => tonic::Status::from_error(err.into()).into_http(),
+            })
+        }
+    });
+    let mut conn = pin!(http2.serve_connection(TokioIo::new(io), per_request));
+
+    let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    let goaway_at = age.map_or(far, |age| Instant::now() + age.jittered());
+    let mut timer = pin!(sleep_until(goaway_at));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            served = &mut conn => {
+                if let Err(err) = served {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut timer => {
+                if closing {
+                    tracing::debug!("connection still busy after its grace: closed");
+                    return;
+                }
+                let grace = age.map_or(Duration::ZERO, |age| age.grace);
+                tracing::debug!(grace_secs = grace.as_secs(), "connection reached its maximum age: GOAWAY");
+                conn.as_mut().graceful_shutdown();
+                let _ = recycle.send(true);
+                closing = true;
+                timer.as_mut().reset(Instant::now() + grace);
+            }
+            changed = going_away.changed(), if !closing => {
+                // The server is stopping (`changed` fails once the sender is
+                // gone, which also means stopping). Its own grace bounds the
+                // wait, so this connection's timer no longer matters.
+                let _ = changed;
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                timer.as_mut().reset(far);
+            }
+        }
+    }
+}
