@@ -4,8 +4,10 @@ Measures the service's top rate on the `mix` workload (of every 20 calls 16
 GetOrder, 2 RegisterOrder, 1 UpdateOrder, 1 ListOrders, plus WatchOrder
 streams), then runs it at half that rate for `--minutes` (10 by default),
 sampling the server's resident memory, open file descriptors and threads
-every few seconds. Passes when no call failed and, after the warm-up, memory
-and descriptors grew by less than 10%.
+every few seconds. Passes when no call failed, every watcher received its
+orders' versions in order without a gap or a repeat (streams resume when a
+connection is recycled), and, after the warm-up, memory and descriptors grew
+by less than 10%.
 
 Writes reliability/results/soak.{md,json,png}. Not part of CI (it takes
 minutes); `reliability/soak --minutes 1` is a quick look. The servers and
@@ -142,7 +144,16 @@ def main() -> int:
     failed = sum(errors.values())
     memory = growth(samples, "rss_kib", warmup_s)
     fds = growth(samples, "fds", warmup_s)
-    passed = alive and not failed and memory["growth"] < GROWTH_LIMIT and fds["growth"] < GROWTH_LIMIT
+    watch = report.get("watch") or {}
+    out_of_order = watch.get("out_of_order", 0)
+    passed = (
+        alive
+        and not failed
+        and not out_of_order
+        and not watch.get("open_failed", 0)
+        and memory["growth"] < GROWTH_LIMIT
+        and fds["growth"] < GROWTH_LIMIT
+    )
 
     args.out.mkdir(parents=True, exist_ok=True)
     command = "reliability/soak" + ("" if args.minutes == 10 else f" --minutes {args.minutes:g}")
@@ -167,6 +178,13 @@ def main() -> int:
         ("load", f"{rate} calls/s of the mix (half the measured top rate {top['rps']:.0f}/s)" if top else f"{rate} calls/s"),
         ("duration", f"{duration / 60:g} min"),
         ("calls", f"{report['requests']} ({report['ok']} ok), errors: {errors or 'none'}"),
+        ("calls sent again (never left the client: connection closed first)", f"{report.get('resent', 0)}"),
+        (
+            "watch streams",
+            f"{watch.get('watchers', 0)} watchers, {watch.get('events_seen', 0)} events, "
+            f"{out_of_order} out of order; {watch.get('resumed', 0)} resumed after ending with "
+            f"{watch.get('stream_errors') or 'nothing'}; {watch.get('open_failed', 0)} failed to open",
+        ),
         ("latency p50 / p99 / p99.9", " / ".join(f"{lat.get(k, 0) / 1000:.2f} ms" for k in ("p50_us", "p99_us", "p999_us"))),
         ("resident memory, first → last minute after warm-up", f"{memory['first'] / 1024:.1f} → {memory['last'] / 1024:.1f} MiB ({memory['growth']:+.1%})"),
         ("open file descriptors, same", f"{fds['first']:.0f} → {fds['last']:.0f} ({fds['growth']:+.1%})"),
