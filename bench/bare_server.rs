@@ -262,19 +262,25 @@ impl OrderService for Bare {
 
 fn main() -> anyhow::Result<()> {
     let mut addr: SocketAddr = "127.0.0.1:50061".parse()?;
+    let (mut cert, mut key) = (None, None);
     let mut args = std::env::args().skip(1);
-    // Two flags only; clap would be fine too, but this keeps the baseline a
+    // A few flags only; clap would be fine too, but this keeps the baseline a
     // page of plain tonic.
+    let value = |flag: &str, args: &mut std::iter::Skip<std::env::Args>| {
+        args.next()
+            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
+    };
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--addr" => {
-                addr = args
-                    .next()
-                    .ok_or_else(|| anyhow::anyhow!("--addr needs a value"))?
-                    .parse()?
-            }
+            "--addr" => addr = value("--addr", &mut args)?.parse()?,
+            "--tls-cert" => cert = Some(std::fs::read(value("--tls-cert", &mut args)?)?),
+            "--tls-key" => key = Some(std::fs::read(value("--tls-key", &mut args)?)?),
             "-h" | "--help" => {
-                println!("bench-bare-server [--addr HOST:PORT]  (default 127.0.0.1:50061)");
+                println!(
+                    "bench-bare-server [--addr HOST:PORT] [--tls-cert PEM --tls-key PEM]  (default 127.0.0.1:50061, plaintext)\n\
+                     With a certificate and key it serves TLS through tonic's own TLS (rustls): \
+                     what TLS alone adds to bare tonic."
+                );
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other:?} (see --help)"),
@@ -299,7 +305,13 @@ fn main() -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some((cert, key)) = cert.zip(key) {
+            let identity = tonic::transport::Identity::from_pem(cert, key);
+            server =
+                server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        }
+        server
             .add_service(OrderServiceServer::from_arc(bare.clone()))
             .serve_with_incoming_shutdown(incoming, stop)
             .await?;

@@ -276,6 +276,23 @@ class Bench:
             )
             server = Server(kind, f"http://127.0.0.1:{port}", proc, log_path, tls=False)
             wait_tcp(server, port)
+        elif kind == "bare_tls":
+            # Bare tonic with tonic's own TLS and the full service's
+            # certificate: a reference that splits the gap between bare and
+            # full into what TLS costs and what everything else costs.
+            port = free_port()
+            argv = [
+                self.bin("bench-bare-server"),
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--tls-cert",
+                str(self.certs / "server.pem"),
+                "--tls-key",
+                str(self.certs / "server.key"),
+            ]
+            proc, log_path = self._spawn(kind, argv, clean_env())
+            server = Server(kind, f"https://127.0.0.1:{port}", proc, log_path, tls=True)
+            wait_tcp(server, port)
         elif kind == "full":
             port, admin = free_port(), free_port()
             proc, log_path = self._spawn(
@@ -381,7 +398,7 @@ class Bench:
             output = server.stop()
         if isinstance(result, dict):
             result["server_exit"] = server.proc.returncode
-            if server.kind == "bare":
+            if server.kind in ("bare", "bare_tls"):
                 result["bare_handled"] = parse_bare_handled(output)
         return result
 
@@ -390,7 +407,7 @@ class Bench:
         self.measure("startup", self.startup)
         for kind in ("bare", "full", "python"):
             self.measure(f"idle_{kind}", lambda k=kind: self.with_server(k, self.idle))
-        for kind in ("bare", "full", "python"):
+        for kind in ("bare", "bare_tls", "full", "python"):
             self.measure(
                 f"get_{kind}",
                 lambda k=kind: self.with_server(k, lambda s: self.closed(s, "get", p.concurrency)),
@@ -849,6 +866,11 @@ def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> tu
             add(f"| GetOrder {label} at {rate:,.0f}/s (half of bare's top; open loop), ms | {fmt_ms(b)} | {fmt_ms(f)} | — | {ratio(f, b)} | — |")
     cb, cf, cp = (get(res, f"get_{k}", "server", "cpu_us_per_call") for k in ("bare", "full", "python"))
     add(f"| server CPU per GetOrder, µs | {fmt_rate(cb)} | {fmt_rate(cf)} | {fmt_rate(cp)} | {ratio(cf, cb)} | {ratio(cf, cp)} |")
+    tls, tls_cpu = get(res, "get_bare_tls", "rps"), get(res, "get_bare_tls", "server", "cpu_us_per_call")
+    if tls:
+        add(f"| reference: bare tonic with TLS (tonic's rustls), GetOrder calls/s; server CPU per call, µs | "
+            f"{fmt_rate(tls)}; {fmt_rate(tls_cpu)} | {fmt_rate(get(res, 'get_full', 'rps'))}; {fmt_rate(cf)} | — | "
+            f"{ratio(get(res, 'get_full', 'rps'), tls)} | — |")
     rb, rf, rp = (get(res, f"register_{k}", "rps") for k in ("bare", "full", "python"))
     add(f"| RegisterOrder, calls/s (full: durable, group commit; others: memory) | {fmt_rate(rb)} | {fmt_rate(rf)} | {fmt_rate(rp)} | {ratio(rf, rb)} | {ratio(rf, rp, 1)} |")
     one = get(res, "register_full_one_tx", "rps")

@@ -32,9 +32,22 @@ pub fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
         .or_else(|| ext.get::<TcpConnectInfo>().and_then(|i| i.remote_addr()))
 }
 
+/// The remote address, or nothing, as a log field.
+struct Peer(Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
 struct Entry {
     method: String,
-    peer: String,
+    /// Formatted only when the line is written (by the log writer's layer).
+    peer: Peer,
     trace_id: String,
     context: Option<Arc<CallContext>>,
     started: Instant,
@@ -98,7 +111,7 @@ where
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let entry = Box::new(Entry {
             method: request.uri().path().to_owned(),
-            peer: peer(&request).map(|p| p.to_string()).unwrap_or_default(),
+            peer: Peer(peer(&request)),
             // The span's trace id when traces are recorded (made here if the
             // caller sent none), else the caller's `traceparent`.
             trace_id: super::trace::current_trace_id()

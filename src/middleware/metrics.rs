@@ -17,7 +17,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tonic::Code;
@@ -53,18 +55,75 @@ pub struct GrpcMetrics {
     handling: HistogramFamily,
     received: Family<MethodLabels, Counter>,
     sent: Family<MethodLabels, Counter>,
+    /// Each method's handles, by request path (see [`MethodHandles`]).
+    methods: Arc<RwLock<HashMap<String, Arc<MethodHandles>>>>,
+    /// Shared by the paths past [`MAX_METHODS`], made on first use.
+    other: Arc<OnceLock<Arc<MethodHandles>>>,
+}
+
+/// How many distinct request paths get labels of their own. A server has a
+/// dozen methods; past this, paths (which any client, authenticated or not,
+/// can make up) are counted under `unknown`, so they cannot grow the
+/// metrics without bound.
+const MAX_METHODS: usize = 64;
+
+/// One method's metrics, looked up once per method rather than four times
+/// per call: the label strings were allocated, hashed and compared under the
+/// families' locks for every call, a measurable share of a GetOrder.
+struct MethodHandles {
+    labels: MethodLabels,
+    started: Counter,
+    received: Counter,
+    sent: Counter,
+    handling: Histogram,
+    /// By gRPC code, made on first use (most codes never happen).
+    handled: [OnceLock<Counter>; 17],
+    family: Family<CodeLabels, Counter>,
+}
+
+impl MethodHandles {
+    fn new(metrics: &GrpcMetrics, labels: MethodLabels) -> Self {
+        Self {
+            started: metrics.started.get_or_create(&labels).clone(),
+            received: metrics.received.get_or_create(&labels).clone(),
+            sent: metrics.sent.get_or_create(&labels).clone(),
+            handling: metrics.handling.get_or_create(&labels).clone(),
+            handled: Default::default(),
+            family: metrics.handled.clone(),
+            labels,
+        }
+    }
+
+    fn handled(&self, code: Code) -> &Counter {
+        self.handled[code as usize].get_or_init(|| {
+            let labels = CodeLabels {
+                grpc_type: self.labels.grpc_type.clone(),
+                grpc_service: self.labels.grpc_service.clone(),
+                grpc_method: self.labels.grpc_method.clone(),
+                grpc_code: code_name(code).to_owned(),
+            };
+            self.family.get_or_create(&labels).clone()
+        })
+    }
 }
 
 impl GrpcMetrics {
     /// Creates the metrics and registers them (prometheus-client appends
     /// `_total` to counters).
     pub fn register(registry: &mut Registry) -> Self {
+        let started = Family::default();
+        let handled = Family::default();
+        let handling: HistogramFamily = Family::new_with_constructor(handling_histogram);
+        let received = Family::default();
+        let sent = Family::default();
         let m = Self {
-            started: Family::default(),
-            handled: Family::default(),
-            handling: Family::new_with_constructor(handling_histogram),
-            received: Family::default(),
-            sent: Family::default(),
+            started,
+            handled,
+            handling,
+            received,
+            sent,
+            methods: Arc::default(),
+            other: Arc::default(),
         };
         registry.register(
             "grpc_server_started",
@@ -93,6 +152,32 @@ impl GrpcMetrics {
         );
         m
     }
+
+    /// The handles of the method at `path`, made on its first call.
+    fn handles(&self, path: &str) -> Arc<MethodHandles> {
+        if let Some(found) = self.methods.read().expect("metrics lock").get(path) {
+            return found.clone();
+        }
+        let mut methods = self.methods.write().expect("metrics lock");
+        if let Some(found) = methods.get(path) {
+            return found.clone();
+        }
+        if methods.len() >= MAX_METHODS {
+            return self
+                .other
+                .get_or_init(|| {
+                    let unknown = RpcMethod::from_path("/unknown/unknown");
+                    Arc::new(MethodHandles::new(self, labels(&unknown)))
+                })
+                .clone();
+        }
+        let handles = Arc::new(MethodHandles::new(
+            self,
+            labels(&RpcMethod::from_path(path)),
+        ));
+        methods.insert(path.to_owned(), handles.clone());
+        handles
+    }
 }
 
 fn labels(method: &RpcMethod) -> MethodLabels {
@@ -104,33 +189,20 @@ fn labels(method: &RpcMethod) -> MethodLabels {
 }
 
 struct Recorder {
-    metrics: GrpcMetrics,
-    labels: MethodLabels,
+    handles: Arc<MethodHandles>,
     started: Instant,
 }
 
 impl Observer for Recorder {
     fn messages_sent(&mut self, count: u64) {
-        self.metrics.sent.get_or_create(&self.labels).inc_by(count);
+        self.handles.sent.inc_by(count);
     }
 
     fn finished(self: Box<Self>, code: Code) {
-        let Recorder {
-            metrics,
-            labels,
-            started,
-        } = *self;
-        metrics
+        self.handles
             .handling
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
-        let code_labels = CodeLabels {
-            grpc_type: labels.grpc_type,
-            grpc_service: labels.grpc_service,
-            grpc_method: labels.grpc_method,
-            grpc_code: code_name(code).to_owned(),
-        };
-        metrics.handled.get_or_create(&code_labels).inc();
+            .observe(self.started.elapsed().as_secs_f64());
+        self.handles.handled(code).inc();
     }
 }
 
@@ -215,14 +287,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let method = request
-            .extensions()
-            .get::<RpcMethod>()
-            .cloned()
-            .unwrap_or_else(|| RpcMethod::from_path(request.uri().path()));
-        let labels = labels(&method);
-        self.metrics.started.get_or_create(&labels).inc();
-        let received = self.metrics.received.get_or_create(&labels).clone();
+        let handles = self.metrics.handles(request.uri().path());
+        handles.started.inc();
+        let received = handles.received.clone();
         let request = request.map(|inner| {
             tonic::body::Body::new(CountedRequest {
                 inner,
@@ -231,10 +298,44 @@ where
             })
         });
         let recorder = Box::new(Recorder {
-            metrics: self.metrics.clone(),
-            labels,
+            handles,
             started: Instant::now(),
         });
         super::call_observed(&mut self.inner, request, recorder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_up_paths_cannot_grow_the_metrics_without_bound() {
+        let mut registry = Registry::default();
+        let metrics = GrpcMetrics::register(&mut registry);
+        let get = metrics.handles("/orders.v1.OrderService/GetOrder");
+        get.started.inc();
+        get.handled(Code::Ok).inc();
+        assert!(
+            Arc::ptr_eq(&get, &metrics.handles("/orders.v1.OrderService/GetOrder")),
+            "a method's handles are made once"
+        );
+        for i in 0..200 {
+            let junk = metrics.handles(&format!("/x.Y/Method{i}"));
+            junk.started.inc();
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("grpc_server_started_total{"))
+            .count();
+        assert_eq!(series, MAX_METHODS + 1, "{text}");
+        assert!(text.contains(
+            r#"grpc_server_started_total{grpc_type="unary",grpc_service="unknown",grpc_method="unknown"} 137"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="orders.v1.OrderService",grpc_method="GetOrder",grpc_code="OK"} 1"#
+        ), "{text}");
     }
 }
