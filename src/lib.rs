@@ -49,6 +49,8 @@ pub mod domain;
 #[cfg(feature = "server")]
 pub mod health;
 #[cfg(feature = "server")]
+pub mod log_json;
+#[cfg(feature = "server")]
 pub mod log_writer;
 #[cfg(feature = "server")]
 pub mod middleware;

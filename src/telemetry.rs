@@ -63,12 +63,8 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     // exporter configured, nobody wants the trace span, so tracing skips it.
     let logs = match settings.log_format {
         LogFormat::Json => fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            // The call span's fields are in `span` already; the list would
-            // serialize them a second time on every line.
-            .with_span_list(false)
+            .fmt_fields(crate::log_json::JsonFields)
+            .event_format(crate::log_json::JsonEvents)
             .with_writer(stdout)
             .boxed(),
         LogFormat::Pretty => fmt::layer().with_writer(stdout).boxed(),
