@@ -369,6 +369,12 @@ pub(crate) fn open(path: &std::path::Path) -> Result<Connection> {
     // Per connection: every commit is fsynced before it returns.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // The savepoint around each write keeps the pages it changes in a
+    // statement journal, only ever read to roll that write back inside the
+    // open transaction: in memory rather than a temporary file (a profile
+    // showed a sixth of the writer's time writing it). Durability is the
+    // WAL's and the fsync's, unchanged.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     // WAL is a property of the file (set when the store opened it); check.
     let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
