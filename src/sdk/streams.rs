@@ -81,7 +81,20 @@ impl OrderWatch {
             loop {
                 let mut events = match stream.take() {
                     Some(s) => s,
-                    None => match client.watch_order_stream(&order_id, last).await {
+                    // A reopen that gets no answer within the client's
+                    // deadline counts as a failed attempt: a connection that
+                    // went silent must not hold the watch for ever.
+                    None => match tokio::time::timeout(
+                        client.timeout,
+                        client.watch_order_stream(&order_id, last),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(
+                            tonic::Status::unavailable("no answer to the watch's reopen in time")
+                                .into(),
+                        )
+                    }) {
                         Ok(s) => s,
                         Err(e)
                             if e.status().is_some_and(resumable) && failures < RESUME_ATTEMPTS =>
