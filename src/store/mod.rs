@@ -11,6 +11,7 @@
 //! coalesced notification can never lose an event.
 
 mod cache;
+mod checkpoint;
 mod feed;
 mod group_commit;
 mod sql;

@@ -224,9 +224,11 @@ impl SqliteStore {
         // Migrated; from here on the writer thread's own connection writes.
         write.close().await;
         let path = connect.get_filename().to_owned();
-        let writer_conn = tokio::task::spawn_blocking(move || group_commit::open(&path))
-            .await
-            .map_err(|e| StoreError::Database(sqlx::Error::Io(e.into())))??;
+        let (writer_conn, checkpoint_conn) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((group_commit::open(&path)?, group_commit::open(&path)?))
+        })
+        .await
+        .map_err(|e| StoreError::Database(sqlx::Error::Io(e.into())))??;
         let feed = feed::channel();
         let max_group = if options.group_commit { MAX_GROUP } else { 1 };
         let written = std::sync::Arc::new(WriteCounter::default());
@@ -234,6 +236,7 @@ impl SqliteStore {
             .then(|| std::sync::Arc::new(OrderCache::new(options.cache_orders)));
         let writer = Writer::start(
             writer_conn,
+            checkpoint_conn,
             feed.clone(),
             written.clone(),
             cache.clone(),
