@@ -5,9 +5,8 @@ use crate::auth::{AuthLayer, Verifier};
 use crate::config::{Environment, Settings};
 use crate::health::HealthState;
 use crate::middleware::{
-    access_log::AccessLogLayer, concurrency::ConcurrencyLimitLayer, deadline::DeadlineLayer,
-    message_size::MessageSizeLayer, metrics::MetricsLayer, panic_guard::PanicGuardLayer,
-    request_id::RequestIdLayer, trace::TraceLayer,
+    concurrency::ConcurrencyLimitLayer, deadline::DeadlineLayer, message_size::MessageSizeLayer,
+    observe::ObserveLayer, panic_guard::PanicGuardLayer,
 };
 use crate::pb::order_service_server::OrderServiceServer;
 use crate::service::Orders;
@@ -179,13 +178,11 @@ impl Application {
         let keepalive = Duration::from_secs(s.server.keepalive_interval_secs);
         // The order of the stack is explained in `crate::middleware`.
         let stack = ServiceBuilder::new()
-            .layer(RequestIdLayer)
-            .layer(TraceLayer)
-            // The client certificate's subject (mTLS), for handlers and the
-            // access log; outside auth so refused calls carry it too.
+            // Request id, span, metrics and access log.
+            .layer(ObserveLayer::new(self.metrics.grpc.clone()))
+            // The client certificate's subject (mTLS), for handlers; outside
+            // auth so refused calls carry it too.
             .layer(tls::ClientIdentityLayer)
-            .layer(MetricsLayer::new(self.metrics.grpc.clone()))
-            .layer(AccessLogLayer)
             .layer(ConcurrencyLimitLayer::new(s.server.concurrency_limit))
             .layer(DeadlineLayer::new(
                 Duration::from_millis(s.server.default_timeout_ms),

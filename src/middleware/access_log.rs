@@ -2,18 +2,15 @@
 //! contract's fields: `method`, `code`, `latency_ms`, `peer`, `request_id`,
 //! `trace_id`, `subject`. Never the token: only the subject auth verified.
 //!
-//! Outside auth and deadlines so refused and timed-out calls are logged too;
-//! inside request ids, so the id is known.
+//! Written by [`super::observe`], outside auth and deadlines, so refused and
+//! timed-out calls are logged too, and after the request id is known.
 
-use super::{CallContext, Observer, code_name};
-use futures::future::BoxFuture;
+use super::{CallContext, code_name};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 use tonic::Code;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tower::{Layer, Service};
 
 /// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
 pub fn trace_id(headers: &http::HeaderMap) -> Option<String> {
@@ -44,83 +41,50 @@ impl std::fmt::Display for Peer {
     }
 }
 
-struct Entry {
+pub(super) struct Entry {
     method: String,
     /// Formatted only when the line is written (by the log writer's layer).
     peer: Peer,
     trace_id: String,
-    context: Option<Arc<CallContext>>,
+    context: Arc<CallContext>,
     started: Instant,
 }
 
-impl Observer for Entry {
-    fn finished(self: Box<Self>, code: Code) {
+impl Entry {
+    /// Starts the entry of `request`; `trace_id` is the call's span's when
+    /// traces are recorded (made there if the caller sent none), else the
+    /// caller's `traceparent` is used.
+    pub(super) fn start(
+        request: &http::Request<tonic::body::Body>,
+        context: Arc<CallContext>,
+        trace_id: Option<String>,
+    ) -> Self {
+        Entry {
+            method: request.uri().path().to_owned(),
+            peer: Peer(peer(request)),
+            trace_id: trace_id
+                .or_else(|| self::trace_id(request.headers()))
+                .unwrap_or_default(),
+            context,
+            started: Instant::now(),
+        }
+    }
+
+    pub(super) fn finish(self, code: Code) {
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let (request_id, subject) = match &self.context {
-            Some(c) => (
-                c.request_id.as_str(),
-                c.subject.get().map(String::as_str).unwrap_or(""),
-            ),
-            None => ("", ""),
-        };
+        let request_id = self.context.request_id.as_str();
+        let subject = self.context.subject.get().map(String::as_str).unwrap_or("");
         tracing::info!(
             target: "access",
-            method = %self.method,
+            method = self.method.as_str(),
             code = code_name(code),
             latency_ms = (latency_ms * 1000.0).round() / 1000.0,
             peer = %self.peer,
             request_id,
-            trace_id = %self.trace_id,
+            trace_id = self.trace_id.as_str(),
             subject,
             "rpc finished"
         );
-    }
-}
-
-#[derive(Clone, Default)]
-pub struct AccessLogLayer;
-
-impl<S> Layer<S> for AccessLogLayer {
-    type Service = AccessLog<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        AccessLog { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct AccessLog<S> {
-    inner: S,
-}
-
-impl<S> Service<http::Request<tonic::body::Body>> for AccessLog<S>
-where
-    S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let entry = Box::new(Entry {
-            method: request.uri().path().to_owned(),
-            peer: Peer(peer(&request)),
-            // The span's trace id when traces are recorded (made here if the
-            // caller sent none), else the caller's `traceparent`.
-            trace_id: super::trace::current_trace_id()
-                .or_else(|| trace_id(request.headers()))
-                .unwrap_or_default(),
-            context: request.extensions().get::<Arc<CallContext>>().cloned(),
-            started: Instant::now(),
-        });
-        super::call_observed(&mut self.inner, request, entry)
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! Inside the other layers, so metrics and logs see the corrected code.
 
-use futures::future::{BoxFuture, FutureExt};
+use futures::future::{MapOk, TryFutureExt};
 use std::task::{Context, Poll};
 use tonic::{Code, Status};
 use tower::{Layer, Service};
@@ -52,13 +52,14 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    // Named, not boxed: one allocation fewer per call.
+    type Future = MapOk<S::Future, fn(S::Response) -> S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        self.inner.call(request).map(|r| r.map(rewrite)).boxed()
+        self.inner.call(request).map_ok(rewrite as fn(_) -> _)
     }
 }

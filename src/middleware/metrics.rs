@@ -5,12 +5,12 @@
 //!
 //! `grpc_code` is read from the response trailers (or the headers of a
 //! trailers-only response), never guessed from the HTTP status, which is 200
-//! for every gRPC outcome. Sits outside the layers that refuse calls (load
-//! shedding, deadlines, auth) so their refusals are counted too.
+//! for every gRPC outcome. Recorded by [`super::observe`], outside the
+//! layers that refuse calls (load shedding, deadlines, auth), so their
+//! refusals are counted too.
 
-use super::{MessageCounter, Observer, RpcMethod, code_name};
+use super::{MessageCounter, RpcMethod, code_name};
 use bytes::{Buf, Bytes};
-use futures::future::BoxFuture;
 use http_body::{Body, Frame};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,7 +23,6 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tonic::Code;
-use tower::{Layer, Service};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
@@ -188,17 +187,17 @@ fn labels(method: &RpcMethod) -> MethodLabels {
     }
 }
 
-struct Recorder {
+pub(super) struct Recorder {
     handles: Arc<MethodHandles>,
     started: Instant,
 }
 
-impl Observer for Recorder {
-    fn messages_sent(&mut self, count: u64) {
+impl Recorder {
+    pub(super) fn messages_sent(&self, count: u64) {
         self.handles.sent.inc_by(count);
     }
 
-    fn finished(self: Box<Self>, code: Code) {
+    pub(super) fn finish(self, code: Code) {
         self.handles
             .handling
             .observe(self.started.elapsed().as_secs_f64());
@@ -243,65 +242,23 @@ impl Body for CountedRequest {
     }
 }
 
-#[derive(Clone)]
-pub struct MetricsLayer {
-    metrics: GrpcMetrics,
-}
-
-impl MetricsLayer {
-    pub fn new(metrics: GrpcMetrics) -> Self {
-        Self { metrics }
-    }
-}
-
-impl<S> Layer<S> for MetricsLayer {
-    type Service = MetricsService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        MetricsService {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct MetricsService<S> {
-    inner: S,
-    metrics: GrpcMetrics,
-}
-
-impl<S> Service<http::Request<tonic::body::Body>> for MetricsService<S>
-where
-    S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let handles = self.metrics.handles(request.uri().path());
+impl GrpcMetrics {
+    /// Counts the call as started and its request messages as they are
+    /// read; the [`Recorder`] counts what it sends and how it ends.
+    pub(super) fn begin(&self, request: &mut http::Request<tonic::body::Body>) -> Recorder {
+        let handles = self.handles(request.uri().path());
         handles.started.inc();
         let received = handles.received.clone();
-        let request = request.map(|inner| {
-            tonic::body::Body::new(CountedRequest {
-                inner,
-                counter: MessageCounter::default(),
-                received,
-            })
+        let body = std::mem::replace(request.body_mut(), tonic::body::Body::empty());
+        *request.body_mut() = tonic::body::Body::new(CountedRequest {
+            inner: body,
+            counter: MessageCounter::default(),
+            received,
         });
-        let recorder = Box::new(Recorder {
+        Recorder {
             handles,
             started: Instant::now(),
-        });
-        super::call_observed(&mut self.inner, request, recorder)
+        }
     }
 }
 

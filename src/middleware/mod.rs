@@ -2,15 +2,16 @@
 //!
 //! Order, outermost first (each file says why it sits where it does):
 //!
-//! 1. [`request_id`]: names the call before anything can log about it.
-//! 2. [`trace`]: the call's span (joining the caller's trace), so every log
-//!    line below happens inside it.
-//! 3. [`metrics`] and [`access_log`]: see every outcome, including refusals
-//!    by the layers below, with the status read from the trailers.
-//! 4. [`concurrency`]: sheds load before any work is done.
-//! 5. [`deadline`]: the budget covers authentication and the handler.
-//! 6. `auth` (in `crate::auth`): only authenticated calls reach handlers.
-//! 7. [`message_size`] and [`panic_guard`]: closest to the handlers, turns a panic into INTERNAL.
+//! 1. [`observe`]: names the call ([`request_id`]) before anything can log
+//!    about it, opens its span ([`trace`], joining the caller's trace) so
+//!    every log line below happens inside it, and sees every outcome,
+//!    including refusals by the layers below, with the status read from the
+//!    trailers, for the [`metrics`] and the [`access_log`].
+//! 2. The client certificate's subject (mTLS, `crate::tls`), for handlers.
+//! 3. [`concurrency`]: sheds load before any work is done.
+//! 4. [`deadline`]: the budget covers authentication and the handler.
+//! 5. `auth` (in `crate::auth`): only authenticated calls reach handlers.
+//! 6. [`message_size`] and [`panic_guard`]: closest to the handlers, turns a panic into INTERNAL.
 //!
 //! Shared here: the method table (unary or streaming, for labels and
 //! deadlines), the per-call [`CallContext`], and [`ObservedBody`], which
@@ -21,6 +22,7 @@ pub mod concurrency;
 pub mod deadline;
 pub mod message_size;
 pub mod metrics;
+pub mod observe;
 pub mod panic_guard;
 pub mod request_id;
 pub mod trace;
@@ -270,36 +272,6 @@ impl Drop for ObservedBody {
         // Dropped before the end: the client cancelled or the connection died.
         self.finish(Code::Cancelled);
     }
-}
-
-/// Calls the (readied) `inner` service and reports the call's outcome to
-/// `observer`: from the response's trailers, or CANCELLED when the call is
-/// dropped first (a client cancel during a unary handler). The shared body of
-/// the metrics, access-log and trace layers.
-pub fn call_observed<S>(
-    inner: &mut S,
-    request: http::Request<tonic::body::Body>,
-    observer: Box<dyn Observer>,
-) -> futures::future::BoxFuture<'static, Result<S::Response, S::Error>>
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    // The readied service goes into the future (tower's contract); a clone
-    // stays behind for the next call.
-    let clone = inner.clone();
-    let mut inner = std::mem::replace(inner, clone);
-    Box::pin(async move {
-        let mut guard = FinishOnDrop(Some(observer));
-        let response = inner.call(request).await?;
-        let observer = guard.0.take().expect("taken once");
-        Ok(ObservedBody::wrap(response, observer))
-    })
 }
 
 /// Reports a call whose response future was dropped before it produced a

@@ -1,0 +1,123 @@
+//! What the service sees of every call, in one layer: the request id
+//! ([`super::request_id`]), the call's spans ([`super::trace`]), the
+//! metrics ([`super::metrics`]) and the access log ([`super::access_log`]).
+//!
+//! They were four layers, each with its own boxed future and three of them
+//! with their own wrapper around the response body, all reading the same
+//! trailers. One layer makes one future and one [`ObservedBody`] per call
+//! (GetOrder +5%). What the four do is still most of their cost: the span
+//! and the access-log line.
+//!
+//! Outermost: nothing may log about a call before it has a name, and the
+//! outcome of every call, refusals by the layers inside included, is seen.
+
+use super::access_log::Entry;
+use super::metrics::{GrpcMetrics, Recorder};
+use super::trace::SpanEnd;
+use super::{FinishOnDrop, ObservedBody, Observer, request_id, trace};
+use futures::future::BoxFuture;
+use std::task::{Context, Poll};
+use tonic::Code;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: GrpcMetrics,
+}
+
+impl ObserveLayer {
+    pub fn new(metrics: GrpcMetrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: GrpcMetrics,
+}
+
+/// How a call ends, told to its span, its metrics and its access-log entry.
+struct Observed {
+    span: SpanEnd,
+    metrics: Recorder,
+    entry: Entry,
+}
+
+impl Observer for Observed {
+    fn messages_sent(&mut self, count: u64) {
+        self.metrics.messages_sent(count);
+    }
+
+    fn finished(self: Box<Self>, code: Code) {
+        let Observed {
+            span,
+            metrics,
+            entry,
+        } = *self;
+        span.finish(code);
+        metrics.finish(code);
+        entry.finish(code);
+    }
+}
+
+impl<S> Service<http::Request<tonic::body::Body>> for Observe<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        let (context, method) = request_id::assign(&mut request);
+        let (log_span, span, span_end) = trace::spans(&request, &method, &context.request_id);
+        let entry = Entry::start(&request, context.clone(), trace::trace_id_of(&span));
+        let metrics = self.metrics.begin(&mut request);
+        let observer: Box<dyn Observer> = Box::new(Observed {
+            span: span_end,
+            metrics,
+            entry,
+        });
+        // The readied service goes into the future (tower's contract); a
+        // clone stays behind for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(
+            async move {
+                // Reports CANCELLED if the call is dropped before it answers
+                // (a client cancel during a unary handler).
+                let mut guard = FinishOnDrop(Some(observer));
+                let mut response = inner.call(request).await?;
+                if let Ok(value) = http::HeaderValue::from_str(&context.request_id) {
+                    response.headers_mut().insert(request_id::HEADER, value);
+                }
+                let observer = guard.0.take().expect("taken once");
+                Ok(ObservedBody::wrap(response, observer))
+            }
+            // Every poll of the call (the inner layers and the handler) runs
+            // inside the spans.
+            .instrument(span)
+            .instrument(log_span),
+        )
+    }
+}
