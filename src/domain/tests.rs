@@ -226,6 +226,12 @@ fn the_fingerprint_tells_payloads_apart_but_ignores_the_request_id() {
     assert_eq!(a.fingerprint(), a2.fingerprint());
     assert_ne!(a.fingerprint(), b.fingerprint());
     assert_ne!(a.fingerprint(), c.fingerprint());
+    // Stored beside the order: its form must not change between versions.
+    let f = a.fingerprint();
+    assert!(
+        f.len() == 64 && f.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "lowercase hex of a SHA-256: {f}"
+    );
 }
 
 #[test]
