@@ -100,6 +100,7 @@ impl OrderWatch {
                             if e.status().is_some_and(resumable) && failures < RESUME_ATTEMPTS =>
                         {
                             failures += 1;
+                            tracing::debug!(order_id = %order_id, failures, error = %e, "watch reopen failed");
                             tokio::time::sleep(client.retry.backoff(failures)).await;
                             continue;
                         }
@@ -123,14 +124,20 @@ impl OrderWatch {
                                 return;
                             }
                         }
-                        Some(Err(status)) if resumable(&status) => break,
+                        Some(Err(status)) if resumable(&status) => {
+                            tracing::debug!(order_id = %order_id, last, code = ?status.code(), message = status.message(), "watch broke; reopening");
+                            break;
+                        }
                         Some(Err(status)) => {
                             let _ = tx.send(Err(status.into())).await;
                             return;
                         }
                         // Ended without a final version (a connection closed
                         // cleanly, say at its maximum age): reopen.
-                        None => break,
+                        None => {
+                            tracing::debug!(order_id = %order_id, last, "watch ended early; reopening");
+                            break;
+                        }
                     }
                 }
                 failures += 1;

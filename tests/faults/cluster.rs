@@ -327,6 +327,9 @@ pub struct SdkEvents;
 
 static RETRIES: AtomicU64 = AtomicU64::new(0);
 static HEALTH_CHANGES: AtomicU64 = AtomicU64::new(0);
+/// The latest SDK events, as lines, for a failing test to print.
+static RECENT: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+const RECENT_EVENTS: usize = 400;
 
 impl SdkEvents {
     /// Installs the counting subscriber (once).
@@ -349,6 +352,13 @@ impl SdkEvents {
             HEALTH_CHANGES.load(Ordering::Relaxed),
         )
     }
+
+    /// The latest SDK events (at most 400), one per line, each with the
+    /// seconds since the first event: what a failing test prints.
+    pub fn recent() -> String {
+        let recent = RECENT.lock().unwrap();
+        recent.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
 }
 
 use tracing_subscriber::Layer;
@@ -361,21 +371,40 @@ impl<S: tracing::Subscriber> Layer<S> for Counter {
         event: &tracing::Event<'_>,
         _ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
+        #[derive(Default)]
+        struct Fields {
+            message: String,
+            rest: String,
+        }
+        impl tracing::field::Visit for Fields {
             fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
                 if field.name() == "message" {
-                    self.0 = format!("{value:?}");
+                    self.message = format!("{value:?}");
+                } else {
+                    self.rest.push_str(&format!(" {}={value:?}", field.name()));
                 }
             }
         }
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        match message.0.as_str() {
+        static FIRST: OnceLock<Instant> = OnceLock::new();
+        let since = FIRST.get_or_init(Instant::now).elapsed();
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        match fields.message.as_str() {
             "retrying" => RETRIES.fetch_add(1, Ordering::Relaxed),
             "endpoint health changed" => HEALTH_CHANGES.fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
+        let mut recent = RECENT.lock().unwrap();
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
+        }
+        recent.push_back(format!(
+            "{:9.3}s {} {}{}",
+            since.as_secs_f64(),
+            event.metadata().level(),
+            fields.message,
+            fields.rest
+        ));
     }
 }
 

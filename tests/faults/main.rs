@@ -428,17 +428,22 @@ async fn s3_watchers_on_a_killed_replica_resume_elsewhere_missing_nothing() {
             let opened = opened.clone();
             tasks.push(tokio::spawn(async move {
                 let mut versions = Vec::new();
-                while let Some(item) = tokio::time::timeout(Duration::from_secs(60), watch.next())
-                    .await
-                    .expect("an event or the end within 60 s")
-                {
+                // `false` when 60 s passed without an event or the end: the
+                // test then fails with what the SDK and the replicas said.
+                let ended = loop {
+                    let Ok(item) =
+                        tokio::time::timeout(Duration::from_secs(60), watch.next()).await
+                    else {
+                        break false;
+                    };
+                    let Some(item) = item else { break true };
                     let order = item.unwrap_or_else(|e| panic!("watch of {id} failed: {e:?}"));
                     if versions.is_empty() {
                         opened.fetch_add(1, Ordering::Relaxed);
                     }
                     versions.push(order.version);
-                }
-                (id, versions)
+                };
+                (id, versions, ended)
             }));
         }
     }
@@ -531,7 +536,20 @@ async fn s3_watchers_on_a_killed_replica_resume_elsewhere_missing_nothing() {
     let failed_steps = writer.await.unwrap();
     let mut events = 0;
     for task in tasks {
-        let (id, versions) = task.await.unwrap();
+        let (id, versions, ended) = task.await.unwrap();
+        if !ended {
+            let logs: Vec<String> = cluster
+                .replicas
+                .iter()
+                .map(|r| format!("--- {} (warnings) ---\n{}", r.name, r.log_tail()))
+                .collect();
+            panic!(
+                "the watcher of {id} had no event for 60 s after versions {versions:?}\n\
+                 --- SDK events ---\n{}\n{}",
+                SdkEvents::recent(),
+                logs.join("\n")
+            );
+        }
         events += versions.len();
         let expected: Vec<i64> = (1..=FINAL_VERSION).collect();
         assert_eq!(versions, expected, "watcher of {id}");
