@@ -41,7 +41,12 @@ pub(crate) const INTERVAL: Duration = Duration::from_millis(1000);
 pub(crate) const NEAR_INTERVAL: Duration = Duration::from_millis(50);
 /// Log pages (4 KiB each) at which the writer checkpoints (and so rewinds
 /// the log) itself.
+#[cfg(not(test))]
 pub(crate) const WRITER_FRAMES: i64 = 16_000;
+/// Small in unit tests, so a test takes the log past it many times in
+/// seconds (`the_log_stays_bounded_under_continuous_writes`).
+#[cfg(test)]
+pub(crate) const WRITER_FRAMES: i64 = 500;
 
 /// Tells the checkpointer that a transaction committed. Dropping it (when
 /// the writer thread ends) ends the checkpointer after a last checkpoint.

@@ -479,6 +479,43 @@ mod tests {
         );
     }
 
+    /// The log is rewound, not grown for ever, while writes never stop: the
+    /// checkpoint thread's passive checkpoints cannot rewind it under
+    /// continuous commits, so the writer's own checkpoint at
+    /// `WRITER_FRAMES` pages must (500 in tests, 16,000 in the server).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_stays_bounded_under_continuous_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir, true).await;
+        let frame = 4096 + 24; // a page and its frame header
+        let threshold = checkpoint::WRITER_FRAMES as u64;
+        let reader = Connection::open(dir.path().join("orders.db")).unwrap();
+        let mut largest_log = 0;
+        let mut batches = 0;
+        // Until the database holds five times the threshold in pages: every
+        // one of them went through the log, so without rewinding the log
+        // would be at least that long.
+        loop {
+            register_together(&store, 200).await;
+            batches += 1;
+            let log = std::fs::metadata(dir.path().join("orders.db-wal"))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            largest_log = largest_log.max(log);
+            let pages: u64 = reader
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .unwrap();
+            if pages >= 5 * threshold {
+                break;
+            }
+            assert!(batches < 500, "the database did not grow: {pages} pages");
+        }
+        assert!(
+            largest_log <= 3 * threshold * frame,
+            "the log grew to {largest_log} bytes, over three times the writer's checkpoint ({threshold} pages)"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_transactions_and_all_persist() {
         let dir = tempfile::tempdir().unwrap();
