@@ -30,10 +30,10 @@
 use super::cache::OrderCache;
 use super::checkpoint;
 use super::feed::Change;
-use super::sql::{FIND_BY_REQUEST, INSERT_ORDER, INSERT_VERSION, UPDATE_ORDER, decode};
+use super::sql::{FIND_BY_REQUEST, INSERT_ORDER_ROW, INSERT_VERSION, UPDATE_ORDER, decode};
 use super::{Idempotency, Inserted, Result, StoreError, WriteCounter};
 use crate::domain::Order;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -259,7 +259,13 @@ fn write_group(conn: &mut Connection, group: &mut Vec<Write>, sinks: &Sinks) {
 fn run_group(conn: &mut Connection, group: &[Write]) -> Result<Vec<Done>> {
     // BEGIN IMMEDIATE takes the write lock up front, so the transaction never
     // fails half-way trying to upgrade a read lock.
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // The savepoint statements, prepared once per connection (rusqlite's
+    // `Savepoint` parses its SQL anew each time: two parses per write).
+    let savepoint = |sql: &str| -> Result<()> {
+        tx.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    };
     let mut done = Vec::with_capacity(group.len());
     for write in group {
         // Checked again here: BEGIN may have waited for the lock.
@@ -267,7 +273,7 @@ fn run_group(conn: &mut Connection, group: &[Write]) -> Result<Vec<Done>> {
             done.push(Done::Skipped);
             continue;
         }
-        let mut savepoint = tx.savepoint()?;
+        savepoint("SAVEPOINT write")?;
         let (outcome, ok) = match write {
             Write::Insert {
                 order, idempotency, ..
@@ -276,7 +282,7 @@ fn run_group(conn: &mut Connection, group: &[Write]) -> Result<Vec<Done>> {
                     request_id: r,
                     fingerprint: f,
                 });
-                let result = insert(&savepoint, order, key);
+                let result = insert(&tx, order, key);
                 let ok = result.is_ok();
                 (Done::Inserted(result), ok)
             }
@@ -285,18 +291,16 @@ fn run_group(conn: &mut Connection, group: &[Write]) -> Result<Vec<Done>> {
                 versions,
                 ..
             } => {
-                let result = commit(&savepoint, *base_version, versions);
+                let result = commit(&tx, *base_version, versions);
                 let ok = result.is_ok();
                 (Done::Committed(result), ok)
             }
         };
         // A failed write leaves nothing behind; the others go on.
-        savepoint.set_drop_behavior(if ok {
-            rusqlite::DropBehavior::Commit
-        } else {
-            rusqlite::DropBehavior::Rollback
-        });
-        savepoint.finish()?;
+        if !ok {
+            savepoint("ROLLBACK TO write")?;
+        }
+        savepoint("RELEASE write")?;
         done.push(outcome);
     }
     tx.commit()?;
@@ -308,22 +312,18 @@ fn run_group(conn: &mut Connection, group: &[Write]) -> Result<Vec<Done>> {
 /// PostgreSQL store, which runs them through sqlx.)
 fn insert(conn: &Connection, order: &Order, key: Option<Idempotency<'_>>) -> Result<Inserted> {
     let doc = serde_json::to_string(order)?;
-    let inserted = conn
-        .prepare_cached(INSERT_ORDER)?
-        .query_row(
-            params![
-                order.id().as_str(),
-                order.customer_id().as_str(),
-                order.status().code(),
-                order.version(),
-                key.map(|k| k.request_id),
-                key.map(|k| k.fingerprint),
-                &doc,
-            ],
-            |_| Ok(()),
-        )
-        .optional()?;
-    if inserted.is_none() {
+    // Without `RETURNING` (which SQLite answers through a temporary table):
+    // the count of rows inserted tells a conflict just as well.
+    let inserted = conn.prepare_cached(INSERT_ORDER_ROW)?.execute(params![
+        order.id().as_str(),
+        order.customer_id().as_str(),
+        order.status().code(),
+        order.version(),
+        key.map(|k| k.request_id),
+        key.map(|k| k.fingerprint),
+        &doc,
+    ])?;
+    if inserted == 0 {
         // Only the (customer, request_id) constraint is allowed to conflict
         // quietly: the caller registered this before.
         let Some(key) = key else {

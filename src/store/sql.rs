@@ -22,10 +22,20 @@ use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
-pub(super) const INSERT_ORDER: &str = "INSERT INTO orders \
-     (id, customer_id, status, version, request_id, request_fingerprint, doc) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-     ON CONFLICT (customer_id, request_id) DO NOTHING RETURNING id";
+/// A new order's row, unless the caller registered its `request_id` before.
+macro_rules! insert_order {
+    () => {
+        "INSERT INTO orders \
+         (id, customer_id, status, version, request_id, request_fingerprint, doc) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (customer_id, request_id) DO NOTHING"
+    };
+}
+/// SQLite's writer tells an insert from a conflict by the rows changed
+/// (`RETURNING` costs SQLite a temporary table per statement).
+pub(super) const INSERT_ORDER_ROW: &str = insert_order!();
+/// sqlx (PostgreSQL) tells them apart by the row returned.
+pub(super) const INSERT_ORDER: &str = concat!(insert_order!(), " RETURNING id");
 pub(super) const FIND_BY_REQUEST: &str = "SELECT doc, request_fingerprint FROM orders \
      WHERE customer_id = $1 AND request_id = $2";
 pub(super) const INSERT_VERSION: &str =
