@@ -7,12 +7,9 @@
 use crate::cluster::{Latencies, Replica, ms};
 use crate::common::*;
 use orders::sdk::{Client, pb};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -57,43 +54,6 @@ fn grpc_request(port: u16, method: &str, token: &str) -> http::Request<()> {
         .header("authorization", format!("Bearer {token}"))
         .body(())
         .unwrap()
-}
-
-/// A connection that counts the bytes read from it: what the server got
-/// through to a client that never reads its streams.
-struct Counted<T> {
-    inner: T,
-    read: Arc<AtomicU64>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.read.fetch_add(n as u64, Ordering::Relaxed);
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 /// A gRPC message frame (uncompressed) around `message`.
@@ -282,9 +242,12 @@ pub async fn scenario() {
     for _ in 0..10 {
         let (send, conn) = h2::client::Builder::new()
             .initial_window_size(1024)
-            .handshake::<_, bytes::Bytes>(Counted {
-                inner: tls_to(port, &certs).await,
-                read: received.clone(),
+            .handshake::<_, bytes::Bytes>({
+                // Counts what the server got through to this client.
+                let received = received.clone();
+                tokio_util::io::InspectReader::new(tls_to(port, &certs).await, move |read| {
+                    received.fetch_add(read.len() as u64, Ordering::Relaxed);
+                })
             })
             .await
             .unwrap();
