@@ -122,8 +122,9 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     }
 }
 
-impl Write for LogWriter {
-    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+impl LogWriter {
+    /// Appends whole lines (one or more, each ending in a newline).
+    pub fn append(&self, line: &[u8]) {
         let mut pending = self.shared.lock();
         while pending.lines.len() >= MAX_PENDING && !pending.closed {
             pending = self
@@ -138,6 +139,12 @@ impl Write for LogWriter {
         if was_empty {
             self.shared.arrived.notify_one();
         }
+    }
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        self.append(line);
         Ok(line.len())
     }
 

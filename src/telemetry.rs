@@ -59,6 +59,17 @@ pub(crate) fn trace_spans_wanted() -> bool {
     TRACE_SPANS.load(Ordering::Relaxed)
 }
 
+/// Whether a call's log span (the one carrying its request id into log
+/// lines) is made. Not when [`init`] installed the JSON format: that reads
+/// the request id from the call's scope (`middleware::call_scope`), far
+/// cheaper. True until then, for the same reason as [`TRACE_SPANS`].
+static LOG_SPANS: AtomicBool = AtomicBool::new(true);
+
+/// See [`LOG_SPANS`].
+pub(crate) fn log_spans_wanted() -> bool {
+    LOG_SPANS.load(Ordering::Relaxed)
+}
+
 fn is_call_span(meta: &tracing::Metadata<'_>, name: &str) -> bool {
     meta.is_span() && meta.name() == name && meta.target() == RPC_SPAN_TARGET
 }
@@ -71,6 +82,7 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Lossless and batched: see `crate::log_writer`.
     let (stdout, logs_guard) = crate::log_writer::start(std::io::stdout())?;
+    let direct_access = stdout.clone();
     // Each layer sees only the call span meant for it: formatting the
     // OpenTelemetry attributes into every log line's span context (and again
     // when the status is recorded) cost a tenth of a GetOrder; and with no
@@ -109,6 +121,10 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         .is_ok();
     if installed {
         TRACE_SPANS.store(exporting, Ordering::Relaxed);
+        if settings.log_format == LogFormat::Json {
+            crate::log_json::set_direct_access_log(direct_access);
+            LOG_SPANS.store(false, Ordering::Relaxed);
+        }
     }
     Ok(TelemetryGuard {
         provider: provider.filter(|_| installed),

@@ -2,10 +2,16 @@
 //! contract's fields: `method`, `code`, `latency_ms`, `peer`, `request_id`,
 //! `trace_id`, `subject`. Never the token: only the subject auth verified.
 //!
+//! In production (JSON logs) the line is written straight into the log
+//! buffer ([`AccessLine`] says why); otherwise, and whenever someone else's
+//! subscriber is installed (tests, an embedding program), it is a `tracing`
+//! event with the same fields.
+//!
 //! Written by [`super::observe`], outside auth and deadlines, so refused and
 //! timed-out calls are logged too, and after the request id is known.
 
 use super::{CallContext, code_name};
+use crate::log_json::AccessLine;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -72,19 +78,34 @@ impl Entry {
 
     pub(super) fn finish(self, code: Code) {
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let request_id = self.context.request_id.as_str();
-        let subject = self.context.subject.get().map(String::as_str).unwrap_or("");
-        tracing::info!(
-            target: "access",
-            method = self.method.as_str(),
-            code = code_name(code),
-            latency_ms = (latency_ms * 1000.0).round() / 1000.0,
-            peer = %self.peer,
-            request_id,
-            trace_id = self.trace_id.as_str(),
-            subject,
-            "rpc finished"
-        );
+        let line = AccessLine {
+            method: &self.method,
+            code: code_name(code),
+            latency_ms: (latency_ms * 1000.0).round() / 1000.0,
+            peer: self.peer.0,
+            request_id: &self.context.request_id,
+            trace_id: &self.trace_id,
+            subject: self.context.subject.get().map(String::as_str).unwrap_or(""),
+        };
+        // The log filter decides either way (`telemetry.log_level`,
+        // `RUST_LOG`: `access=off` turns the access log off).
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return;
+        }
+        match crate::log_json::direct_access_log() {
+            Some(writer) => line.write_to(writer),
+            None => tracing::info!(
+                target: "access",
+                method = line.method,
+                code = line.code,
+                latency_ms = line.latency_ms,
+                peer = %self.peer,
+                request_id = line.request_id,
+                trace_id = line.trace_id,
+                subject = line.subject,
+                "rpc finished"
+            ),
+        }
     }
 }
 

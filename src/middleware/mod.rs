@@ -18,6 +18,7 @@
 //! counts gRPC messages and reports the final `grpc-status` of a response.
 
 pub mod access_log;
+pub mod call_scope;
 pub mod concurrency;
 pub mod deadline;
 pub mod message_size;

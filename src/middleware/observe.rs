@@ -14,7 +14,7 @@
 use super::access_log::Entry;
 use super::metrics::{GrpcMetrics, Recorder};
 use super::trace::SpanEnd;
-use super::{FinishOnDrop, ObservedBody, Observer, request_id, trace};
+use super::{FinishOnDrop, ObservedBody, Observer, call_scope, request_id, trace};
 use futures::future::BoxFuture;
 use std::task::{Context, Poll};
 use tonic::Code;
@@ -102,7 +102,8 @@ where
         // clone stays behind for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(
+        Box::pin(call_scope::scope(
+            context.clone(),
             async move {
                 // Reports CANCELLED if the call is dropped before it answers
                 // (a client cancel during a unary handler).
@@ -118,6 +119,6 @@ where
             // inside the spans.
             .instrument(span)
             .instrument(log_span),
-        )
+        ))
     }
 }
