@@ -77,6 +77,11 @@ impl Entry {
     }
 
     pub(super) fn finish(self, code: Code) {
+        // The log filter decides either way (`telemetry.log_level`,
+        // `RUST_LOG`: `access=off` turns the access log off).
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return;
+        }
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let line = AccessLine {
             method: &self.method,
@@ -87,11 +92,6 @@ impl Entry {
             trace_id: &self.trace_id,
             subject: self.context.subject.get().map(String::as_str).unwrap_or(""),
         };
-        // The log filter decides either way (`telemetry.log_level`,
-        // `RUST_LOG`: `access=off` turns the access log off).
-        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
-            return;
-        }
         match crate::log_json::direct_access_log() {
             Some(writer) => line.write_to(writer),
             None => tracing::info!(
