@@ -110,11 +110,11 @@ where
                 let mut guard = FinishOnDrop(Some(observer));
                 let mut response = inner.call(request).await?;
                 if let Ok(mut value) = http::HeaderValue::from_str(&context.request_id) {
-                    // Unique to this response: sent as a never-indexed literal (RFC
-                    // 7541 §6.2.3), or each one would be added to the
-                    // connection's header table and push out the entries
-                    // every response repeats (content type, encodings),
-                    // which then travel whole again.
+                    // Unique to this response: sent as a never-indexed
+                    // literal (RFC 7541 §6.2.3), or each one would be added
+                    // to the connection's header table and push out the
+                    // entries every response repeats (content type,
+                    // encodings), which then travel whole again.
                     value.set_sensitive(true);
                     response.headers_mut().insert(request_id::HEADER, value);
                 }
