@@ -298,7 +298,8 @@ impl Drop for Running {
 
 #[tokio::test]
 async fn every_call_leaves_one_json_access_log_line_without_the_token() {
-    let mut server = Running::start(&[]);
+    // Debug for auth: its "call refused" line is written during the call.
+    let mut server = Running::start(&[("ORDERS__TELEMETRY__LOG_LEVEL", "info,orders::auth=debug")]);
     let alice = server.client("alice").await;
     let token = server.token("alice");
     let mut raw = orders::sdk::pb::order_service_client::OrderServiceClient::new(alice.channel());
@@ -341,6 +342,16 @@ async fn every_call_leaves_one_json_access_log_line_without_the_token() {
     assert_eq!(refused["code"], "Unauthenticated");
     assert_eq!(refused["subject"], "");
     assert!(uuid::Uuid::try_parse(refused["request_id"].as_str().unwrap()).is_ok());
+    // A line written during a call carries its request id, as the `rpc`
+    // span object (in production from the call's scope, not a span).
+    let during: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "call refused")
+        .collect();
+    assert_eq!(during.len(), 1, "{during:#?}");
+    assert_eq!(during[0]["span"]["name"], "rpc");
+    assert_eq!(during[0]["span"]["request_id"], refused["request_id"]);
     let everything = lines.join("\n");
     assert!(
         !everything.contains(&token) && !everything.contains("not-a-token"),
