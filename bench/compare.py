@@ -761,7 +761,7 @@ def error_text(r: dict | None) -> str:
 
 
 def compute_targets(res: dict) -> list[dict]:
-    """Each target of issue 7: the measured figure and whether it is met."""
+    """Each performance target: the measured figure and whether it is met."""
     targets = []
 
     def target(name, measured, value, ok):
@@ -901,7 +901,7 @@ def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> tu
     add(f"| GetOrder with h2load, calls/s | {fmt_rate(hb)} | {fmt_rate(hf)} | — | {ratio(hf, hb)} | — |")
     add("")
 
-    add("### Targets (issue 7)")
+    add("### Targets")
     add("")
     add("| target | measured | met |")
     add("|---|---|---|")

@@ -1,4 +1,4 @@
-//! The per-call cost of authentication, both paths (issue 3): a full check
+//! The per-call cost of authentication, both paths: a full check
 //! (ES256 signature, claims) against a hit in the verified-token cache
 //! (SHA-256 of the token and a hash lookup).
 //!

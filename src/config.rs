@@ -1,6 +1,6 @@
 //! Settings: layered, validated, and turned into typed things.
 //!
-//! Layers, later wins (CONTRACT.md section 5): built-in defaults (the
+//! Layers, later wins (README "Configuration"): built-in defaults (the
 //! `Default` impls here) → `config/default.toml` → `config/{ORDERS_ENV}.toml`
 //! → the `--config` file → `ORDERS__SECTION__KEY` environment variables.
 //! `config/` is looked up in the working directory or at `ORDERS_CONFIG_DIR`.
@@ -484,7 +484,7 @@ impl Settings {
         if self.server.concurrency_limit == 0 {
             problems.push("server.concurrency_limit: must be more than 0".into());
         }
-        // Abuse limits (issue 3): zero would disable a defence or refuse every call.
+        // Abuse limits: zero would disable a defence or refuse every call.
         if !(4 * 1024..=1024 * 1024).contains(&self.server.max_header_list_bytes) {
             problems.push("server.max_header_list_bytes: must be 4096 to 1048576".into());
         }

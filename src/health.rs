@@ -1,4 +1,4 @@
-//! `grpc.health.v1.Health` for probes (CONTRACT.md section 4).
+//! `grpc.health.v1.Health` for probes (README "Ports and probes").
 //!
 //! Names: `liveness` is SERVING while the process can serve at all;
 //! `readiness`, `` (the empty name) and `orders.v1.OrderService` are SERVING

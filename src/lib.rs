@@ -22,6 +22,8 @@
 //! - [`health`] and [`admin`]: probes, and the plaintext admin port with
 //!   health and `GET /metrics`.
 //! - [`dev`]: development certificates and tokens.
+//! - [`serve`]: the HTTP/2 connection loop (age, GOAWAY, drain), with
+//!   [`goaway_guard`] between TLS and h2.
 //!
 //! # Invariants
 //!
@@ -46,6 +48,8 @@ pub mod config;
 pub mod dev;
 #[cfg(feature = "server")]
 pub mod domain;
+#[cfg(feature = "server")]
+pub mod goaway_guard;
 #[cfg(feature = "server")]
 pub mod health;
 #[cfg(feature = "server")]

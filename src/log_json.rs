@@ -119,6 +119,7 @@ where
 pub struct AccessLine<'a> {
     pub method: &'a str,
     pub code: &'static str,
+    pub client_gone: bool,
     pub latency_ms: f64,
     pub peer: Option<std::net::SocketAddr>,
     pub request_id: &'a str,
@@ -154,6 +155,11 @@ impl AccessLine<'_> {
         string(&mut w, self.method)?;
         w.write_str(",\"code\":")?;
         string(&mut w, self.code)?;
+        w.write_str(if self.client_gone {
+            ",\"client_gone\":true"
+        } else {
+            ",\"client_gone\":false"
+        })?;
         w.write_str(",\"latency_ms\":")?;
         if self.latency_ms.is_finite() {
             write!(w, "{}", self.latency_ms)?;
@@ -460,6 +466,7 @@ mod tests {
         let line = AccessLine {
             method: "/orders.v1.OrderService/GetOrder",
             code: "NOT_FOUND",
+            client_gone: true,
             latency_ms: 0.407,
             peer: Some("127.0.0.1:37042".parse().unwrap()),
             request_id: "01a20419-5cd5-730e-9449-0d85db0cde32",
@@ -471,6 +478,7 @@ mod tests {
                 target: "access",
                 method = line.method,
                 code = line.code,
+                client_gone = line.client_gone,
                 latency_ms = line.latency_ms,
                 peer = %line.peer.unwrap(),
                 request_id = line.request_id,

@@ -147,9 +147,9 @@ async fn run(settings: Settings) -> ExitCode {
         if dev {
             let addr = app.local_addr();
             tracing::info!(
-                "development mode: get a token with `cargo run --bin orders-server -- dev-token --sub alice`, then call with `grpcurl -cacert {}/ca.pem -H \"authorization: Bearer $TOKEN\" localhost:{} list` (see README)",
-                settings.dev.certs_dir.display(),
-                addr.port()
+                "development mode: list the services with `grpcurl -cacert {certs}/ca.pem localhost:{port} list`; get a token for calls with `cargo run --release --bin orders-server -- dev-token --sub alice` (see README)",
+                certs = settings.dev.certs_dir.display(),
+                port = addr.port()
             );
         }
         match app.run_until_stopped(orders::shutdown::signal()).await {

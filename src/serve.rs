@@ -16,9 +16,13 @@
 //! GOAWAY with the largest stream id and a PING, then, once the PING is
 //! answered, a GOAWAY naming the last stream the server will process. Calls
 //! in flight finish; calls the client sent after that are refused without
-//! having been seen, so clients may send them again elsewhere.
+//! having been seen, so clients may send them again elsewhere. h2 turns one
+//! frame of those refused calls into a connection error;
+//! [`crate::goaway_guard`] drops it first.
 
+use crate::goaway_guard::GoawayGuard;
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -123,6 +127,14 @@ pub async fn serve<I, IO, IE, S, ResBody>(
     going_away.closed().await;
 }
 
+/// A request body that breaks (the client reset the stream, or its
+/// connection closed or broke the protocol) means the client has gone: the
+/// handler reading it ends with CANCELLED, as a call dropped by a client's
+/// cancel is recorded, not with UNKNOWN.
+fn client_went_away(err: hyper::Error) -> tonic::Status {
+    tonic::Status::cancelled(format!("the client's request stream broke: {err}"))
+}
+
 async fn serve_connection<IO, S, ResBody>(
     io: IO,
     service: S,
@@ -144,7 +156,7 @@ async fn serve_connection<IO, S, ResBody>(
     let (recycle, recycled) = watch::channel(false);
     let recycled = ConnectionRecycled(recycled);
     let per_request = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-        let mut request = request.map(Body::new);
+        let mut request = request.map(|body| Body::new(body.map_err(client_went_away)));
         request.extensions_mut().insert(info.clone());
         request.extensions_mut().insert(recycled.clone());
         let call = service.clone().oneshot(request);
@@ -158,6 +170,9 @@ async fn serve_connection<IO, S, ResBody>(
             })
         }
     });
+    // The guard keeps h2 from killing the connection's calls at GOAWAY
+    // (see its module doc).
+    let io = GoawayGuard::new(io);
     let mut conn = pin!(http2.serve_connection(TokioIo::new(io), per_request));
 
     let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);

@@ -6,7 +6,7 @@ use crate::config::{Environment, Settings};
 use crate::health::HealthState;
 use crate::middleware::{
     concurrency::ConcurrencyLimitLayer, deadline::DeadlineLayer, message_size::MessageSizeLayer,
-    observe::ObserveLayer, panic_guard::PanicGuardLayer,
+    observe::ObserveLayer, panic_guard::PanicGuardLayer, rescue::RescueLayer,
 };
 use crate::pb::order_service_server::OrderServiceServer;
 use crate::service::Orders;
@@ -50,7 +50,7 @@ impl Application {
                 tracing::info!(dir = %certs.dir.display(), "generated development certificates and signing key");
             }
         }
-        // auth (issue 3): keys loaded (a JWKS URL fetched) before anything
+        // auth: keys loaded (a JWKS URL fetched) before anything
         // binds, then re-read every auth.jwks_refresh_secs by a task that ends
         // when the last handle of the verifier goes, i.e. with the Application.
         let verifier = settings.verifier().await.context("auth")?;
@@ -62,7 +62,7 @@ impl Application {
                 .as_deref()
                 .context("tls.cert is required")?;
             let key = settings.tls.key.as_deref().context("tls.key is required")?;
-            // TLS (issue 3): reloadable certificate, key and client CA.
+            // TLS: reloadable certificate, key and client CA.
             let files = tls::TlsFiles {
                 cert: cert.to_path_buf(),
                 key: key.to_path_buf(),
@@ -180,6 +180,11 @@ impl Application {
         let stack = ServiceBuilder::new()
             // Request id, span, metrics and access log.
             .layer(ObserveLayer::new(self.metrics.grpc.clone()))
+            // Every error leaves with a google.rpc.Status: details added
+            // where the layers below, the handlers or tonic gave none.
+            .layer(RescueLayer::new(
+                <OrderServiceServer<Orders> as tonic::server::NamedService>::NAME,
+            ))
             // The client certificate's subject (mTLS), for handlers; outside
             // auth so refused calls carry it too.
             .layer(tls::ClientIdentityLayer)
@@ -205,7 +210,7 @@ impl Application {
             .max_concurrent_streams(s.server.max_concurrent_streams)
             .keep_alive_interval((!keepalive.is_zero()).then_some(keepalive))
             .keep_alive_timeout(Duration::from_secs(20))
-            // Abuse limits (issue 3): header block size and HTTP/2 reset floods.
+            // Abuse limits: header block size and HTTP/2 reset floods.
             .max_header_list_size(s.server.max_header_list_bytes)
             .max_pending_accept_reset_streams(Some(s.server.http2_max_pending_accept_reset_streams))
             .max_local_error_reset_streams(Some(s.server.http2_max_local_error_reset_streams));
@@ -230,7 +235,7 @@ impl Application {
         };
 
         tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "serving orders.v1.OrderService");
-        // Certificate reloading (issue 3) runs while we serve: the sender is
+        // Certificate reloading runs while we serve: the sender is
         // dropped when this function returns (or its future is dropped),
         // which stops the task.
         let (_reload_guard, reload_stop) = tokio::sync::oneshot::channel::<()>();
@@ -286,11 +291,15 @@ impl Application {
     }
 }
 
-/// Reflection over our protos, health, and `google.rpc` (so tools such as
-/// grpcurl can decode the error details we send).
+/// Reflection over our protos, health, `google.rpc` (so tools such as
+/// grpcurl can decode the error details we send), and both versions of
+/// reflection itself: each version lists every service the port serves,
+/// the other version included (each builder adds only its own).
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }

@@ -74,12 +74,35 @@ fn is_call_span(meta: &tracing::Metadata<'_>, name: &str) -> bool {
     meta.is_span() && meta.name() == name && meta.target() == RPC_SPAN_TARGET
 }
 
+/// The log filter: `RUST_LOG` when set and valid, else `telemetry.log_level`.
+///
+/// rustls warns about every ClientHello with an odd server name (an IP
+/// address, as Node's gRPC client sends when dialled by address), before
+/// any authentication: anyone could fill the logs with them. Unless the
+/// filter names rustls itself, its handshake-message module logs errors
+/// only.
+fn log_filter(rust_log: Option<&str>, log_level: &str) -> EnvFilter {
+    let spec = rust_log
+        .filter(|spec| EnvFilter::try_new(spec).is_ok())
+        .unwrap_or(log_level);
+    let filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    if spec.contains("rustls") {
+        return filter;
+    }
+    filter.add_directive(
+        "rustls::msgs::handshake=error"
+            .parse()
+            .expect("a valid directive"),
+    )
+}
+
 /// Installs the global subscriber. Call inside the Tokio runtime (the OTLP
 /// exporter's channel lives there). A second call (tests) installs nothing.
 pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(
+        std::env::var("RUST_LOG").ok().as_deref(),
+        &settings.log_level,
+    );
     // Lossless and batched: see `crate::log_writer`.
     let (stdout, logs_guard) = crate::log_writer::start(std::io::stdout())?;
     let direct_access = stdout.clone();
@@ -304,5 +327,45 @@ fn catch_up(counter: &Counter, total: u64) {
     let seen = counter.get();
     if total > seen {
         counter.inc_by(total - seen);
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::log_filter;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// How many of a rustls handshake warning and an ordinary warning pass
+    /// `filter`.
+    fn passed(filter: tracing_subscriber::EnvFilter) -> usize {
+        struct Count(Arc<AtomicUsize>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+            fn on_event(
+                &self,
+                _: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry()
+            .with(filter)
+            .with(Count(count.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI extension");
+            tracing::warn!(target: "orders::serve", "something else");
+        });
+        count.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_clients_odd_server_name_is_not_a_warning_unless_rustls_is_asked_for() {
+        assert_eq!(passed(log_filter(None, "info")), 1);
+        assert_eq!(passed(log_filter(Some("warn"), "info")), 1);
+        assert_eq!(passed(log_filter(Some("warn,rustls=warn"), "info")), 2);
+        assert_eq!(passed(log_filter(None, "info,rustls=debug")), 2);
     }
 }

@@ -1,4 +1,4 @@
-//! Abuse limits (issue 3): a client that misbehaves at the transport level
+//! Abuse limits: a client that misbehaves at the transport level
 //! gets a closed connection or an error code, and everyone else is served.
 
 mod common;
@@ -266,7 +266,7 @@ async fn an_oversized_message_is_refused_and_the_server_still_answers() {
     let mut big = register_request("");
     big.address.as_mut().unwrap().street = "x".repeat(100 * 1024);
     let err = alice.register(big).await.unwrap_err();
-    // CONTRACT.md: RESOURCE_EXHAUSTED (tonic's OUT_OF_RANGE, translated).
+    // README "Errors": RESOURCE_EXHAUSTED (tonic's OUT_OF_RANGE, translated).
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     alice.register(register_request("")).await.unwrap();
     still_serving(&server).await;
@@ -319,4 +319,195 @@ async fn metadata_over_the_header_list_limit_is_refused() {
     assert_ne!(err.code(), Code::NotFound, "the handler ran: {err:?}");
     still_serving(&server).await;
     server.stop().await;
+}
+
+/// Raw HTTP/2 for the GOAWAY test: frames written and read by hand, so the
+/// client can do what gRPC's C core does (h2's own client cannot).
+mod raw_h2 {
+    use tokio::io::{AsyncRead, AsyncReadExt};
+
+    pub const DATA: u8 = 0x0;
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    pub const ACK: u8 = 0x1;
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A header block of literal fields without indexing (RFC 7541 §6.2.2),
+    /// names and values shorter than 127 bytes, no Huffman coding.
+    pub fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut block = Vec::new();
+        for (name, value) in fields {
+            block.push(0x00);
+            block.push(name.len() as u8);
+            block.extend_from_slice(name.as_bytes());
+            block.push(value.len() as u8);
+            block.extend_from_slice(value.as_bytes());
+        }
+        block
+    }
+
+    /// A gRPC health Watch of the whole server: an empty request, a stream
+    /// that stays open.
+    pub fn health_watch(stream: u32) -> Vec<u8> {
+        let block = header_block(&[
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":path", "/grpc.health.v1.Health/Watch"),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]);
+        let mut f = frame(HEADERS, END_HEADERS, stream, &block);
+        f.extend(frame(DATA, END_STREAM, stream, &[0, 0, 0, 0, 0]));
+        f
+    }
+
+    pub struct Frame {
+        pub kind: u8,
+        pub flags: u8,
+        pub stream: u32,
+        pub payload: Vec<u8>,
+    }
+
+    pub async fn read_frame(io: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Frame> {
+        let mut h = [0u8; 9];
+        io.read_exact(&mut h).await?;
+        let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
+        let mut payload = vec![0; len];
+        io.read_exact(&mut payload).await?;
+        Ok(Frame {
+            kind: h[3],
+            flags: h[4],
+            stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+            payload,
+        })
+    }
+}
+
+/// At its age a connection goes away in two steps: GOAWAY with the largest
+/// stream id and a PING, then, once the PING is answered, GOAWAY with the
+/// last stream processed. gRPC's C core answers the PING and, in the same
+/// write, sends the streams it had already started, each with a
+/// WINDOW_UPDATE. Those streams are ignored (the client sends them again
+/// elsewhere), and the calls in flight on the connection must go on: the
+/// connection must not end in a PROTOCOL_ERROR.
+#[tokio::test]
+async fn streams_sent_after_the_shutdown_ping_are_ignored_and_calls_in_flight_go_on() {
+    use raw_h2::*;
+    let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
+        s.server.max_connection_age_secs = 1;
+        s.server.max_connection_age_grace_secs = 30;
+    })
+    .await;
+    let mut tls = tls_to(&server).await;
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    hello.extend(health_watch(1));
+    tls.write_all(&hello).await.unwrap();
+
+    let mut goaways: Vec<(u32, u32)> = Vec::new();
+    let mut answered_shutdown_ping = false;
+    let mut stream_1_data = 0;
+    let mut stream_1_reset = false;
+    let mut ended = None;
+    let mut deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = match tokio::time::timeout(left, read_frame(&mut tls)).await {
+            Err(_) => break,
+            Ok(Err(e)) => {
+                ended = Some(e);
+                break;
+            }
+            Ok(Ok(frame)) => frame,
+        };
+        match frame.kind {
+            SETTINGS if frame.flags & ACK == 0 => {
+                tls.write_all(&raw_h2::frame(SETTINGS, ACK, 0, &[]))
+                    .await
+                    .unwrap();
+            }
+            GOAWAY => {
+                let p = &frame.payload;
+                let last = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff;
+                let code = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+                goaways.push((last, code));
+                if answered_shutdown_ping && last != 0x7fff_ffff {
+                    // The final GOAWAY: read on a moment to see that nothing
+                    // else follows (an error GOAWAY, a reset, a close).
+                    deadline = deadline.min(Instant::now() + Duration::from_millis(1500));
+                }
+            }
+            PING if frame.flags & ACK == 0 => {
+                let mut answer = raw_h2::frame(PING, ACK, 0, &frame.payload);
+                if goaways.iter().any(|(last, _)| *last == 0x7fff_ffff) && !answered_shutdown_ping {
+                    // What the C core writes after reading GOAWAY and PING:
+                    // the ACK, then a stream it had started, with a window.
+                    answer.extend(health_watch(3));
+                    answer.extend(raw_h2::frame(
+                        WINDOW_UPDATE,
+                        0,
+                        3,
+                        &1_000_000u32.to_be_bytes(),
+                    ));
+                    answered_shutdown_ping = true;
+                }
+                tls.write_all(&answer).await.unwrap();
+            }
+            DATA if frame.stream == 1 => stream_1_data += 1,
+            RST_STREAM if frame.stream == 1 => stream_1_reset = true,
+            _ => {}
+        }
+    }
+    assert!(
+        answered_shutdown_ping,
+        "the server sent no GOAWAY and PING at its age: {goaways:?}"
+    );
+    assert!(
+        goaways.iter().all(|(_, code)| *code == 0),
+        "the server ended the connection with an error: GOAWAYs (last stream, code) {goaways:?}"
+    );
+    assert_eq!(
+        goaways.last(),
+        Some(&(1, 0)),
+        "the last GOAWAY names stream 1 as the last processed, with NO_ERROR"
+    );
+    assert!(ended.is_none(), "the connection ended: {ended:?}");
+    assert!(!stream_1_reset, "the call in flight was reset");
+    assert!(stream_1_data > 0, "the call in flight got its answer");
+    // The call in flight still runs on the connection: nothing closed it.
+    tls.write_all(&raw_h2::frame(PING, 0, 0, b"stillup!"))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let f = read_frame(&mut tls)
+                .await
+                .expect("the connection is still open");
+            if f.kind == PING && f.flags & ACK != 0 {
+                return f.payload;
+            }
+            assert!(
+                f.kind != GOAWAY || f.payload[4..8] == [0, 0, 0, 0],
+                "an error GOAWAY"
+            );
+        }
+    })
+    .await
+    .expect("the server answers a PING");
+    assert_eq!(pong, b"stillup!");
+    still_serving(&server).await;
 }

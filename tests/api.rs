@@ -1,4 +1,5 @@
-//! Every RPC and every error row of CONTRACT.md sections 1-3 that the core
+//! Every RPC and every error row of the API reference (the proto, README
+//! "Errors", "Authentication and authorization") that the core
 //! owns, through the SDK, against real servers on SQLite and PostgreSQL.
 
 mod common;
@@ -438,10 +439,12 @@ async fn update_applies_every_streamed_address_atomically_each_as_a_version() {
             pb::UpdateOrderRequest {
                 order_id: order.id.clone(),
                 address: Some(address("E")),
+                expected_version: 0,
             },
             pb::UpdateOrderRequest {
                 order_id: other.id.clone(),
                 address: Some(address("F")),
+                expected_version: 0,
             },
         ];
         let err = alice
@@ -503,6 +506,7 @@ async fn an_update_stream_cut_off_mid_stream_changes_nothing() {
         tx.send(pb::UpdateOrderRequest {
             order_id: order.id.clone(),
             address: Some(address("B")),
+            expected_version: 0,
         })
         .await
         .unwrap();

@@ -1,5 +1,5 @@
-//! Key rotation without restarts and the verified-token cache (issue 3,
-//! CONTRACT.md section 3): a JWKS served over real HTTPS from inside the test
+//! Key rotation without restarts and the verified-token cache (README "Authentication and
+//! authorization"): a JWKS served over real HTTPS from inside the test
 //! (its own CA: `auth.jwks_ca`), a JWKS file rewritten by atomic rename, and
 //! tokens signed with keys the test adds and removes.
 

@@ -1,8 +1,14 @@
-//! The bad-input matrix (issue 3): one table of hostile or malformed calls,
-//! each with the gRPC code CONTRACT.md (section 2) promises and, where it
+//! The bad-input matrix: one table of hostile or malformed calls,
+//! each with the gRPC code README "Errors" promises and, where it
 //! names one, the `ErrorInfo` reason or the `BadRequest` field path, all run
-//! against ONE running TLS server. Afterwards the server must still answer a
+//! against ONE running TLS server (and a second with small limits, for the
+//! stream cap and load shedding). Afterwards the server must still answer a
 //! valid call. Every mismatch is listed, not just the first.
+//!
+//! Every error must carry details that decode with `tonic_types::StatusExt`
+//! ([`contract_details`]): an `ErrorInfo` (UPPER_SNAKE_CASE reason, the
+//! called service as domain), a `RequestInfo`, and the detail its code
+//! promises.
 //!
 //! The calls go through raw tonic clients (not the SDK), so nothing on the
 //! client side second-guesses what is sent; undecodable protobuf bodies are
@@ -34,6 +40,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 const RSA_KID: &str = "rsa-key";
 const HS256_SECRET: &str = "a-development-secret-of-at-least-32-bytes";
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// The domain of the errors of OrderService calls.
+const DOMAIN: &str = "orders.v1.OrderService";
+/// `server.max_timeout_ms` of the limits server.
+const LIMITS_MAX_TIMEOUT_MS: u64 = 2_000;
 
 // ---------------------------------------------------------------- expectations
 
@@ -47,6 +57,8 @@ struct Want {
     code: Option<Code>,
     reason: Option<&'static str>,
     field: Option<&'static str>,
+    /// The `ErrorInfo.domain` of an error: the service called.
+    domain: &'static str,
 }
 
 fn ok() -> Want {
@@ -57,6 +69,13 @@ fn code(code: Code) -> Want {
         code: Some(code),
         reason: None,
         field: None,
+        domain: DOMAIN,
+    }
+}
+fn with_reason(code: Code, reason: &'static str) -> Want {
+    Want {
+        reason: Some(reason),
+        ..self::code(code)
     }
 }
 fn unauthenticated(reason: &'static str) -> Want {
@@ -82,6 +101,7 @@ fn fails() -> Want {
         code: None,
         reason: None,
         field: None,
+        domain: DOMAIN,
     }
 }
 
@@ -109,6 +129,8 @@ struct Got {
     reason: Option<String>,
     fields: Vec<String>,
     message: String,
+    /// The details of the status, decoded with `tonic_types::StatusExt`.
+    details: tonic_types::ErrorDetails,
 }
 
 impl Got {
@@ -118,6 +140,7 @@ impl Got {
             reason: None,
             fields: vec![],
             message: String::new(),
+            details: Default::default(),
         }
     }
 
@@ -127,6 +150,7 @@ impl Got {
             reason: None,
             fields: vec![],
             message: format!("connect: {why}"),
+            details: Default::default(),
         }
     }
 
@@ -151,7 +175,57 @@ impl From<tonic::Status> for Got {
             reason,
             fields,
             message: s.message().chars().take(80).collect(),
+            details: s.get_error_details(),
         }
+    }
+}
+
+/// What the details of an error with `code` must hold (README
+/// "Errors"): `Err` says what is missing.
+fn contract_details(code: Code, domain: &str, d: &tonic_types::ErrorDetails) -> Result<(), String> {
+    let info = d.error_info().ok_or("no ErrorInfo")?;
+    let snake = !info.reason.is_empty()
+        && info
+            .reason
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if !snake {
+        return Err(format!("reason {:?} is not UPPER_SNAKE_CASE", info.reason));
+    }
+    if info.domain != domain {
+        return Err(format!("domain {:?}, not {domain:?}", info.domain));
+    }
+    if d.request_info().is_none_or(|r| r.request_id.is_empty()) {
+        return Err("no RequestInfo".into());
+    }
+    let missing = |what: &str| Err(format!("no {what}"));
+    match code {
+        Code::InvalidArgument if d.bad_request().is_none() => missing("BadRequest"),
+        Code::NotFound => match d.resource_info() {
+            None => missing("ResourceInfo"),
+            Some(r) if !r.owner.is_empty() => Err("ResourceInfo names an owner".into()),
+            Some(r) if r.resource_name.chars().count() > 65 => Err(format!(
+                "ResourceInfo echoes {} characters",
+                r.resource_name.chars().count()
+            )),
+            Some(_) => Ok(()),
+        },
+        Code::FailedPrecondition | Code::Aborted if d.precondition_failure().is_none() => {
+            missing("PreconditionFailure")
+        }
+        Code::Unavailable if d.retry_info().is_none() => missing("RetryInfo"),
+        Code::ResourceExhausted => match (info.reason.as_str(), d.retry_info()) {
+            ("MESSAGE_TOO_LARGE", Some(_)) => Err("RetryInfo on a message that fails again".into()),
+            ("MESSAGE_TOO_LARGE", None)
+                if info.metadata.get("max_message_bytes").map(String::as_str)
+                    != Some(&MAX_MESSAGE_BYTES.to_string()) =>
+            {
+                Err(format!("metadata {:?} lacks the limit", info.metadata))
+            }
+            ("SERVER_OVERLOADED", None) => missing("RetryInfo"),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
     }
 }
 
@@ -179,6 +253,7 @@ impl Want {
                 got.code == Some(c)
                     && self.reason.is_none_or(|r| got.reason.as_deref() == Some(r))
                     && self.field.is_none_or(|p| got.fields.iter().any(|f| f == p))
+                    && (c == Code::Ok || contract_details(c, self.domain, &got.details).is_ok())
             }
         }
     }
@@ -256,17 +331,35 @@ impl Decoder for RawCodec {
     }
 }
 
-/// RegisterOrder with `body` as the raw protobuf bytes of the request.
-async fn raw_register(channel: Channel, token: String, body: Vec<u8>) -> Got {
+/// A unary call of `path` with `body` as the raw protobuf bytes of the request.
+async fn raw_unary(channel: Channel, token: String, path: &'static str, body: Vec<u8>) -> Got {
     let mut grpc = tonic::client::Grpc::new(channel);
     if let Err(e) = grpc.ready().await {
         return Got::connect_failed(e);
     }
-    let path = http::uri::PathAndQuery::from_static("/orders.v1.OrderService/RegisterOrder");
+    let path = http::uri::PathAndQuery::from_static(path);
     Got::from_result(
         grpc.unary(with_token(body, Some(&token)), path, RawCodec)
             .await,
     )
+}
+
+/// How a WatchOrder ends: its first error, or OK.
+async fn watch_until_it_ends(
+    mut client: OrderServiceClient<Channel>,
+    request: tonic::Request<pb::WatchOrderRequest>,
+) -> Got {
+    let mut stream = match client.watch_order(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Got::from(status),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Got::ok(),
+            Err(status) => return Got::from(status),
+        }
+    }
 }
 
 /// A certificate authority for client certificates.
@@ -487,9 +580,20 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
     })
     .await;
 
+    // A third with small limits: a short time cap, one call at a time.
+    let limits = TestServer::start_with(certs.clone(), Backend::sqlite(), |s| {
+        s.server.default_timeout_ms = LIMITS_MAX_TIMEOUT_MS;
+        s.server.max_timeout_ms = LIMITS_MAX_TIMEOUT_MS;
+        s.server.concurrency_limit = 1;
+        s.validate().unwrap();
+    })
+    .await;
+
     let ca = certs.ca();
     let channel = tls_channel(server.addr.port(), &ca, None).await.unwrap();
     let client = OrderServiceClient::new(channel.clone());
+    let limits_client =
+        OrderServiceClient::new(tls_channel(limits.addr.port(), &ca, None).await.unwrap());
 
     let alice = certs.token("alice", READ_WRITE);
     let bob = certs.token("bob", READ_WRITE);
@@ -505,6 +609,13 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
     };
     let order_id = register(&alice).await;
     let cancelled_id = register(&alice).await;
+    let limits_order = limits_client
+        .clone()
+        .register_order(with_token(valid_request(), Some(&alice)))
+        .await
+        .unwrap()
+        .into_inner()
+        .order_id;
     client
         .clone()
         .cancel_order(with_token(
@@ -719,7 +830,7 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         );
         cases.push((
             format!("GetOrder: {what}"),
-            code(Code::NotFound),
+            with_reason(Code::NotFound, "ORDER_NOT_FOUND"),
             Box::pin(async move { Got::from_result(c.get_order(req).await) }),
         ));
         let mut c = client.clone();
@@ -732,7 +843,7 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         );
         cases.push((
             format!("CancelOrder: {what}"),
-            code(Code::NotFound),
+            with_reason(Code::NotFound, "ORDER_NOT_FOUND"),
             Box::pin(async move { Got::from_result(c.cancel_order(req).await) }),
         ));
         let mut c = client.clone();
@@ -745,7 +856,7 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         );
         cases.push((
             format!("WatchOrder: {what}"),
-            code(Code::NotFound),
+            with_reason(Code::NotFound, "ORDER_NOT_FOUND"),
             Box::pin(async move { Got::from_result(c.watch_order(req).await) }),
         ));
     }
@@ -760,8 +871,43 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         );
         cases.push((
             "AdvanceOrder (staff): an unknown id".into(),
-            code(Code::NotFound),
+            with_reason(Code::NotFound, "ORDER_NOT_FOUND"),
             Box::pin(async move { Got::from_result(c.advance_order(req).await) }),
+        ));
+    }
+
+    {
+        let mut c = client.clone();
+        let req = with_token(
+            pb::GetOrderRequest {
+                order_id: "0".repeat(8 * 1024),
+            },
+            Some(&alice),
+        );
+        cases.push((
+            "GetOrder: an 8 KiB id (not echoed whole)".into(),
+            with_reason(Code::NotFound, "ORDER_NOT_FOUND"),
+            Box::pin(async move { Got::from_result(c.get_order(req).await) }),
+        ));
+    }
+
+    // --- request_id reused with another payload.
+    {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let mut c = client.clone();
+        let first = with_token(register_request(&request_id), Some(&alice));
+        let mut other = register_request(&request_id);
+        other.items[0].quantity += 1;
+        let other = with_token(other, Some(&alice));
+        cases.push((
+            "RegisterOrder: request_id reused with another payload".into(),
+            with_reason(Code::AlreadyExists, "REQUEST_ID_REUSED"),
+            Box::pin(async move {
+                if let Err(status) = c.register_order(first).await {
+                    return Got::from(status);
+                }
+                Got::from_result(c.register_order(other).await)
+            }),
         ));
     }
 
@@ -777,7 +923,7 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         );
         cases.push((
             "CancelOrder: expected_version mismatch".into(),
-            code(Code::Aborted),
+            with_reason(Code::Aborted, "VERSION_MISMATCH"),
             Box::pin(async move { Got::from_result(c.cancel_order(req).await) }),
         ));
         let mut c = client.clone();
@@ -790,7 +936,7 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         );
         cases.push((
             "CancelOrder: already cancelled".into(),
-            code(Code::FailedPrecondition),
+            with_reason(Code::FailedPrecondition, "STATUS_FORBIDS_ACTION"),
             Box::pin(async move { Got::from_result(c.cancel_order(req).await) }),
         ));
     }
@@ -830,7 +976,7 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         (
             "after_version ahead of the order",
             99,
-            code(Code::OutOfRange),
+            with_reason(Code::OutOfRange, "OUT_OF_RANGE"),
         ),
         ("after_version 1 (its current version)", 1, ok()),
     ] {
@@ -856,10 +1002,12 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
             pb::UpdateOrderRequest {
                 order_id: order_id.clone(),
                 address: Some(address("New Street")),
+                expected_version: 0,
             },
             pb::UpdateOrderRequest {
                 order_id: cancelled_id.clone(),
                 address: Some(address("Other Street")),
+                expected_version: 0,
             },
         ];
         let req = with_token(tokio_stream::iter(messages), Some(&alice));
@@ -876,6 +1024,7 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
                     city: String::new(),
                     ..address("New Street")
                 }),
+                expected_version: 0,
             }]),
             Some(&alice),
         );
@@ -899,7 +1048,7 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         ));
     }
 
-    // --- Bodies that are not a valid RegisterOrderRequest. CONTRACT.md is
+    // --- Bodies that are not a valid RegisterOrderRequest. The contract is
     // silent on undecodable messages; tonic answers INTERNAL ("failed to
     // decode Protobuf message") before any handler runs, and the service
     // keeps that.
@@ -920,22 +1069,22 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         (
             "truncated protobuf (cut inside request_id)",
             encoded[..encoded.len() - 5].to_vec(),
-            code(Code::Internal),
+            with_reason(Code::Internal, "INTERNAL"),
         ),
         (
             "garbage protobuf",
             vec![0xff, 0xff, 0xff, 0xff, 0x0f, 0x00, 0x13, 0x37],
-            code(Code::Internal),
+            with_reason(Code::Internal, "INTERNAL"),
         ),
         (
             "invalid UTF-8 in request_id",
             bad_utf8,
-            code(Code::Internal),
+            with_reason(Code::Internal, "INTERNAL"),
         ),
         (
             "invalid UTF-8 in address.street",
             bad_street,
-            code(Code::Internal),
+            with_reason(Code::Internal, "INTERNAL"),
         ),
         (
             "empty body (a valid, empty message)",
@@ -947,7 +1096,113 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         cases.push((
             format!("raw body: {what}"),
             want,
-            Box::pin(raw_register(channel.clone(), alice.clone(), body)),
+            Box::pin(raw_unary(
+                channel.clone(),
+                alice.clone(),
+                "/orders.v1.OrderService/RegisterOrder",
+                body,
+            )),
+        ));
+    }
+
+    // --- What tonic answers by itself: a method or a service the server
+    // does not have.
+    for (what, path, domain) in [
+        (
+            "a method OrderService does not have",
+            "/orders.v1.OrderService/NoSuchMethod",
+            DOMAIN,
+        ),
+        (
+            "a service the server does not have",
+            "/orders.v1.NoSuchService/Get",
+            "orders.v1.NoSuchService",
+        ),
+    ] {
+        cases.push((
+            format!("UNIMPLEMENTED: {what}"),
+            Want {
+                domain,
+                ..with_reason(Code::Unimplemented, "UNIMPLEMENTED")
+            },
+            Box::pin(raw_unary(channel.clone(), alice.clone(), path, vec![])),
+        ));
+    }
+
+    // --- The client's own deadline passing on a stream that never ends by
+    // itself (alice's order stays PENDING).
+    {
+        let mut req = with_token(
+            pb::WatchOrderRequest {
+                order_id: order_id.clone(),
+                after_version: 0,
+            },
+            Some(&alice),
+        );
+        req.set_timeout(Duration::from_millis(500));
+        cases.push((
+            "WatchOrder: the client's 500 ms deadline passes".into(),
+            with_reason(Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
+            Box::pin(watch_until_it_ends(client.clone(), req)),
+        ));
+    }
+
+    // --- The limits server: a stream past server.max_timeout_ms, a call
+    // past server.concurrency_limit.
+    {
+        let mut req = with_token(
+            pb::WatchOrderRequest {
+                order_id: limits_order.clone(),
+                after_version: 0,
+            },
+            Some(&alice),
+        );
+        req.set_timeout(Duration::from_secs(60));
+        cases.push((
+            "WatchOrder: a deadline past server.max_timeout_ms (the server's cap)".into(),
+            with_reason(Code::Unavailable, "STREAM_TIME_LIMIT"),
+            Box::pin(watch_until_it_ends(limits_client.clone(), req)),
+        ));
+    }
+    {
+        let mut c = limits_client.clone();
+        let token = alice.clone();
+        let order = limits_order.clone();
+        cases.push((
+            "GetOrder: while an UpdateOrder holds the only slot (shed)".into(),
+            with_reason(Code::ResourceExhausted, "SERVER_OVERLOADED"),
+            Box::pin(async move {
+                // A client stream that is never half-closed holds its slot.
+                let (hold, held) = tokio::sync::mpsc::channel::<pb::UpdateOrderRequest>(1);
+                let holder = {
+                    let mut c = c.clone();
+                    let req = with_token(
+                        tokio_stream::wrappers::ReceiverStream::new(held),
+                        Some(&token),
+                    );
+                    tokio::spawn(async move { c.update_order(req).await })
+                };
+                // Until the holder has taken the slot (a bounded wait).
+                let mut got = Got::ok();
+                for _ in 0..100 {
+                    let req = with_token(
+                        pb::GetOrderRequest {
+                            order_id: order.clone(),
+                        },
+                        Some(&token),
+                    );
+                    got = Got::from_result(c.get_order(req).await);
+                    if got.code != Some(Code::Ok) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                // Half-closed without an update: INVALID_ARGUMENT, and the
+                // slot is free again before the answer leaves.
+                drop(hold);
+                let _ = holder.await;
+                got
+            }),
         ));
     }
 
@@ -959,7 +1214,7 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         let req = with_token(big, Some(&alice));
         cases.push((
             "RegisterOrder: message over max_message_bytes".into(),
-            code(Code::ResourceExhausted),
+            with_reason(Code::ResourceExhausted, "MESSAGE_TOO_LARGE"),
             Box::pin(async move { Got::from_result(c.register_order(req).await) }),
         ));
     }
@@ -1029,10 +1284,8 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         let got = tokio::time::timeout(Duration::from_secs(10), call)
             .await
             .unwrap_or_else(|_| Got {
-                code: None,
-                reason: None,
-                fields: vec![],
                 message: "timed out after 10 s".into(),
+                ..Got::connect_failed("")
             });
         rows.push((name, want, got));
     }
@@ -1082,15 +1335,24 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         } else {
             "   <-- MISMATCH"
         };
+        // What the details lack, for an error of the expected code.
+        let details = match (want.code, got.code) {
+            (Some(w), Some(g)) if w == g && g != Code::Ok => {
+                contract_details(g, want.domain, &got.details)
+                    .err()
+                    .map(|why| format!(" [details: {why}]"))
+                    .unwrap_or_default()
+            }
+            _ => String::new(),
+        };
         eprintln!(
-            "{:<width$} | {:<40} | {}{verdict}",
+            "{:<width$} | {:<40} | {got}{details}{verdict}",
             name,
             want.to_string(),
-            got
         );
         if !verdict.is_empty() {
             mismatches.push(format!(
-                "{name}: expected {want}, got {got} ({:?})",
+                "{name}: expected {want}, got {got}{details} ({:?})",
                 got.message
             ));
         }
@@ -1104,5 +1366,6 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         mismatches.join("\n")
     );
     mtls.stop().await;
+    limits.stop().await;
     server.stop().await;
 }

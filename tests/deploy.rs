@@ -1,4 +1,4 @@
-//! The Kubernetes manifests agree with the service (issue 6).
+//! The Kubernetes manifests agree with the service.
 //!
 //! Each overlay of `deploy/k8s/overlays/` is rendered with `kubectl
 //! kustomize`, as `kubectl apply -k` would, and read back:

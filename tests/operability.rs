@@ -1,4 +1,4 @@
-//! Operability (CONTRACT.md sections 4, 5, 7): metrics with exact counts,
+//! Operability (README "Operations" and "Configuration"): metrics with exact counts,
 //! deadlines that stop the work, load shedding, request ids, and health on
 //! the admin port.
 
@@ -269,7 +269,17 @@ async fn a_client_deadline_is_answered_deadline_exceeded_and_caps_apply_to_strea
     let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .expect("the stream ends");
-    assert_eq!(end.unwrap().unwrap_err().code(), Code::DeadlineExceeded);
+    // The server's cap, not the client's deadline, ended it: UNAVAILABLE
+    // (clients resume), saying so.
+    let end = end.unwrap().unwrap_err();
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert!(
+        end.message().contains("server.max_timeout_ms = 400 ms"),
+        "{end:?}"
+    );
+    let details = tonic_types::StatusExt::get_error_details(&end);
+    assert_eq!(details.error_info().unwrap().reason, "STREAM_TIME_LIMIT");
+    assert!(details.retry_info().is_some());
     assert!(started.elapsed() < Duration::from_secs(3));
     // The order was not changed by the cancel whose deadline passed.
     assert_eq!(alice.get_order(&order.id).await.unwrap().version, 1);
@@ -369,6 +379,14 @@ async fn the_admin_port_serves_health_watch_and_metrics_without_tls_or_token() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+    // As every error of the main port: a google.rpc.Status with ErrorInfo.
+    use tonic_types::StatusExt;
+    let info = err.get_error_details().error_info().cloned();
+    assert_eq!(
+        info.map(|i| (i.reason, i.domain)),
+        Some(("NOT_FOUND".to_string(), "grpc.health.v1.Health".to_string())),
+        "{err:?}"
+    );
     let mut unknown = health
         .watch(HealthCheckRequest {
             service: "nope".into(),
@@ -660,4 +678,201 @@ async fn connections_past_their_age_are_recycled_without_failing_a_call() {
     }
     assert!(calls > 100, "calls kept flowing across recycling: {calls}");
     server.stop().await;
+}
+
+/// Every metric the shipped rules and dashboard (deploy/monitoring/) read is
+/// one this server exports, under that exact name: a renamed metric or a
+/// typo in a rule would otherwise leave an alert that can never fire.
+#[tokio::test]
+async fn the_shipped_rules_and_dashboard_read_only_metrics_the_server_exports() {
+    use std::collections::BTreeSet;
+
+    let server = TestServer::start(Backend::sqlite()).await;
+    let alice = server.alice().await;
+    alice
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
+    alice.get_order("no-such-order").await.unwrap_err();
+    let (status, text) = server.admin_get("/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition parses");
+    // The parser gathers a histogram's `_bucket` samples under the base name;
+    // its `_sum` and `_count` stay samples of their own.
+    let exported: BTreeSet<String> = scrape
+        .samples
+        .iter()
+        .map(|s| match s.value {
+            prometheus_parse::Value::Histogram(_) => format!("{}_bucket", s.metric),
+            _ => s.metric.clone(),
+        })
+        .collect();
+    assert!(
+        exported.contains("grpc_server_handled_total"),
+        "the calls made left labelled series: {exported:?}"
+    );
+    // The latency SLO counts calls under 256 ms, `le="0.256"`: a bucket
+    // boundary, spelled as the rules match it.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("grpc_server_handling_seconds_bucket{")
+                && l.contains(r#"le="0.256""#)),
+        "{text}"
+    );
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/monitoring");
+    let rule: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(root.join("prometheusrule.yaml")).unwrap())
+            .unwrap();
+    let mut exprs = Vec::new();
+    let mut recorded = BTreeSet::new();
+    for group in rule["spec"]["groups"].as_sequence().expect("spec.groups") {
+        for r in group["rules"].as_sequence().expect("rules") {
+            exprs.push(
+                r["expr"]
+                    .as_str()
+                    .expect("every rule has an expr")
+                    .to_owned(),
+            );
+            if let Some(name) = r["record"].as_str() {
+                recorded.insert(name.to_owned());
+            }
+        }
+    }
+    let rule_exprs = exprs.len();
+    let board: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("dashboard.json")).unwrap())
+            .unwrap();
+    collect_exprs(&board, &mut exprs);
+    assert!(exprs.len() > rule_exprs, "the dashboard has queries");
+
+    // `up` is made by Prometheus for every scrape target, not exported.
+    let used: BTreeSet<String> = exprs
+        .iter()
+        .flat_map(|e| promql_metric_names(e))
+        .filter(|name| !recorded.contains(name) && name != "up")
+        .collect();
+    assert!(!used.is_empty());
+    let unknown: Vec<_> = used.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "deploy/monitoring reads metrics the server does not export: {unknown:?}\n\
+         exported: {exported:?}"
+    );
+}
+
+/// Every `expr` string anywhere in a Grafana dashboard.
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match v {
+                    serde_json::Value::String(s) if key == "expr" => out.push(s.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// The metric names a PromQL expression reads: identifiers outside label
+/// matchers, strings and ranges that are not functions, keywords, or label
+/// lists (`by (...)`, `on (...)`, ...). Written by hand because a lexical pass
+/// is all this needs: the expressions' syntax is checked by promtool
+/// (scripts/check-monitoring), and the one maintained PromQL parser crate
+/// would bring a parser generator into the build for this test alone.
+fn promql_metric_names(expr: &str) -> Vec<String> {
+    const LABEL_LISTS: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    // Keywords, and the aggregations, which may be followed by `by (...)`
+    // rather than their argument.
+    const OPERATORS: [&str; 21] = [
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "group",
+        "limitk",
+        "limit_ratio",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let skip_to = |mut i: usize, close: char| {
+        while i < chars.len() && chars[i] != close {
+            if chars[i] == '\\' {
+                i += 1;
+            } else if chars[i] == '"' && close != '"' {
+                i += 1;
+                while i < chars.len() && chars[i] != '"' {
+                    i += if chars[i] == '\\' { 2 } else { 1 };
+                }
+            }
+            i += 1;
+        }
+        i + 1
+    };
+    let mut names = Vec::new();
+    let mut label_list_next = false;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' | '\'' | '`' => i = skip_to(i + 1, c),
+            '{' => i = skip_to(i + 1, '}'),
+            '[' => i = skip_to(i + 1, ']'),
+            '(' if label_list_next => {
+                label_list_next = false;
+                i = skip_to(i + 1, ')');
+            }
+            '#' => i = skip_to(i + 1, '\n'),
+            c if c.is_ascii_digit() || c == '.' => {
+                // Numbers and durations (`14.4`, `1e3`, `5m`).
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
+                let start = i;
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+                {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                let next = chars[i..].iter().find(|c| !c.is_whitespace());
+                let lower = word.to_ascii_lowercase();
+                if LABEL_LISTS.contains(&lower.as_str()) {
+                    // `group_left` may stand without a list.
+                    label_list_next = next == Some(&'(');
+                } else if !OPERATORS.contains(&lower.as_str()) && next != Some(&'(') {
+                    // Not an operator, nor a function or aggregation called.
+                    names.push(word);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    names
 }

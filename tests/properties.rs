@@ -1,10 +1,10 @@
-//! Property-based fuzzing (issue 3) of the code that reads untrusted input:
+//! Property-based fuzzing of the code that reads untrusted input:
 //! the proto → domain conversion, token and `authorization` parsing, and the
 //! metadata/framing parsers of the middleware. cargo-fuzz needs a nightly
 //! toolchain; proptest runs on stable, inside `cargo test`.
 //!
 //! Each property checks the code against an oracle written from
-//! CONTRACT.md (not from the implementation), besides "never panics".
+//! the API reference (not from the implementation), besides "never panics".
 //!
 //! - CI runs a bounded number of cases per property (256, fewer for the
 //!   expensive ones). Run longer with proptest's own variable, e.g.
@@ -54,7 +54,7 @@ fn config(cases: u32) -> ProptestConfig {
 // 1. proto → domain: `NewOrder::try_from(pb::RegisterOrderRequest)`
 // =====================================================================
 
-/// The contract's limits (CONTRACT.md section 1, "Validation"), written
+/// The contract's limits (the proto's field comments and README), written
 /// independently of `src/domain`. Returns every violated field path.
 ///
 /// Readings of the contract text, stated so they can be argued with:

@@ -124,6 +124,17 @@ async fn the_readme_examples_work_as_written() {
         "{out}"
     );
 
+    // The admin port's probe and scrape, as an operator types them.
+    let admin = block(&readme, "### Ports and probes", "sh").replace(
+        "localhost:8081",
+        &format!("localhost:{}", server.admin_addr.port()),
+    );
+    let out = run(&admin, dir.path(), &envs).await;
+    assert!(
+        out.contains("\"SERVING\"") && out.contains("grpc_server_handled_total"),
+        "{out}"
+    );
+
     // Python: generate the stubs as shown, then run the client as shown.
     run(
         &block(&readme, "### With Python `grpcio`", "sh"),

@@ -137,3 +137,110 @@ async fn one_request_id_sent_to_both_replicas_at_once_is_one_order() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A rolling deploy on a fresh database starts replicas together: each runs
+/// the migrations at start, under sqlx's advisory lock, so one applies them
+/// while the others wait, and then all serve. Every migration is recorded
+/// once.
+#[tokio::test]
+async fn replicas_starting_together_on_a_fresh_database_migrate_once_and_all_serve() {
+    use sqlx::Connection;
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let certs = Arc::new(Certs::new());
+    let start = |certs: Arc<Certs>, db: Arc<PgDatabase>| {
+        TestServer::start_with(certs, Backend::Postgres(db), |_| {})
+    };
+    let (a, b, c) = tokio::join!(
+        start(certs.clone(), db.clone()),
+        start(certs.clone(), db.clone()),
+        start(certs, db.clone()),
+    );
+    for server in [&a, &b, &c] {
+        let order = server
+            .alice()
+            .await
+            .register_order(vec![item("MIGRATED", 1, 1)], address("A"))
+            .await
+            .expect("every replica serves");
+        assert_eq!(order.version, 1);
+    }
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let applied: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT version, count(*) FROM _sqlx_migrations GROUP BY version ORDER BY version",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let on_disk = std::fs::read_dir(repo().join("migrations/postgres"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sql")
+        })
+        .count();
+    assert_eq!(
+        applied.len(),
+        on_disk,
+        "every migration applied: {applied:?}"
+    );
+    assert!(
+        applied.iter().all(|(_, n)| *n == 1),
+        "each migration recorded once: {applied:?}"
+    );
+    for server in [a, b, c] {
+        server.stop().await;
+    }
+}
+
+/// During a rolling upgrade, a replica of the previous release may restart
+/// after the new release has migrated the database. Migrations only expand
+/// the schema (docs/migrations.md), so it must start and serve on it.
+#[tokio::test]
+async fn a_replica_of_the_previous_release_starts_on_a_database_a_newer_release_migrated() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    // The newer release: this release's migrations plus an expanding one,
+    // applied by sqlx as that release's start would.
+    let newer = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo().join("migrations/postgres")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, newer.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        newer.path().join("9001_expand_orders_with_a_note.sql"),
+        "ALTER TABLE orders ADD COLUMN note TEXT;\n",
+    )
+    .unwrap();
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::migrate::Migrator::new(newer.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let old = TestServer::start_with(Arc::new(Certs::new()), Backend::Postgres(db), |_| {}).await;
+    let order = old
+        .alice()
+        .await
+        .register_order(vec![item("UPGRADE", 1, 1)], address("A"))
+        .await
+        .expect("the previous release serves on the expanded schema");
+    assert_eq!(
+        old.alice()
+            .await
+            .get_order(&order.id)
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    old.stop().await;
+}

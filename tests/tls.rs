@@ -1,4 +1,4 @@
-//! Transport security (issue 3): mutual TLS, certificate rotation without a
+//! Transport security: mutual TLS, certificate rotation without a
 //! restart (the way Kubernetes updates a Secret volume), invalid certificates
 //! kept out, and the expiry value the metric publishes.
 

@@ -6,16 +6,16 @@
 
 use super::{AuthError, Principal, SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Verifier, require};
 use crate::middleware::CallContext;
+use crate::middleware::rescue::error_domain;
 use futures::future::{BoxFuture, Either, Ready, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tonic::Status;
 use tower::{Layer, Service};
 
 /// The path prefix of the methods that need a token.
 const PROTECTED_PREFIX: &str = "/orders.v1.OrderService/";
 
-/// The scope a method needs (CONTRACT.md section 3), by method name.
+/// The scope a method needs (README "Authentication and authorization"), by method name.
 pub fn required_scope(method: &str) -> Option<&'static str> {
     Some(match method {
         "GetOrder" | "ListOrders" | "WatchOrder" | "TrackOrders" => SCOPE_READ,
@@ -98,11 +98,11 @@ where
                             admit(&mut request, principal);
                             inner.call(request).await
                         }
-                        Err(err) => Ok(refuse(err)),
+                        Err(err) => Ok(refuse(err, request.uri().path())),
                     }
                 }))
             }
-            Err(err) => Either::Left(Either::Left(ready(Ok(refuse(err))))),
+            Err(err) => Either::Left(Either::Left(ready(Ok(refuse(err, request.uri().path()))))),
         }
     }
 }
@@ -119,9 +119,13 @@ fn check(
     Ok(principal)
 }
 
-fn refuse(err: AuthError) -> http::Response<tonic::body::Body> {
+/// The refusal of a call to `path`; its `ErrorInfo` names the service called.
+fn refuse(err: AuthError, path: &str) -> http::Response<tonic::body::Body> {
     tracing::debug!(reason = err.reason(), "call refused");
-    Status::from(err).into_http()
+    let path = path.trim_start_matches('/');
+    let service = path.split_once('/').map_or(path, |(service, _)| service);
+    err.status(error_domain(service, super::ERROR_DOMAIN))
+        .into_http()
 }
 
 /// Hands the verified principal to the handlers, and its subject to the

@@ -1,5 +1,5 @@
 //! Authentication and authorization: bearer JWTs checked against configured
-//! keys, scopes mapped to methods (CONTRACT.md section 3).
+//! keys, scopes mapped to methods (README "Authentication and authorization").
 //!
 //! - [`Verifier`] checks a token: signature by a key chosen by `kid` (or, for
 //!   a token without `kid`, any key of the algorithm's family), an allowed
@@ -38,8 +38,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// The `domain` of every `google.rpc.ErrorInfo` this service sends.
-pub const ERROR_DOMAIN: &str = "orders.v1";
+/// The `ErrorInfo.domain` of a refusal with no call at hand (the handlers'
+/// [`principal_of`]): the protected service's gRPC name. The layer names the
+/// service from the call's path instead, as every layer does.
+pub const ERROR_DOMAIN: &str = crate::pb::order_service_server::SERVICE_NAME;
 
 pub const SCOPE_READ: &str = "orders:read";
 pub const SCOPE_WRITE: &str = "orders:write";
@@ -120,11 +122,11 @@ impl AuthError {
             AuthError::MissingScope(_) => "MISSING_SCOPE",
         }
     }
-}
 
-impl From<AuthError> for Status {
-    fn from(err: AuthError) -> Status {
-        let (code, metadata) = match &err {
+    /// The refusal as a status: UNAUTHENTICATED (PERMISSION_DENIED for a
+    /// missing scope) with an `ErrorInfo` of `domain`, the service called.
+    pub fn status(&self, domain: &str) -> Status {
+        let (code, metadata) = match self {
             AuthError::MissingScope(scope) => (
                 Code::PermissionDenied,
                 HashMap::from([("required_scope".to_string(), scope.to_string())]),
@@ -133,9 +135,15 @@ impl From<AuthError> for Status {
         };
         Status::with_error_details(
             code,
-            err.to_string(),
-            ErrorDetails::with_error_info(err.reason(), ERROR_DOMAIN, metadata),
+            self.to_string(),
+            ErrorDetails::with_error_info(self.reason(), domain, metadata),
         )
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Status {
+        err.status(ERROR_DOMAIN)
     }
 }
 

@@ -169,6 +169,11 @@ enum Command {
             value_parser = parse_address
         )]
         addresses: Vec<pb::Address>,
+        /// Apply only if the order is at this version (0: any). With it set,
+        /// the call is retried on UNAVAILABLE like the others: an attempt
+        /// already applied makes the retry ABORTED, never a second change.
+        #[arg(long, default_value_t = 0)]
+        expected_version: i64,
     },
     /// Print the order, then every change, one event per line, until it is
     /// DELIVERED or CANCELLED.
@@ -379,7 +384,10 @@ fn describe(error: &Error, setup: &Setup) -> String {
         Error::Connect(chain) => format!("cannot connect to {}: {}", setup.endpoint, tidy(chain)),
         other => other.to_string(),
     };
-    let mut line = format!("ordersctl: {}: {message}", code_name(error.code()));
+    let mut line = format!(
+        "ordersctl: {}: {message}",
+        orders::sdk::code_name(error.code())
+    );
     if let Some(hint) = hint(error, &message, setup) {
         line.push_str(" (");
         line.push_str(&hint);
@@ -494,29 +502,6 @@ fn hint(error: &Error, message: &str, setup: &Setup) -> Option<String> {
             Some("the endpoint is plaintext http://; if the server uses TLS, use https://".into())
         }
         _ => None,
-    }
-}
-
-/// The gRPC name of a code (`tonic::Code`'s Display is a prose description).
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -790,8 +775,18 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .await?;
             out.order(&order)?;
         }
-        Command::Update { id, addresses } => {
-            let response = client.update_order(&id, addresses).await?;
+        Command::Update {
+            id,
+            addresses,
+            expected_version,
+        } => {
+            let response = if expected_version == 0 {
+                client.update_order(&id, addresses).await?
+            } else {
+                client
+                    .update_order_at(&id, expected_version, addresses)
+                    .await?
+            };
             match (cli.output, &response.order) {
                 (Output::Table, Some(order)) => {
                     out.order(order)?;

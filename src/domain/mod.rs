@@ -464,11 +464,15 @@ impl Order {
 
     /// Applies several address changes in order, each its own version; all
     /// or none.
+    /// Every address in turn, each its own version, provided the order is at
+    /// `expected_version` (0: any) before the first.
     pub fn relocate_all(
         &self,
+        expected_version: i64,
         addresses: Vec<Address>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Self>, RuleError> {
+        self.check_version(expected_version)?;
         let mut versions: Vec<Self> = Vec::with_capacity(addresses.len());
         for address in addresses {
             let current = versions.last().unwrap_or(self);

@@ -110,7 +110,7 @@ fn a_wrong_expected_version_is_a_mismatch_and_zero_means_any() {
 fn relocations_are_each_a_version_and_stop_at_shipping() {
     let o = order();
     let versions = o
-        .relocate_all(vec![address("A"), address("B"), address("C")], now())
+        .relocate_all(0, vec![address("A"), address("B"), address("C")], now())
         .unwrap();
     assert_eq!(
         versions.iter().map(Order::version).collect::<Vec<_>>(),
@@ -118,7 +118,26 @@ fn relocations_are_each_a_version_and_stop_at_shipping() {
     );
     assert_eq!(versions.last().unwrap().address().street(), "C");
     let shipped = o.advance(0, now()).unwrap().advance(0, now()).unwrap();
-    assert!(shipped.relocate_all(vec![address("D")], now()).is_err());
+    assert!(shipped.relocate_all(0, vec![address("D")], now()).is_err());
+}
+
+#[test]
+fn relocations_with_an_expected_version_apply_once() {
+    let o = order();
+    let first = o.relocate_all(1, vec![address("A")], now()).unwrap();
+    assert_eq!(first.last().unwrap().version(), 2);
+    // The same updates again, as a retry of an attempt that was applied.
+    let again = first
+        .last()
+        .unwrap()
+        .relocate_all(1, vec![address("A")], now());
+    assert_eq!(
+        again.unwrap_err(),
+        RuleError::VersionMismatch {
+            expected: 1,
+            actual: 2
+        }
+    );
 }
 
 #[test]

@@ -1,6 +1,13 @@
 //! One access-log event per finished call (target `access`), with the
 //! contract's fields: `method`, `code`, `latency_ms`, `peer`, `request_id`,
-//! `trace_id`, `subject`. Never the token: only the subject auth verified.
+//! `trace_id`, `subject`, and `client_gone`. Never the token: only the
+//! subject auth verified.
+//!
+//! `code` is the code the client was sent. When the client left before its
+//! answer was complete (it cancelled, or its connection closed),
+//! `client_gone` is true and `code` is CANCELLED, unless the call had
+//! already committed its change: then `code` is OK, for the change was made
+//! ([`super::commit`]). The metrics' `grpc_code` follows the same rule.
 //!
 //! In production (JSON logs) the line is written straight into the log
 //! buffer ([`AccessLine`] says why); otherwise, and whenever someone else's
@@ -76,7 +83,13 @@ impl Entry {
         }
     }
 
-    pub(super) fn finish(self, code: Code) {
+    pub(super) fn context(&self) -> &Arc<CallContext> {
+        &self.context
+    }
+
+    /// Writes the line: `code` as the call ended, `client_gone` when the
+    /// client left before its answer was complete.
+    pub(super) fn finish(self, code: Code, client_gone: bool) {
         // The log filter decides either way (`telemetry.log_level`,
         // `RUST_LOG`: `access=off` turns the access log off).
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
@@ -86,6 +99,7 @@ impl Entry {
         let line = AccessLine {
             method: &self.method,
             code: code_name(code),
+            client_gone,
             latency_ms: (latency_ms * 1000.0).round() / 1000.0,
             peer: self.peer.0,
             request_id: &self.context.request_id,
@@ -98,6 +112,7 @@ impl Entry {
                 target: "access",
                 method = line.method,
                 code = line.code,
+                client_gone = line.client_gone,
                 latency_ms = line.latency_ms,
                 peer = %self.peer,
                 request_id = line.request_id,

@@ -27,6 +27,11 @@ pub fn scope<F: Future>(context: Arc<CallContext>, future: F) -> impl Future<Out
     CALL.scope(context, future)
 }
 
+/// The context of the call being polled on this task, if any.
+pub fn current() -> Option<Arc<CallContext>> {
+    CALL.try_with(Arc::clone).ok()
+}
+
 /// Runs `f` with the request id of the call being polled on this thread, if
 /// any.
 pub fn with_request_id<R>(f: impl FnOnce(Option<&str>) -> R) -> R {

@@ -6,13 +6,24 @@
 //! Outside deadlines and auth: a shed call costs nothing but this check.
 //! A streaming call holds its slot until its response starts, not for the
 //! stream's life (open streams are bounded by `max_concurrent_streams`).
+//!
+//! The refusal carries `ErrorInfo` (reason `SERVER_OVERLOADED`) and
+//! `RetryInfo`: the same call may well succeed a little later.
 
+use super::rescue::service_of;
 use futures::future::{BoxFuture, FutureExt};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::Semaphore;
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
+
+/// The least a shed client should wait before trying again (`RetryInfo`);
+/// clients add their own backoff and jitter on top.
+pub const SHED_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct ConcurrencyLimitLayer {
@@ -66,7 +77,7 @@ where
             return self.inner.call(request).boxed();
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            let status = Status::resource_exhausted("server overloaded; retry with backoff");
+            let status = shed(&service_of(&request));
             return futures::future::ready(Ok(status.into_http())).boxed();
         };
         let future = self.inner.call(request);
@@ -76,5 +87,71 @@ where
             response
         }
         .boxed()
+    }
+}
+
+/// The answer to a shed call to `domain` (the service called: only
+/// OrderService calls are shed, so the name is well-formed).
+fn shed(domain: &str) -> Status {
+    let mut details = ErrorDetails::with_error_info("SERVER_OVERLOADED", domain, HashMap::new());
+    details.set_retry_info(Some(SHED_RETRY_DELAY));
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        "server overloaded; retry with backoff",
+        details,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_call_over_the_limit_is_shed_with_retry_info() {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let handler = tower::service_fn(move |_: http::Request<()>| {
+            let released = released.clone();
+            async move {
+                // The first call holds its slot until released.
+                if let Some(released) = released.lock().await.take() {
+                    let _ = released.await;
+                }
+                Ok::<_, std::convert::Infallible>(Status::ok("").into_http())
+            }
+        });
+        let limited = ConcurrencyLimitLayer::new(1).layer(handler);
+        let call = || {
+            http::Request::builder()
+                .uri("/orders.v1.OrderService/GetOrder")
+                .body(())
+                .unwrap()
+        };
+        let holding = tokio::spawn(limited.clone().oneshot(call()));
+        // The first call takes its slot when it is made, before it is polled
+        // to its end; wait until it has.
+        while limited.permits.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let response = limited.clone().oneshot(call()).await.unwrap();
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "SERVER_OVERLOADED");
+        assert_eq!(info.domain, "orders.v1.OrderService");
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(SHED_RETRY_DELAY)
+        );
+        release.send(()).unwrap();
+        holding.await.unwrap().unwrap();
+        let response = limited.oneshot(call()).await.unwrap();
+        assert_eq!(
+            crate::middleware::grpc_status(response.headers()),
+            Some(Code::Ok),
+            "a slot freed is taken again"
+        );
     }
 }

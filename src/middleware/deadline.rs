@@ -2,27 +2,48 @@
 //! answered. `grpc-timeout` is honoured, capped at `server.max_timeout_ms`;
 //! unary calls that send none get `server.default_timeout_ms`. When the
 //! deadline passes, the handler's future is dropped (so its database work
-//! stops) and the caller gets DEADLINE_EXCEEDED; a streaming response is ended
-//! with DEADLINE_EXCEEDED trailers. Handlers read the time left from the
-//! [`Deadline`] request extension.
+//! stops) and the call is answered; a streaming response is ended with
+//! trailers. A call whose change has passed its commit point is the
+//! exception: the change stands, so the call finishes and answers as the
+//! change it made (`super::commit`), never DEADLINE_EXCEEDED for a change
+//! that was made. Handlers read the time left from the [`Deadline`] request
+//! extension.
+//!
+//! The answer says whose limit ended the call ([`SetBy`]):
+//! - the client's own deadline: DEADLINE_EXCEEDED, `ErrorInfo` reason
+//!   `DEADLINE_EXCEEDED`;
+//! - the server's cap on a streaming call: UNAVAILABLE with a message naming
+//!   `server.max_timeout_ms`, reason `STREAM_TIME_LIMIT` (the limit in its
+//!   metadata) and `RetryInfo`. The client's deadline has not passed, so
+//!   DEADLINE_EXCEEDED would be wrong; UNAVAILABLE is what clients (and the
+//!   SDK) resume a stream on, and an UpdateOrder ended this way had its
+//!   handler dropped before it committed anything;
+//! - the server's cap or default on a unary call: DEADLINE_EXCEEDED with a
+//!   message naming the setting, reason `SERVER_TIME_LIMIT` (the limit in
+//!   its metadata).
 //!
 //! Outside auth, so authentication counts against the budget; inside load
 //! shedding, so a shed call never starts a timer.
 //!
 //! Tonic's own `grpc-timeout` handling sits outside every user layer and
 //! answers CANCELLED; this layer ends a call slightly before the client's
-//! deadline so the caller gets a definite DEADLINE_EXCEEDED (a reply needs
-//! time to travel anyway).
+//! deadline (see [`margin`]) so the caller gets the server's definite
+//! DEADLINE_EXCEEDED, with its details, rather than raising its own.
 
-use super::{RpcKind, RpcMethod};
+use super::commit::Standing;
+use super::rescue::service_of;
+use super::{CallContext, RpcKind, RpcMethod};
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
 use http_body::{Body, Frame};
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 /// When the call must be done by.
@@ -58,10 +79,19 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// How much earlier than the client's own deadline the server gives up.
+/// How much earlier than the client's own deadline the server gives up, so
+/// that its answer arrives first: a twentieth of the timeout for short ones,
+/// else a hundredth plus [`TRANSIT`]. The hundredth covers the rounding of
+/// `grpc-timeout`: grpc-core clients (Python, C++, Ruby, PHP, C#) send it
+/// rounded *up* to three significant digits (a 1 s deadline arrives as
+/// "1010m" once a millisecond has passed), so their deadline passes up to a
+/// hundredth before the one the header announces.
 fn margin(timeout: Duration) -> Duration {
-    (timeout / 20).min(Duration::from_millis(5))
+    (timeout / 20).min(timeout / 100 + TRANSIT)
 }
+
+/// What the answer's way back (and the request's way in) may take on top.
+const TRANSIT: Duration = Duration::from_millis(20);
 
 #[derive(Clone)]
 pub struct DeadlineLayer {
@@ -74,14 +104,77 @@ impl DeadlineLayer {
         Self { default, max }
     }
 
-    /// The budget of a call: the client's (capped) or, for unary calls, the default.
-    fn budget(&self, client: Option<Duration>, kind: RpcKind) -> Option<Duration> {
+    /// The budget of a call: the client's (capped) or, for unary calls, the
+    /// default; and whose limit it is.
+    fn budget(&self, client: Option<Duration>, kind: RpcKind) -> Option<(Duration, SetBy)> {
         match client {
-            Some(t) if t <= self.max => Some(t - margin(t)),
-            Some(_) => Some(self.max),
-            None if kind == RpcKind::Unary => Some(self.default),
+            Some(t) if t <= self.max => Some((t - margin(t), SetBy::Client)),
+            Some(_) => Some((self.max, SetBy::ServerCap(self.max))),
+            None if kind == RpcKind::Unary => {
+                Some((self.default, SetBy::ServerDefault(self.default)))
+            }
             None => None,
         }
+    }
+}
+
+/// Whose limit a call's deadline is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetBy {
+    /// The client's `grpc-timeout`.
+    Client,
+    /// `server.max_timeout_ms`, below the client's `grpc-timeout`.
+    ServerCap(Duration),
+    /// `server.default_timeout_ms`: a unary call that sent no deadline.
+    ServerDefault(Duration),
+}
+
+/// The answer to a call of `kind` to `service` whose deadline passed.
+fn expired(set_by: SetBy, kind: RpcKind, service: &str) -> Status {
+    let info = |reason: &str, metadata: Option<(&str, Duration)>| {
+        let metadata: HashMap<String, String> = metadata
+            .map(|(key, limit)| (key.to_owned(), limit.as_millis().to_string()))
+            .into_iter()
+            .collect();
+        ErrorDetails::with_error_info(reason, service, metadata)
+    };
+    match set_by {
+        SetBy::Client => Status::with_error_details(
+            Code::DeadlineExceeded,
+            "deadline exceeded",
+            info("DEADLINE_EXCEEDED", None),
+        ),
+        SetBy::ServerCap(max) if kind != RpcKind::Unary => {
+            let mut details = info("STREAM_TIME_LIMIT", Some(("max_timeout_ms", max)));
+            // A new stream may start at once.
+            details.set_retry_info(Some(Duration::ZERO));
+            Status::with_error_details(
+                Code::Unavailable,
+                format!(
+                    "the server ends streams after server.max_timeout_ms = {} ms; \
+                     open a new stream to continue",
+                    max.as_millis()
+                ),
+                details,
+            )
+        }
+        SetBy::ServerCap(max) => Status::with_error_details(
+            Code::DeadlineExceeded,
+            format!(
+                "the server ends calls after server.max_timeout_ms = {} ms",
+                max.as_millis()
+            ),
+            info("SERVER_TIME_LIMIT", Some(("max_timeout_ms", max))),
+        ),
+        SetBy::ServerDefault(default) => Status::with_error_details(
+            Code::DeadlineExceeded,
+            format!(
+                "the call sent no deadline and ran past the server's default, \
+                 server.default_timeout_ms = {} ms",
+                default.as_millis()
+            ),
+            info("SERVER_TIME_LIMIT", Some(("default_timeout_ms", default))),
+        ),
     }
 }
 
@@ -99,10 +192,6 @@ impl<S> Layer<S> for DeadlineLayer {
 pub struct DeadlineService<S> {
     inner: S,
     layer: DeadlineLayer,
-}
-
-fn exceeded() -> Status {
-    Status::deadline_exceeded("deadline exceeded")
 }
 
 impl<S, B> Service<http::Request<B>> for DeadlineService<S>
@@ -130,34 +219,54 @@ where
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let Some(budget) = self.layer.budget(client, kind) else {
+        let Some((budget, set_by)) = self.layer.budget(client, kind) else {
             return self.inner.call(request).boxed();
         };
         let deadline = Instant::now() + budget;
         request.extensions_mut().insert(Deadline(deadline));
+        let service = service_of(&request);
+        let call = request.extensions().get::<Arc<CallContext>>().cloned();
         let future = self.inner.call(request);
         async move {
-            match tokio::time::timeout_at(deadline, future).await {
+            let mut future = std::pin::pin!(future);
+            match tokio::time::timeout_at(deadline, future.as_mut()).await {
                 Ok(Ok(response)) if kind == RpcKind::Unary => Ok(response),
                 Ok(Ok(response)) => Ok(response.map(|body| {
                     tonic::body::Body::new(DeadlineBody {
                         inner: Some(body),
                         sleep: Box::pin(tokio::time::sleep_until(deadline)),
+                        set_by,
+                        kind,
+                        service,
                     })
                 })),
                 Ok(Err(e)) => Err(e),
-                // The handler future is dropped here: its work stops.
-                Err(_) => Ok(exceeded().into_http()),
+                // A change past its commit point stands: the call finishes
+                // and answers as the change it made, not DEADLINE_EXCEEDED
+                // for a change that was made (`super::commit`).
+                Err(_)
+                    if call
+                        .as_ref()
+                        .is_some_and(|call| call.commit.abandon() != Standing::Nothing) =>
+                {
+                    future.await
+                }
+                // The handler future is dropped here: its work stops, and
+                // nothing it had not committed will be.
+                Err(_) => Ok(expired(set_by, kind, &service).into_http()),
             }
         }
         .boxed()
     }
 }
 
-/// A streaming response that ends with DEADLINE_EXCEEDED when time is up.
+/// A streaming response that ends with the [`expired`] status when time is up.
 struct DeadlineBody {
     inner: Option<tonic::body::Body>,
     sleep: Pin<Box<Sleep>>,
+    set_by: SetBy,
+    kind: RpcKind,
+    service: Arc<str>,
 }
 
 impl Body for DeadlineBody {
@@ -181,7 +290,7 @@ impl Body for DeadlineBody {
             // Dropping the stream's body stops the task that feeds it.
             self.inner = None;
             let mut trailers = http::HeaderMap::new();
-            let _ = exceeded().add_header(&mut trailers);
+            let _ = expired(self.set_by, self.kind, &self.service).add_header(&mut trailers);
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         Poll::Pending
@@ -221,16 +330,250 @@ mod tests {
         let layer = DeadlineLayer::new(Duration::from_secs(10), Duration::from_secs(60));
         assert_eq!(
             layer.budget(None, RpcKind::Unary),
-            Some(Duration::from_secs(10))
+            Some((
+                Duration::from_secs(10),
+                SetBy::ServerDefault(Duration::from_secs(10))
+            ))
         );
         assert_eq!(layer.budget(None, RpcKind::ServerStream), None);
         assert_eq!(
             layer.budget(Some(Duration::from_secs(600)), RpcKind::ServerStream),
-            Some(Duration::from_secs(60))
+            Some((
+                Duration::from_secs(60),
+                SetBy::ServerCap(Duration::from_secs(60))
+            ))
         );
-        let b = layer
+        let (b, set_by) = layer
             .budget(Some(Duration::from_secs(1)), RpcKind::Unary)
             .unwrap();
-        assert!(b < Duration::from_secs(1) && b >= Duration::from_millis(995));
+        assert_eq!(b, Duration::from_millis(970));
+        assert_eq!(set_by, SetBy::Client);
+        assert_eq!(
+            layer
+                .budget(Some(Duration::from_secs(60)), RpcKind::Unary)
+                .unwrap()
+                .1,
+            SetBy::Client,
+            "a client deadline at the cap is the client's"
+        );
+    }
+
+    #[test]
+    fn the_margin_covers_grpc_cores_rounding_and_spares_short_deadlines() {
+        // grpc-core rounds a deadline of 1 s to 10 s up to 10 ms, of 10 s to
+        // 100 s up to 100 ms, and so on: under a hundredth.
+        for (deadline, rounded_up) in [
+            (Duration::from_millis(1_000), Duration::from_millis(1_010)),
+            (Duration::from_millis(9_991), Duration::from_millis(10_000)),
+            (Duration::from_millis(10_001), Duration::from_millis(10_100)),
+            (Duration::from_millis(59_901), Duration::from_millis(60_000)),
+        ] {
+            let budget = rounded_up - margin(rounded_up);
+            assert!(
+                deadline - budget >= TRANSIT,
+                "{rounded_up:?} for {deadline:?}: the server answers {:?} before",
+                deadline - budget
+            );
+        }
+        assert_eq!(margin(Duration::from_millis(100)), Duration::from_millis(5));
+        assert_eq!(
+            margin(Duration::from_millis(10)),
+            Duration::from_micros(500)
+        );
+    }
+
+    // --- Which status ends a call, on tokio's paused clock: time advances
+    // only when every task waits, straight to the next timer.
+
+    const WATCH: &str = "/orders.v1.OrderService/WatchOrder";
+    const UPDATE: &str = "/orders.v1.OrderService/UpdateOrder";
+    const GET: &str = "/orders.v1.OrderService/GetOrder";
+
+    fn layer() -> DeadlineLayer {
+        DeadlineLayer::new(Duration::from_secs(10), Duration::from_secs(60))
+    }
+
+    fn request(path: &str, timeout: Option<&str>) -> http::Request<()> {
+        let mut builder = http::Request::builder().uri(path);
+        if let Some(t) = timeout {
+            builder = builder.header("grpc-timeout", t);
+        }
+        builder.body(()).unwrap()
+    }
+
+    type Handler = tower::util::BoxService<
+        http::Request<()>,
+        http::Response<tonic::body::Body>,
+        std::convert::Infallible,
+    >;
+
+    /// A handler that never answers (a unary call stuck, or a client stream
+    /// that never half-closes).
+    fn stuck() -> Handler {
+        Handler::new(tower::service_fn(|_: http::Request<()>| {
+            std::future::pending::<Result<_, std::convert::Infallible>>()
+        }))
+    }
+
+    /// A handler whose response stream starts at once and never ends.
+    fn endless() -> Handler {
+        Handler::new(tower::service_fn(|_: http::Request<()>| async {
+            let frames = futures::stream::pending::<Result<Frame<Bytes>, Status>>();
+            Ok(http::Response::new(tonic::body::Body::new(
+                http_body_util::StreamBody::new(frames),
+            )))
+        }))
+    }
+
+    /// The status a call ends with (trailers-only, or the stream's trailers)
+    /// and how long after the call it came.
+    async fn ends_with(service: Handler, request: http::Request<()>) -> (Status, Duration) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let start = Instant::now();
+        let response = layer().layer(service).oneshot(request).await.unwrap();
+        if let Some(status) = Status::from_header_map(response.headers()) {
+            return (status, start.elapsed());
+        }
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Ok(trailers) = frame.unwrap().into_trailers() {
+                let status = Status::from_header_map(&trailers).expect("grpc-status");
+                return (status, start.elapsed());
+            }
+        }
+        panic!("the stream ended without trailers");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_its_commit_point_at_the_deadline_answers_as_its_change() {
+        use tower::ServiceExt;
+        let call = Arc::new(CallContext::default());
+        let committing = call.clone();
+        // A handler whose store took its write just before the deadline and
+        // takes a while to answer.
+        let handler = Handler::new(tower::service_fn(move |_: http::Request<()>| {
+            let call = committing.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(1900)).await;
+                assert!(call.commit.begin());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                call.commit.settle(true);
+                Ok(Status::ok("committed").into_http())
+            }
+        }));
+        let mut req = request(GET, Some("2S"));
+        req.extensions_mut().insert(call.clone());
+        let response = layer().layer(handler).oneshot(req).await.unwrap();
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), Code::Ok, "{status:?}");
+
+        // Before its commit point, the same handler is cut off and abandoned:
+        // a store would no longer write for it.
+        let call = Arc::new(CallContext::default());
+        let mut req = request(GET, Some("2S"));
+        req.extensions_mut().insert(call.clone());
+        let response = layer().layer(stuck()).oneshot(req).await.unwrap();
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(!call.commit.begin());
+    }
+
+    fn reason(status: &Status) -> String {
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.domain, "orders.v1.OrderService");
+        info.reason.clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clients_deadline_on_a_unary_call_is_deadline_exceeded() {
+        let (status, after) = ends_with(stuck(), request(GET, Some("2S"))).await;
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert_eq!(reason(&status), "DEADLINE_EXCEEDED");
+        assert!(
+            after < Duration::from_secs(2),
+            "before the client's own: {after:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clients_deadline_on_a_stream_is_deadline_exceeded() {
+        let (status, after) = ends_with(endless(), request(WATCH, Some("2S"))).await;
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert_eq!(reason(&status), "DEADLINE_EXCEEDED");
+        assert!(status.get_error_details().retry_info().is_none());
+        assert!(after < Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_servers_cap_ends_a_stream_with_unavailable_and_retry_info() {
+        let (status, after) = ends_with(endless(), request(WATCH, Some("5M"))).await;
+        assert_eq!(after, Duration::from_secs(60));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .contains("server.max_timeout_ms = 60000 ms"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(reason(&status), "STREAM_TIME_LIMIT");
+        let details = status.get_error_details();
+        assert_eq!(
+            details.error_info().unwrap().metadata["max_timeout_ms"],
+            "60000"
+        );
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_servers_cap_ends_a_client_stream_before_its_answer_the_same_way() {
+        // UpdateOrder: the handler is still reading when the cap passes; it is
+        // dropped, so nothing is committed.
+        let (status, after) = ends_with(stuck(), request(UPDATE, Some("5M"))).await;
+        assert_eq!(after, Duration::from_secs(60));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(reason(&status), "STREAM_TIME_LIMIT");
+        assert!(status.get_error_details().retry_info().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_servers_cap_on_a_unary_call_is_deadline_exceeded_naming_the_limit() {
+        let (status, after) = ends_with(stuck(), request(GET, Some("5M"))).await;
+        assert_eq!(after, Duration::from_secs(60));
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(
+            status
+                .message()
+                .contains("server.max_timeout_ms = 60000 ms")
+        );
+        assert_eq!(reason(&status), "SERVER_TIME_LIMIT");
+        let details = status.get_error_details();
+        assert_eq!(
+            details.error_info().unwrap().metadata["max_timeout_ms"],
+            "60000"
+        );
+        assert!(details.retry_info().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_servers_default_on_a_unary_call_without_deadline_names_it() {
+        let (status, after) = ends_with(stuck(), request(GET, None)).await;
+        assert_eq!(after, Duration::from_secs(10));
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(
+            status
+                .message()
+                .contains("server.default_timeout_ms = 10000 ms")
+        );
+        assert_eq!(reason(&status), "SERVER_TIME_LIMIT");
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().metadata["default_timeout_ms"],
+            "10000"
+        );
     }
 }

@@ -7,11 +7,13 @@
 //!    every log line below happens inside it, and sees every outcome,
 //!    including refusals by the layers below, with the status read from the
 //!    trailers, for the [`metrics`] and the [`access_log`].
-//! 2. The client certificate's subject (mTLS, `crate::tls`), for handlers.
-//! 3. [`concurrency`]: sheds load before any work is done.
-//! 4. [`deadline`]: the budget covers authentication and the handler.
-//! 5. `auth` (in `crate::auth`): only authenticated calls reach handlers.
-//! 6. [`message_size`] and [`panic_guard`]: closest to the handlers, turns a panic into INTERNAL.
+//! 2. [`rescue`]: every error leaves with a `google.rpc.Status` (details),
+//!    whichever layer below, handler or tonic itself answered it.
+//! 3. The client certificate's subject (mTLS, `crate::tls`), for handlers.
+//! 4. [`concurrency`]: sheds load before any work is done.
+//! 5. [`deadline`]: the budget covers authentication and the handler.
+//! 6. `auth` (in `crate::auth`): only authenticated calls reach handlers.
+//! 7. [`message_size`] and [`panic_guard`]: closest to the handlers, turns a panic into INTERNAL.
 //!
 //! Shared here: the method table (unary or streaming, for labels and
 //! deadlines), the per-call [`CallContext`], and [`ObservedBody`], which
@@ -19,6 +21,7 @@
 
 pub mod access_log;
 pub mod call_scope;
+pub mod commit;
 pub mod concurrency;
 pub mod deadline;
 pub mod message_size;
@@ -26,6 +29,7 @@ pub mod metrics;
 pub mod observe;
 pub mod panic_guard;
 pub mod request_id;
+pub mod rescue;
 pub mod trace;
 
 use bytes::{Buf, Bytes};
@@ -91,12 +95,15 @@ fn kind_of(service: &str, method: &str) -> RpcKind {
 }
 
 /// What the layers learn about a call, shared through request extensions:
-/// the request id (set by the outermost layer) and the authenticated subject
-/// (set by auth, read by the access log, which sits outside auth).
+/// the request id (set by the outermost layer), the authenticated subject
+/// (set by auth, read by the access log, which sits outside auth) and the
+/// call's commit point (passed by its handler, read by the observe layer
+/// when the client goes away).
 #[derive(Debug, Default)]
 pub struct CallContext {
     pub request_id: String,
     pub subject: OnceLock<String>,
+    pub commit: commit::CommitPoint,
 }
 
 /// The Go-style name of a code, as dashboards label `grpc_code`.
@@ -182,8 +189,13 @@ pub struct Outcome {
 pub trait Observer: Send + 'static {
     /// Some gRPC messages went out.
     fn messages_sent(&mut self, _count: u64) {}
-    /// The response ended with `code` (CANCELLED when the client went away).
+    /// The response ended with `code`, which the client was sent.
     fn finished(self: Box<Self>, code: Code);
+    /// The client went away (it cancelled, or its connection closed) before
+    /// the response ended.
+    fn client_gone(self: Box<Self>) {
+        self.finished(Code::Cancelled);
+    }
 }
 
 /// A response body that reports messages sent and the final status. The
@@ -271,7 +283,9 @@ impl Body for ObservedBody {
 impl Drop for ObservedBody {
     fn drop(&mut self) {
         // Dropped before the end: the client cancelled or the connection died.
-        self.finish(Code::Cancelled);
+        if let Some(observer) = self.observer.take() {
+            observer.client_gone();
+        }
     }
 }
 
@@ -282,7 +296,7 @@ pub struct FinishOnDrop(pub Option<Box<dyn Observer>>);
 impl Drop for FinishOnDrop {
     fn drop(&mut self) {
         if let Some(observer) = self.0.take() {
-            observer.finished(Code::Cancelled);
+            observer.client_gone();
         }
     }
 }

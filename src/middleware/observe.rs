@@ -12,6 +12,7 @@
 //! outcome of every call, refusals by the layers inside included, is seen.
 
 use super::access_log::Entry;
+use super::commit::Standing;
 use super::metrics::{GrpcMetrics, Recorder};
 use super::trace::SpanEnd;
 use super::{FinishOnDrop, ObservedBody, Observer, call_scope, request_id, trace};
@@ -61,14 +62,46 @@ impl Observer for Observed {
     }
 
     fn finished(self: Box<Self>, code: Code) {
+        (*self).record(code, false);
+    }
+
+    /// The client left: CANCELLED, unless the call had committed a change
+    /// (see [`super::commit`]); then OK, for that is what the server did.
+    /// While a change is still landing, the record waits for it.
+    fn client_gone(self: Box<Self>) {
+        let context = self.entry.context().clone();
+        match context.commit.abandon() {
+            Standing::Nothing => (*self).record(Code::Cancelled, true),
+            Standing::Committed => (*self).record(Code::Ok, true),
+            Standing::InFlight => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        let code = if context.commit.settled().await {
+                            Code::Ok
+                        } else {
+                            Code::Cancelled
+                        };
+                        (*self).record(code, true);
+                    });
+                }
+                // No runtime to wait on (the process is stopping): the
+                // change was handed over and lands without us.
+                Err(_) => (*self).record(Code::Ok, true),
+            },
+        }
+    }
+}
+
+impl Observed {
+    fn record(self, code: Code, client_gone: bool) {
         let Observed {
             span,
             metrics,
             entry,
-        } = *self;
+        } = self;
         span.finish(code);
         metrics.finish(code);
-        entry.finish(code);
+        entry.finish(code, client_gone);
     }
 }
 

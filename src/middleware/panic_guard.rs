@@ -6,10 +6,13 @@
 //! gRPC response. Hand-written over `catch_unwind` because tower-http's
 //! `CatchPanic` answers with a plain HTTP body, not a gRPC status.
 
+use super::RpcMethod;
 use futures::future::{BoxFuture, FutureExt};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 #[derive(Clone, Default)]
@@ -42,30 +45,48 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_owned();
+        // Reference counts, not a copy of the path.
+        let method = match request.extensions().get::<RpcMethod>() {
+            Some(method) => method.clone(),
+            None => RpcMethod::from_path(request.uri().path()),
+        };
         // A panic may also happen while the handler's future is created.
         let future = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
             Ok(future) => future,
-            Err(panic) => return futures::future::ready(Ok(internal(&path, panic))).boxed(),
+            Err(panic) => return futures::future::ready(Ok(internal(&method, panic))).boxed(),
         };
         AssertUnwindSafe(future)
             .catch_unwind()
             .map(move |result| match result {
                 Ok(response) => response,
-                Err(panic) => Ok(internal(&path, panic)),
+                Err(panic) => Ok(internal(&method, panic)),
             })
             .boxed()
     }
 }
 
-fn internal(path: &str, panic: Box<dyn std::any::Any + Send>) -> http::Response<tonic::body::Body> {
+/// INTERNAL, opaque (the cause goes to the log), with an `ErrorInfo` whose
+/// domain is the service called.
+fn internal(
+    method: &RpcMethod,
+    panic: Box<dyn std::any::Any + Send>,
+) -> http::Response<tonic::body::Body> {
     let cause = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
-    tracing::error!(method = path, cause, "handler panicked");
-    Status::internal("internal error").into_http()
+    tracing::error!(
+        method = format_args!("/{}/{}", method.service, method.method),
+        cause,
+        "handler panicked"
+    );
+    Status::with_error_details(
+        Code::Internal,
+        "internal error",
+        ErrorDetails::with_error_info("INTERNAL", &*method.service, HashMap::new()),
+    )
+    .into_http()
 }
 
 #[cfg(test)]
@@ -93,6 +114,16 @@ mod tests {
         assert_eq!(
             crate::middleware::grpc_status(response.headers()),
             Some(tonic::Code::Internal)
+        );
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(
+            status.message(),
+            "internal error",
+            "the cause stays in the log"
+        );
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "INTERNAL"
         );
         let response = guarded
             .ready()

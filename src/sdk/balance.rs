@@ -39,7 +39,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 /// The health name whose status decides rotation: it follows readiness
-/// (database reachable, not draining), CONTRACT.md section 4.
+/// (database reachable, not draining), README "Ports and probes".
 pub(crate) const SERVICE: &str = "orders.v1.OrderService";
 
 /// What the balancer is told about one endpoint.

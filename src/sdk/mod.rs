@@ -29,7 +29,7 @@ mod streams;
 mod token;
 
 pub use crate::pb;
-pub use error::Error;
+pub use error::{Error, code_name};
 pub use retry::{RetryPolicy, TRANSPARENT_RETRIES, never_sent};
 pub use streams::{OrderWatch, RESUME_ATTEMPTS, Tracker};
 pub use token::{FileToken, FnToken, StaticToken, TokenProvider};
@@ -901,14 +901,27 @@ impl Client {
         order_id: &str,
         addresses: Vec<pb::Address>,
     ) -> Result<pb::UpdateOrderResponse, Error> {
-        let messages: Vec<pb::UpdateOrderRequest> = addresses
-            .into_iter()
-            .map(|a| pb::UpdateOrderRequest {
-                order_id: order_id.into(),
-                address: Some(a),
-            })
-            .collect();
-        self.update_stream(tokio_stream::iter(messages)).await
+        self.update_stream(tokio_stream::iter(update_messages(order_id, 0, addresses)))
+            .await
+    }
+
+    /// As [`Client::update_order`], applied only if the order is still at
+    /// `expected_version`, and therefore retried like the other calls: an
+    /// attempt that was applied although its answer was lost (a connection
+    /// cut after the commit, a cancel that came too late) makes the retry
+    /// ABORTED, never a second application. An ABORTED answer means: read
+    /// the order to see whether these addresses are on it.
+    pub async fn update_order_at(
+        &self,
+        order_id: &str,
+        expected_version: i64,
+        addresses: Vec<pb::Address>,
+    ) -> Result<pb::UpdateOrderResponse, Error> {
+        let messages = update_messages(order_id, expected_version, addresses);
+        self.unary(true, messages, |mut c, r| async move {
+            c.update_order(r.map(tokio_stream::iter)).await
+        })
+        .await
     }
 
     /// `UpdateOrder` with any stream of messages (each naming the same
@@ -919,7 +932,7 @@ impl Client {
     /// # async fn demo(client: orders::sdk::Client, address: orders::sdk::pb::Address) -> Result<(), orders::sdk::Error> {
     /// use orders::sdk::pb;
     /// let (tx, rx) = tokio::sync::mpsc::channel(8);
-    /// tx.send(pb::UpdateOrderRequest { order_id: "0193…".into(), address: Some(address) }).await.ok();
+    /// tx.send(pb::UpdateOrderRequest { order_id: "0193…".into(), address: Some(address), ..Default::default() }).await.ok();
     /// drop(tx); // ends the stream
     /// let response = client.update_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?;
     /// # Ok(()) }
@@ -1060,4 +1073,20 @@ impl Client {
         let status = client.check(request).await?.into_inner().status;
         Ok(ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown))
     }
+}
+
+/// One `UpdateOrder` message per address, all naming `order_id`.
+fn update_messages(
+    order_id: &str,
+    expected_version: i64,
+    addresses: Vec<pb::Address>,
+) -> Vec<pb::UpdateOrderRequest> {
+    addresses
+        .into_iter()
+        .map(|a| pb::UpdateOrderRequest {
+            order_id: order_id.into(),
+            address: Some(a),
+            expected_version,
+        })
+        .collect()
 }

@@ -81,10 +81,8 @@ impl StreamEnd {
             }
         };
         tokio::select! {
-            _ = stopping.wait_for(|s| *s) => Status::unavailable("server shutting down"),
-            () = recycled => Status::unavailable(
-                "connection reached its maximum age: resume on a new connection",
-            ),
+            _ = stopping.wait_for(|s| *s) => ServiceError::ShuttingDown.into(),
+            () = recycled => ServiceError::ConnectionRecycled.into(),
         }
     }
 }
@@ -135,16 +133,20 @@ impl Orders {
     /// whatever the id looks like.
     async fn visible(&self, caller: &Caller, raw_id: &str) -> Result<Order, ServiceError> {
         self.ensure_database()?;
-        let id = OrderId::parse(raw_id).ok_or(ServiceError::NotFound)?;
+        let id = OrderId::parse(raw_id).ok_or_else(|| ServiceError::not_found(raw_id))?;
         match self.store.get(&id).await? {
             Some(order) if caller.may_see(&order) => Ok(order),
-            _ => Err(ServiceError::NotFound),
+            _ => Err(ServiceError::not_found(raw_id)),
         }
     }
 
     /// Reads, applies `change`, commits if nobody changed the order meanwhile;
     /// otherwise re-reads and tries again (the rule then sees the new state, so
     /// a stale `expected_version` turns into ABORTED).
+    ///
+    /// The store's commit is the call's commit point
+    /// ([`crate::middleware::commit`]): a call that ended before it changes
+    /// nothing; past it, the change stands and is recorded as made.
     async fn change<F>(
         &self,
         caller: &Caller,
@@ -325,6 +327,7 @@ impl OrderService for Orders {
         let (_, caller) = caller(&request)?;
         let mut stream = request.into_inner();
         let mut order_id: Option<String> = None;
+        let mut expected_version = 0i64;
         let mut addresses = Vec::new();
         let mut violations = Violations::default();
         let mut index = 0usize;
@@ -344,6 +347,15 @@ impl OrderService for Orders {
                     format!("message {index} names another order than the first message"),
                 ),
                 Some(_) => {}
+            }
+            match (expected_version, msg.expected_version) {
+                (_, 0) => {}
+                (0, v) => expected_version = v,
+                (first, v) if first != v => violations.add(
+                    "expected_version",
+                    format!("message {index} expects another version than an earlier message"),
+                ),
+                _ => {}
             }
             let mut mine = Violations::default();
             if let Some(address) = convert::parse_address(msg.address, "address", &mut mine) {
@@ -368,7 +380,7 @@ impl OrderService for Orders {
         let applied = addresses.len() as i32;
         let order = self
             .change(&caller, &order_id, |o| {
-                o.relocate_all(addresses.clone(), Utc::now())
+                o.relocate_all(expected_version, addresses.clone(), Utc::now())
             })
             .await?;
         Ok(Response::new(pb::UpdateOrderResponse {

@@ -50,9 +50,7 @@ async fn next_wake(feed: &mut broadcast::Receiver<Change>) -> Wake {
     match feed.recv().await {
         Ok(Change::Order { id, version }) => Wake::Order(id, version),
         Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => Wake::Everything,
-        Err(broadcast::error::RecvError::Closed) => {
-            Wake::Closed(Status::unavailable("server shutting down"))
-        }
+        Err(broadcast::error::RecvError::Closed) => Wake::Closed(ServiceError::ShuttingDown.into()),
     }
 }
 

@@ -14,7 +14,9 @@
 //! in its group still commit; writes later in a group see the earlier ones,
 //! exactly as if they had run one after another. A write whose caller has
 //! gone (deadline passed, client cancelled) before its turn is skipped, so an
-//! abandoned call does not write later behind the caller's back. If the
+//! abandoned call does not write later behind the caller's back; the turn
+//! is the call's commit point (`crate::middleware::commit`), so a caller
+//! that goes away after it finds its change made and recorded as made. If the
 //! transaction itself fails (BEGIN, a savepoint, COMMIT), every write in the
 //! group fails and none is stored.
 //!
@@ -33,6 +35,7 @@ use super::feed::Change;
 use super::sql::{FIND_BY_REQUEST, INSERT_ORDER_ROW, INSERT_VERSION, UPDATE_ORDER, decode};
 use super::{Idempotency, Inserted, Result, StoreError, WriteCounter};
 use crate::domain::Order;
+use crate::middleware::{CallContext, commit};
 use rusqlite::{Connection, TransactionBehavior, params};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -44,18 +47,21 @@ pub(crate) const MAX_GROUP: usize = 256;
 /// concurrency limit and deadlines bound the wait).
 const QUEUE: usize = 4 * MAX_GROUP;
 
-/// One write, with the caller's answer channel.
+/// One write, with the caller's answer channel and the call it is made for
+/// (whose commit point the writer passes).
 pub(crate) enum Write {
     Insert {
         order: Box<Order>,
         /// `(request_id, fingerprint)`.
         idempotency: Option<(String, String)>,
         reply: oneshot::Sender<Result<Inserted>>,
+        call: Option<Arc<CallContext>>,
     },
     Commit {
         base_version: i64,
         versions: Vec<Order>,
         reply: oneshot::Sender<Result<()>>,
+        call: Option<Arc<CallContext>>,
     },
 }
 
@@ -65,6 +71,28 @@ impl Write {
         match self {
             Write::Insert { reply, .. } => reply.is_closed(),
             Write::Commit { reply, .. } => reply.is_closed(),
+        }
+    }
+
+    fn call(&self) -> Option<&Arc<CallContext>> {
+        match self {
+            Write::Insert { call, .. } | Write::Commit { call, .. } => call.as_ref(),
+        }
+    }
+
+    /// The write's commit point, just before it runs: false if its caller
+    /// has gone or its call was abandoned (then nothing is written for it).
+    /// Once it returns true, the call's `CommitPoint` waits for
+    /// [`Write::settle`], and a caller that goes away from then on finds its
+    /// change made (`crate::middleware::commit`).
+    fn begin(&self) -> bool {
+        !self.abandoned() && self.call().is_none_or(|call| call.commit.begin())
+    }
+
+    /// Tells the call whether its write was committed.
+    fn settle(&self, committed: bool) {
+        if let Some(call) = self.call() {
+            call.commit.settle(committed);
         }
     }
 
@@ -138,6 +166,7 @@ impl Writer {
             order: Box::new(order),
             idempotency,
             reply,
+            call: commit::current_call(),
         })
         .await?;
         answer.await.map_err(|_| writer_gone())?
@@ -149,6 +178,7 @@ impl Writer {
             base_version,
             versions,
             reply,
+            call: commit::current_call(),
         })
         .await?;
         answer.await.map_err(|_| writer_gone())?
@@ -226,6 +256,11 @@ fn write_group(conn: &mut Connection, group: &mut Vec<Write>, sinks: &Sinks) {
                 });
             }
             for (write, done) in group.drain(..).zip(done) {
+                match &done {
+                    Done::Inserted(result) => write.settle(result.is_ok()),
+                    Done::Committed(result) => write.settle(result.is_ok()),
+                    Done::Skipped => {}
+                }
                 match (write, done) {
                     (Write::Insert { reply, .. }, Done::Inserted(result)) => {
                         let _ = reply.send(result);
@@ -245,6 +280,7 @@ fn write_group(conn: &mut Connection, group: &mut Vec<Write>, sinks: &Sinks) {
             let transient = err.is_transient();
             let cause = Arc::new(err);
             for write in group.drain(..) {
+                write.settle(false);
                 write.fail(StoreError::Group {
                     transient,
                     cause: cause.clone(),
@@ -268,8 +304,9 @@ fn run_group(conn: &mut Connection, group: &[Write]) -> Result<Vec<Done>> {
     };
     let mut done = Vec::with_capacity(group.len());
     for write in group {
-        // Checked again here: BEGIN may have waited for the lock.
-        if write.abandoned() {
+        // Checked again here: BEGIN may have waited for the lock. This is
+        // the write's commit point.
+        if !write.begin() {
             done.push(Done::Skipped);
             continue;
         }

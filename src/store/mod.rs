@@ -71,6 +71,10 @@ pub enum StoreError {
     /// From the SQLite writer thread's connection (`group_commit.rs`).
     #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
+    /// The call this write was for had ended before the write's commit
+    /// point (`crate::middleware::commit`): nothing was written.
+    #[error("the call ended before its change was committed")]
+    Abandoned,
     /// The shared transaction this write was grouped into (group commit)
     /// failed as a whole: nothing of it was stored.
     #[error("the shared write transaction failed")]

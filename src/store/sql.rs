@@ -11,6 +11,7 @@ use super::{
     WriteCounter, WriteStats,
 };
 use crate::domain::{Order, OrderId};
+use crate::middleware::commit;
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, Postgres};
@@ -223,7 +224,11 @@ impl SqliteStore {
             .connect_with(connect.clone())
             .await
             .map_err(StoreError::classify)?;
-        sqlx::migrate!("migrations/sqlite").run(&write).await?;
+        // As on PostgreSQL: a release rolled back starts on the database the
+        // newer one expanded (docs/migrations.md).
+        let mut migrator = sqlx::migrate!("migrations/sqlite");
+        migrator.set_ignore_missing(true);
+        migrator.run(&write).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -320,8 +325,14 @@ impl PostgresStore {
             .connect(url)
             .await
             .map_err(StoreError::classify)?;
-        // sqlx takes an advisory lock, so replicas starting together migrate once.
-        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        // sqlx takes an advisory lock, so replicas starting together migrate
+        // once. Migrations only expand the schema (docs/migrations.md), so a
+        // replica of the previous release, restarted during a rolling
+        // upgrade, still starts on a database a newer release has migrated:
+        // migrations it does not know are not an error.
+        let mut migrator = sqlx::migrate!("migrations/postgres");
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await?;
         let cursor_key = Self::load_cursor_key(&pool).await?;
         let feed = feed::channel();
         let mut listener = PgListener::connect_with(&pool)
@@ -443,9 +454,34 @@ impl PostgresStore {
         if matches!(inserted, Inserted::Created) {
             Self::announce(&mut tx, order).await?;
         }
-        tx.commit().await.map_err(StoreError::classify)?;
-        self.written.committed(1);
+        self.commit_point(tx).await?;
         Ok(inserted)
+    }
+
+    /// `COMMIT`, as the call's commit point (`crate::middleware::commit`):
+    /// it runs as a task of its own, so a call dropped while it is under way
+    /// neither leaves it half-sent nor misses its outcome. Until here a
+    /// dropped call rolls the transaction back.
+    async fn commit_point(&self, tx: sqlx::Transaction<'static, Postgres>) -> Result<()> {
+        let call = commit::current_call();
+        if call.as_ref().is_some_and(|call| !call.commit.begin()) {
+            return Err(StoreError::Abandoned);
+        }
+        let written = self.written.clone();
+        let commit = tokio::spawn(async move {
+            let result = tx.commit().await;
+            if result.is_ok() {
+                written.committed(1);
+            }
+            if let Some(call) = call {
+                call.commit.settle(result.is_ok());
+            }
+            result
+        });
+        match commit.await {
+            Ok(result) => result.map_err(StoreError::classify),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     async fn write_commit(&self, base_version: i64, versions: &[Order]) -> Result<()> {
@@ -455,9 +491,7 @@ impl PostgresStore {
         let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
         Self::commit_in(&mut tx, base_version, versions).await?;
         Self::announce(&mut tx, last).await?;
-        tx.commit().await.map_err(StoreError::classify)?;
-        self.written.committed(1);
-        Ok(())
+        self.commit_point(tx).await
     }
 
     /// `pg_notify` inside the writing transaction: delivered on commit, in

@@ -2,8 +2,9 @@
 //! on 127.0.0.1, several of them on one PostgreSQL, clients through the SDK,
 //! and the failures production brings: a replica killed mid-write, a rolling
 //! restart, watchers on a replica that dies, a database outage, a crash of
-//! the SQLite server, and hostile clients beside normal ones. Each scenario
-//! prints its figures (`cargo test --test faults -- --nocapture`) and asserts
+//! the SQLite server, hostile clients beside normal ones, and foreign gRPC
+//! clients (Python `grpc.aio`, Node `grpc-js`) through connection recycling
+//! and SIGTERM drains (`foreign.rs`). Each scenario prints its figures (`cargo test --test faults -- --nocapture`) and asserts
 //! on them.
 //!
 //! The scenarios run one at a time (they measure latencies and share two
@@ -19,6 +20,7 @@ macro_rules! figure {
 mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
+mod foreign;
 mod hostile;
 
 use cluster::{Cluster, Latencies, Replica, SdkEvents, ms, patient};
@@ -1095,4 +1097,24 @@ async fn a_drained_server_ends_health_watches_and_refuses_new_connections() {
         ms(ended),
         ms(refused)
     );
+}
+
+/// Scenario 7: a replica recycles its connections every second under the
+/// load of grpc.aio (C-core) and grpc-js processes with many calls in
+/// flight: no call fails, no connection is failed with an HTTP/2 error, and
+/// no write reported failed was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s7_foreign_clients_through_connection_recycling_fail_no_call() {
+    let _serial = SERIAL.lock().await;
+    foreign::recycling().await;
+}
+
+/// Scenario 8: grpc.aio and grpc-js processes balance over two replicas
+/// while each in turn is SIGTERMed, drains, exits and restarts: no call
+/// fails, no connection is failed with an HTTP/2 error, and no write
+/// reported failed was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s8_foreign_clients_through_a_sigterm_drain_fail_no_call() {
+    let _serial = SERIAL.lock().await;
+    foreign::sigterm_drain().await;
 }

@@ -11,6 +11,7 @@ the tests always exercise the proto the server was built from.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 import grpc
 import jwt
 import pytest
+from grpc import aio
 
 # Deadline of every unary call, in seconds; streams get STREAM_TIMEOUT as a whole.
 TIMEOUT = 10.0
@@ -226,3 +228,45 @@ def alice_readonly(stub, readonly_token) -> Client:
 def anonymous(stub) -> Client:
     """Calls without any authorization metadata."""
     return Client(stub, Caller("anonymous", ""))
+
+
+# --- grpc.aio ----------------------------------------------------------------
+
+
+class AioConnection:
+    """A grpc.aio channel to the server (TLS, the test CA) and the callers on it, each
+    a Client over the aio stub, so every call carries the caller's token and a deadline
+    as on the sync channel. Made and used inside one event loop (aio objects belong to
+    the loop they were made in): ``async with aio_connect(...) as c: await c.alice...``."""
+
+    def __init__(self, endpoint: str, credentials, tokens: dict[str, str], **channel_args):
+        from orders.v1 import orders_pb2_grpc
+
+        self.endpoint = endpoint
+        self.channel = aio.secure_channel(endpoint, credentials, **channel_args)
+        stub = orders_pb2_grpc.OrderServiceStub(self.channel)
+        self.alice = Client(stub, Caller("alice", tokens["alice"]))
+        self.bob = Client(stub, Caller("bob", tokens["bob"]))
+        self.staff = Client(stub, Caller("staff", tokens["staff"]))
+        self.readonly = Client(stub, Caller("alice (read-only)", tokens["readonly"]))
+        self.anonymous = Client(stub, Caller("anonymous", ""))
+
+    async def __aenter__(self) -> AioConnection:
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), TIMEOUT)
+        except asyncio.TimeoutError:
+            await self.channel.close()
+            pytest.fail(f"no TLS connection to {self.endpoint} within {TIMEOUT} s", pytrace=False)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.channel.close()
+
+
+@pytest.fixture(scope="session")
+def aio_connect(endpoint, ca_cert_path, alice_token, bob_token, staff_token, readonly_token):
+    """``aio_connect(**channel_args)``: a new AioConnection (channel_args: options=,
+    compression=, as grpc.aio.secure_channel takes them)."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_cert_path).read_bytes())
+    tokens = {"alice": alice_token, "bob": bob_token, "staff": staff_token, "readonly": readonly_token}
+    return lambda **channel_args: AioConnection(endpoint, credentials, tokens, **channel_args)

@@ -1,5 +1,5 @@
 """Tokens made by an independent JWT implementation (PyJWT), so the server's checks
-don't only agree with the Rust code that also mints the test tokens (issue 3).
+don't only agree with the Rust code that also mints the test tokens.
 
 PyJWT signs ES256 tokens with the server's development signing key; good ones must
 work, and each spoiled one (expired, wrong audience, wrong issuer, `alg: none`, HS256

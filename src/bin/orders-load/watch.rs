@@ -216,6 +216,7 @@ pub async fn updater(
         let update = pb::UpdateOrderRequest {
             order_id: fanout.orders[k].clone(),
             address: Some(workload::address(1 + next % 1000)),
+            expected_version: 0,
         };
         let start = Instant::now();
         fanout.sent[k]

@@ -224,6 +224,7 @@ impl Workload {
                 let update = pb::UpdateOrderRequest {
                     order_id: self.order(i).order_id.clone(),
                     address: Some(address(1 + (i % 1000) as i64)),
+                    expected_version: 0,
                 };
                 client
                     .update_order(target.request(tokio_stream::once(update)))

@@ -1,0 +1,505 @@
+//! The safety net of error details: every non-OK response leaves with a
+//! `google.rpc.Status` in `grpc-status-details-bin`, whoever made it.
+//!
+//! The service and the layers attach their details where the error is made
+//! (`ErrorInfo` with a reason, and `ResourceInfo`, `RetryInfo`,
+//! `PreconditionFailure`… where one fits). What nobody here builds gets none:
+//! tonic's own answers (UNIMPLEMENTED for an unknown method, INTERNAL for an
+//! undecodable message, UNIMPLEMENTED for an unsupported compression, a
+//! response over the size limit), a status some future handler returns
+//! bare. For those this layer adds a Status with the same code and message
+//! and an `ErrorInfo` whose reason is the code's name. To every error it
+//! adds a `google.rpc.RequestInfo` with the call's request id (also in the
+//! `x-request-id` metadata), so a support request quoting the error names
+//! the call's log lines.
+//!
+//! It looks at a trailers-only response's headers, and at the trailers that
+//! end any other response. A body that fails instead of ending (which hyper
+//! would answer with a stream reset, a bare INTERNAL at the client) ends
+//! with that status as trailers instead.
+//!
+//! Cost on OK responses: two reference counts taken and dropped, a header
+//! lookup, and the body wrapper that looks at the trailers (one small box,
+//! which `tonic::body::Body` needs for any wrapper). The details are read,
+//! built and encoded only on the error path.
+//!
+//! Directly inside [`super::observe`]: the request id and the method are
+//! known (its [`CallContext`] and [`RpcMethod`]), and every layer below is
+//! covered, while the access log and metrics see the same code as before.
+//! Hand-written: no crate completes gRPC error details.
+
+use super::{CallContext, RpcMethod, grpc_status};
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use bytes::Bytes;
+use futures::future::{FutureExt, Join, Map, Ready, join, ready};
+use http::HeaderValue;
+use http_body::{Body, Frame};
+use prost::Message;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use tower::{Layer, Service};
+
+const DETAILS: &str = "grpc-status-details-bin";
+
+/// Binary metadata is base64 without padding on the way out (as gRPC
+/// implementations send it), with or without padding on the way in.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Longest service name taken from a path as an `ErrorInfo.domain`.
+const MAX_DOMAIN_BYTES: usize = 128;
+
+/// The service a request calls: from the [`RpcMethod`] that
+/// [`super::observe`] put in its extensions, else parsed from its path.
+pub fn service_of<B>(request: &http::Request<B>) -> Arc<str> {
+    match request.extensions().get::<RpcMethod>() {
+        Some(method) => method.service.clone(),
+        None => RpcMethod::from_path(request.uri().path()).service,
+    }
+}
+
+/// The `ErrorInfo.domain` of an error answering a call to `service`: the
+/// service's gRPC name (`orders.v1.OrderService`), so no layer names a
+/// service of its own. A path that names no well-formed service (dotted
+/// identifiers, at most 128 bytes: the path is the client's) gets
+/// `fallback` instead, so nothing unbounded is echoed back.
+pub fn error_domain<'a>(service: &'a str, fallback: &'a str) -> &'a str {
+    let well_formed = !service.is_empty()
+        && service.len() <= MAX_DOMAIN_BYTES
+        && service.split('.').all(|part| {
+            part.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+                && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
+    if well_formed { service } else { fallback }
+}
+
+/// The `ErrorInfo.reason` given to an error that came without details: the
+/// code's name.
+pub fn reason_of(code: Code) -> &'static str {
+    crate::sdk::code_name(code)
+}
+
+#[derive(Clone)]
+pub struct RescueLayer {
+    fallback: &'static str,
+}
+
+impl RescueLayer {
+    /// `fallback`: the domain of errors answering a path that names no
+    /// well-formed service (see [`error_domain`]); the server's main
+    /// service's name (`NamedService::NAME`).
+    pub fn new(fallback: &'static str) -> Self {
+        Self { fallback }
+    }
+}
+
+impl<S> Layer<S> for RescueLayer {
+    type Service = Rescue<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Rescue {
+            inner,
+            fallback: self.fallback,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Rescue<S> {
+    inner: S,
+    fallback: &'static str,
+}
+
+/// What an error of the call needs: its service and request id. Reference
+/// counts only; nothing is allocated for a call that ends OK.
+pub struct Call {
+    service: Arc<str>,
+    context: Option<Arc<CallContext>>,
+    fallback: &'static str,
+}
+
+impl Call {
+    fn domain(&self) -> &str {
+        error_domain(&self.service, self.fallback)
+    }
+
+    fn request_id(&self) -> Option<&str> {
+        self.context.as_deref().map(|c| c.request_id.as_str())
+    }
+}
+
+type Finish<R, E> = fn((Result<R, E>, Call)) -> Result<R, E>;
+
+/// The inner call's future, then [`finish`]: named (not boxed), so the layer
+/// allocates no future per call. Joining with a ready future is how the
+/// call's state rides along without a hand-written pinned future.
+pub type RescueFuture<F, R, E> = Map<Join<F, Ready<Call>>, Finish<R, E>>;
+
+impl<S, B> Service<http::Request<B>> for Rescue<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RescueFuture<S::Future, S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let call = Call {
+            service: service_of(&request),
+            context: request.extensions().get::<Arc<CallContext>>().cloned(),
+            fallback: self.fallback,
+        };
+        join(self.inner.call(request), ready(call)).map(finish as Finish<_, _>)
+    }
+}
+
+fn finish<E>(
+    (result, call): (Result<http::Response<tonic::body::Body>, E>, Call),
+) -> Result<http::Response<tonic::body::Body>, E> {
+    let mut response = result?;
+    match grpc_status(response.headers()) {
+        // Trailers-only: the status is in the headers, the body is empty.
+        Some(Code::Ok) => Ok(response),
+        Some(code) => {
+            complete(response.headers_mut(), code, &call);
+            Ok(response)
+        }
+        None => Ok(response.map(|inner| {
+            tonic::body::Body::new(RescueBody {
+                inner,
+                call: Some(call),
+            })
+        })),
+    }
+}
+
+/// A response body whose non-OK trailers get completed.
+struct RescueBody {
+    inner: tonic::body::Body,
+    /// `None` once the body has ended with trailers made here.
+    call: Option<Call>,
+}
+
+impl Body for RescueBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        let Some(call) = &this.call else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(trailers) = frame.trailers_mut()
+                    && let Some(code) = grpc_status(trailers)
+                    && code != Code::Ok
+                {
+                    complete(trailers, code, call);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(status))) => {
+                // Answered as trailers: the client gets this status (and
+                // its details) instead of a reset stream.
+                let mut trailers = http::HeaderMap::new();
+                if status.add_header(&mut trailers).is_err() {
+                    // The message cannot be a header value: keep the code.
+                    trailers.clear();
+                    let _ = Status::new(status.code(), "").add_header(&mut trailers);
+                }
+                complete(&mut trailers, status.code(), call);
+                this.call = None;
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.call.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Makes sure the error status in `headers` carries details with an
+/// `ErrorInfo` and a `RequestInfo`, adding what is missing.
+fn complete(headers: &mut http::HeaderMap, code: Code, call: &Call) {
+    if code == Code::Ok {
+        return;
+    }
+    let Some(value) = headers.get(DETAILS) else {
+        // No details at all: a Status with the same code and message (gRPC
+        // clients check that they agree) and the details this layer knows.
+        let message = Status::from_header_map(headers)
+            .map(|s| s.message().to_owned())
+            .unwrap_or_default();
+        tracing::debug!(code = ?code, "error without details: adding ErrorInfo");
+        let status = Status::with_error_details(code, message, missing(code, call, true, true));
+        insert(headers, status.details());
+        return;
+    };
+    // Details that are not a readable Status are not ours to repair.
+    let Ok(bytes) = BASE64.decode(value.as_bytes()) else {
+        return;
+    };
+    let Ok(mut status) = tonic_types::Status::decode(bytes.as_slice()) else {
+        return;
+    };
+    let has = |name: &str| {
+        status
+            .details
+            .iter()
+            .any(|any| any.type_url.rsplit('/').next() == Some(name))
+    };
+    let info = !has("google.rpc.ErrorInfo");
+    let request = !has("google.rpc.RequestInfo") && call.request_id().is_some();
+    if !info && !request {
+        return;
+    }
+    // The `Any`s are made by tonic-types (its own encoding of a Status with
+    // just these details), then appended: the details already there, of
+    // whatever type, are kept as they are.
+    let extra = Status::with_error_details(Code::Ok, "", missing(code, call, info, request));
+    if let Ok(extra) = tonic_types::Status::decode(extra.details()) {
+        status.details.extend(extra.details);
+        insert(headers, &status.encode_to_vec());
+    }
+}
+
+/// The details this layer adds: an `ErrorInfo` named after the code, and
+/// the call's `RequestInfo`.
+fn missing(code: Code, call: &Call, info: bool, request: bool) -> ErrorDetails {
+    let mut details = ErrorDetails::new();
+    if info {
+        details.set_error_info(reason_of(code), call.domain(), HashMap::new());
+    }
+    if request && let Some(id) = call.request_id() {
+        details.set_request_info(id, "");
+    }
+    details
+}
+
+fn insert(headers: &mut http::HeaderMap, details: &[u8]) {
+    // Base64 is always a valid header value.
+    if let Ok(value) = HeaderValue::from_str(&BASE64.encode(details)) {
+        headers.insert(DETAILS, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+    use std::convert::Infallible;
+    use tower::ServiceExt;
+
+    const FALLBACK: &str = "test.v1.Fallback";
+
+    fn request(path: &str, request_id: &str) -> http::Request<()> {
+        let mut request = http::Request::builder().uri(path).body(()).unwrap();
+        request.extensions_mut().insert(Arc::new(CallContext {
+            request_id: request_id.into(),
+            ..Default::default()
+        }));
+        request.extensions_mut().insert(RpcMethod::from_path(path));
+        request
+    }
+
+    /// Calls a service answering `response()` through the layer.
+    async fn rescued(
+        path: &str,
+        response: impl Fn() -> http::Response<tonic::body::Body> + Clone + Send + 'static,
+    ) -> http::Response<tonic::body::Body> {
+        let inner = tower::service_fn(move |_: http::Request<()>| {
+            let response = response.clone();
+            async move { Ok::<_, Infallible>(response()) }
+        });
+        RescueLayer::new(FALLBACK)
+            .layer(inner)
+            .oneshot(request(path, "req-1"))
+            .await
+            .unwrap()
+    }
+
+    /// A streaming response: one data frame, then `end` (trailers or an error).
+    fn streamed(
+        end: Result<Frame<Bytes>, Status>,
+    ) -> impl Fn() -> http::Response<tonic::body::Body> + Clone + Send + 'static {
+        let end = std::sync::Arc::new(std::sync::Mutex::new(Some(end)));
+        move || {
+            let end = end.lock().unwrap().take().expect("called once");
+            let frames = vec![Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))), end];
+            http::Response::new(tonic::body::Body::new(StreamBody::new(
+                futures::stream::iter(frames),
+            )))
+        }
+    }
+
+    /// Every frame of a body, data frames dropped; the trailers, if any.
+    async fn trailers(response: http::Response<tonic::body::Body>) -> Option<http::HeaderMap> {
+        let mut body = response.into_body();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            if let Ok(t) = frame.expect("no body error gets through").into_trailers() {
+                trailers = Some(t);
+            }
+        }
+        trailers
+    }
+
+    fn status(headers: &http::HeaderMap) -> Status {
+        Status::from_header_map(headers).expect("a status")
+    }
+
+    #[tokio::test]
+    async fn a_trailers_only_error_without_details_gets_error_info_and_request_info() {
+        let response = rescued("/orders.v1.OrderService/Nope", || {
+            Status::unimplemented("").into_http()
+        })
+        .await;
+        let status = status(response.headers());
+        assert_eq!(status.code(), Code::Unimplemented);
+        assert_eq!(status.message(), "");
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "UNIMPLEMENTED");
+        assert_eq!(info.domain, "orders.v1.OrderService");
+        assert_eq!(details.request_info().unwrap().request_id, "req-1");
+        // The Status inside agrees with grpc-status and grpc-message, as
+        // clients check.
+        let inner = tonic_types::Status::decode(status.details()).unwrap();
+        assert_eq!(inner.code, Code::Unimplemented as i32);
+        assert_eq!(inner.message, "");
+    }
+
+    #[tokio::test]
+    async fn details_already_there_are_kept_and_given_the_request_id() {
+        let response = rescued("/orders.v1.OrderService/GetOrder", || {
+            let mut details = ErrorDetails::with_error_info("ORDER_NOT_FOUND", "x", HashMap::new());
+            details.set_resource_info("order", "o-1", "", "not visible");
+            Status::with_error_details(Code::NotFound, "order not found", details).into_http()
+        })
+        .await;
+        let status = status(response.headers());
+        assert_eq!(status.message(), "order not found");
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "ORDER_NOT_FOUND");
+        assert_eq!(details.resource_info().unwrap().resource_name, "o-1");
+        assert_eq!(details.request_info().unwrap().request_id, "req-1");
+        assert_eq!(status.get_error_details_vec().len(), 3, "nothing doubled");
+    }
+
+    #[tokio::test]
+    async fn complete_details_are_left_byte_for_byte() {
+        let original = {
+            let mut details = ErrorDetails::with_error_info("R", "d", HashMap::new());
+            details.set_request_info("someone-else", "");
+            Status::with_error_details(Code::Aborted, "m", details)
+        };
+        let sent = original.details().to_vec();
+        let response = rescued("/orders.v1.OrderService/CancelOrder", move || {
+            Status::with_details(Code::Aborted, "m", sent.clone().into()).into_http()
+        })
+        .await;
+        assert_eq!(status(response.headers()).details(), original.details());
+    }
+
+    #[tokio::test]
+    async fn error_trailers_of_a_stream_are_completed() {
+        let mut trailers = http::HeaderMap::new();
+        Status::internal("boom").add_header(&mut trailers).unwrap();
+        let response = rescued(
+            "/orders.v1.OrderService/WatchOrder",
+            streamed(Ok(Frame::trailers(trailers))),
+        )
+        .await;
+        let status = status(&trailers_of(response).await);
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "boom");
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "INTERNAL");
+        assert_eq!(details.request_info().unwrap().request_id, "req-1");
+    }
+
+    async fn trailers_of(response: http::Response<tonic::body::Body>) -> http::HeaderMap {
+        trailers(response)
+            .await
+            .expect("the body ends with trailers")
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_ends_with_its_status_as_trailers() {
+        let response = rescued(
+            "/orders.v1.OrderService/WatchOrder",
+            streamed(Err(Status::unavailable("gone"))),
+        )
+        .await;
+        let status = status(&trailers_of(response).await);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "gone");
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "UNAVAILABLE"
+        );
+    }
+
+    #[tokio::test]
+    async fn ok_responses_pass_untouched() {
+        let mut ok = http::HeaderMap::new();
+        Status::ok("").add_header(&mut ok).unwrap();
+        let response = rescued(
+            "/orders.v1.OrderService/WatchOrder",
+            streamed(Ok(Frame::trailers(ok.clone()))),
+        )
+        .await;
+        assert_eq!(trailers_of(response).await, ok);
+        let response = rescued("/orders.v1.OrderService/GetOrder", || {
+            Status::ok("").into_http()
+        })
+        .await;
+        assert!(response.headers().get(DETAILS).is_none());
+    }
+
+    #[test]
+    fn the_domain_is_the_called_service_unless_the_path_names_none() {
+        for service in ["orders.v1.OrderService", "grpc.health.v1.Health", "a_b.C9"] {
+            assert_eq!(error_domain(service, FALLBACK), service);
+        }
+        let long = "a.".repeat(100) + "B";
+        for junk in ["", "a..b", "1a.B", "a b", "a/b", "é.b", long.as_str()] {
+            assert_eq!(error_domain(junk, FALLBACK), FALLBACK, "{junk:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_path_gets_the_fallback_domain() {
+        let response = rescued(&format!("/{}/x", "x".repeat(4096)), || {
+            Status::unimplemented("").into_http()
+        })
+        .await;
+        let status = status(response.headers());
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().domain,
+            FALLBACK
+        );
+    }
+}
