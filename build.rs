@@ -16,10 +16,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Well-known types from pbjson-types, so Timestamp serializes as RFC 3339.
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
-        .compile_protos(&["proto/orders/v1/orders.proto"], &["proto"])?;
+        // The orders proto imports the platform's access option.
+        .compile_protos(
+            &["proto/orders/v1/orders.proto"],
+            &["proto", grpc_platform::PROTO_INCLUDE_DIR],
+        )?;
     pbjson_build::Builder::new()
         .register_descriptors(&std::fs::read(&descriptors)?)?
         .build(&[".orders.v1"])?;
     println!("cargo:rerun-if-changed=proto");
+    println!(
+        "cargo:rerun-if-changed={}",
+        grpc_platform::PROTO_INCLUDE_DIR
+    );
     Ok(())
 }

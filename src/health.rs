@@ -1,9 +1,9 @@
 //! `grpc.health.v1.Health` for probes (README "Ports and probes").
 //!
 //! Names: `liveness` is SERVING while the process can serve at all;
-//! `readiness`, `` (the empty name) and `orders.v1.OrderService` are SERVING
-//! only while the database answers the periodic check and the server is not
-//! draining. `Watch` streams every change, until the server stops (after
+//! `readiness`, `` (the empty name) and the name of every service the
+//! application mounted are SERVING only while the database answers the
+//! periodic check and the server is not draining. `Watch` streams every change, until the server stops (after
 //! draining): then open watches end with UNAVAILABLE, so a client-side
 //! health check (gRFC A17, as the SDK does) notices at once and graceful
 //! shutdown is not held up by streams that would never end by themselves.
@@ -27,8 +27,9 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 pub const LIVENESS: &str = "liveness";
-/// The names that follow readiness.
-pub const READINESS_NAMES: [&str; 3] = ["", "readiness", "orders.v1.OrderService"];
+/// The names that follow readiness whatever is mounted; each mounted
+/// service's name follows it too.
+pub const READINESS: [&str; 2] = ["", "readiness"];
 
 /// The server's health, shared by the probes on both ports.
 #[derive(Clone)]
@@ -37,6 +38,8 @@ pub struct HealthState {
 }
 
 struct Inner {
+    /// [`READINESS`] and the mounted services' names.
+    readiness_names: Vec<String>,
     liveness: watch::Sender<ServingStatus>,
     readiness: watch::Sender<ServingStatus>,
     database_ok: AtomicBool,
@@ -45,17 +48,19 @@ struct Inner {
     stopped: watch::Sender<bool>,
 }
 
-impl Default for HealthState {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl HealthState {
-    /// Live and ready: the server is only built once the database answered.
-    pub fn new() -> Self {
+    /// Live and ready (the server is only built once the database
+    /// answered), for the names in [`READINESS`] and `services`, the full
+    /// gRPC names of the services mounted.
+    pub fn new<'a>(services: impl IntoIterator<Item = &'a str>) -> Self {
+        let readiness_names = READINESS
+            .into_iter()
+            .chain(services)
+            .map(str::to_owned)
+            .collect();
         Self {
             inner: Arc::new(Inner {
+                readiness_names,
                 liveness: watch::Sender::new(ServingStatus::Serving),
                 readiness: watch::Sender::new(ServingStatus::Serving),
                 database_ok: AtomicBool::new(true),
@@ -123,7 +128,7 @@ impl HealthState {
     fn sender(&self, name: &str) -> Option<&watch::Sender<ServingStatus>> {
         if name == LIVENESS {
             Some(&self.inner.liveness)
-        } else if READINESS_NAMES.contains(&name) {
+        } else if self.inner.readiness_names.iter().any(|n| n == name) {
             Some(&self.inner.readiness)
         } else {
             None

@@ -2,6 +2,7 @@
 //! Everything else lives in the library, where tests reach it.
 
 use clap::{Parser, Subcommand};
+use grpc_platform::methods::PolicyError;
 use orders::config::{EXIT_CONFIG, Environment, Settings, Sources};
 use orders::dev::{DevCerts, DevClaims};
 use orders::startup::Application;
@@ -56,6 +57,11 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
+            // The access the protos declare is part of what a start checks.
+            if let Err(e) = orders::startup::method_table() {
+                eprintln!("orders-server: {e}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
             println!("# environment: {}", settings.environment.as_str());
             print!("{}", settings.redacted_toml());
             ExitCode::SUCCESS
@@ -141,6 +147,11 @@ async fn run(settings: Settings) -> ExitCode {
             Ok(app) => app,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "cannot start");
+                // A method that declares no access (or a malformed policy)
+                // is a configuration error: exit 78, as for settings.
+                if e.downcast_ref::<PolicyError>().is_some() {
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                }
                 return ExitCode::FAILURE;
             }
         };

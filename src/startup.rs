@@ -5,8 +5,9 @@ use crate::auth::{AuthLayer, Verifier};
 use crate::config::{Environment, Settings};
 use crate::health::HealthState;
 use crate::middleware::{
-    concurrency::ConcurrencyLimitLayer, deadline::DeadlineLayer, message_size::MessageSizeLayer,
-    observe::ObserveLayer, panic_guard::PanicGuardLayer, rescue::RescueLayer,
+    MethodTable, concurrency::ConcurrencyLimitLayer, deadline::DeadlineLayer,
+    message_size::MessageSizeLayer, observe::ObserveLayer, panic_guard::PanicGuardLayer,
+    rescue::RescueLayer,
 };
 use crate::pb::order_service_server::OrderServiceServer;
 use crate::service::Orders;
@@ -14,6 +15,7 @@ use crate::store::{self, Store};
 use crate::telemetry::Metrics;
 use crate::{admin, dev, serve, tls};
 use anyhow::Context;
+use grpc_platform::methods::PolicyError;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::codec::CompressionEncoding;
+use tonic::server::NamedService;
 use tower::ServiceBuilder;
 /// How long in-flight calls may take to finish once draining is over.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -37,12 +40,42 @@ pub struct Application {
     store: Arc<dyn Store>,
     verifier: Verifier,
     tls: Option<Arc<tls::CertState>>,
+    methods: Arc<MethodTable>,
+}
+
+/// Every method the server serves, with its streaming kind and its access
+/// as the protos declare them: the orders service (each method must declare
+/// its access, or this fails naming the method), and the platform's health
+/// and reflection, which need no token.
+pub fn method_table() -> Result<MethodTable, PolicyError> {
+    let mut methods = MethodTable::new();
+    methods.mount(
+        <OrderServiceServer<Orders> as NamedService>::NAME,
+        crate::pb::FILE_DESCRIPTOR_SET,
+    )?;
+    methods.mount_public(
+        <tonic_health::pb::health_server::HealthServer<()> as NamedService>::NAME,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    )?;
+    methods.mount_public(
+        <tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer<()> as NamedService>::NAME,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    )?;
+    methods.mount_public(
+        <tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer<()> as NamedService>::NAME,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    )?;
+    Ok(methods)
 }
 
 impl Application {
     /// Prepares everything that can fail (certificates, keys, database,
     /// migrations, the port) before anything is served.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // First, as it fails on what the code declares, not on the machine:
+        // a method whose access nobody decided never serves. The error is a
+        // `PolicyError`, which the binary reports with exit 78.
+        let methods = Arc::new(method_table()?);
         if settings.dev.generate_certs && settings.environment != Environment::Production {
             let certs = dev::DevCerts::new(&settings.dev.certs_dir);
             if !certs.complete() {
@@ -94,11 +127,12 @@ impl Application {
             addr,
             admin_listener,
             admin_addr,
-            health: HealthState::new(),
+            health: HealthState::new(methods.services()),
             metrics: Arc::new(Metrics::new()),
             store,
             verifier,
             tls,
+            methods,
         })
     }
 
@@ -179,7 +213,10 @@ impl Application {
         // The order of the stack is explained in `crate::middleware`.
         let stack = ServiceBuilder::new()
             // Request id, span, metrics and access log.
-            .layer(ObserveLayer::new(self.metrics.grpc.clone()))
+            .layer(ObserveLayer::new(
+                self.metrics.grpc.clone(),
+                self.methods.clone(),
+            ))
             // Every error leaves with a google.rpc.Status: details added
             // where the layers below, the handlers or tonic gave none.
             .layer(RescueLayer::new(
@@ -195,7 +232,7 @@ impl Application {
             ))
             // Auth: an unauthenticated call costs a header parse, never a
             // handler or a database query.
-            .layer(AuthLayer::new(self.verifier.clone()))
+            .layer(AuthLayer::new(self.verifier.clone(), self.methods.clone()))
             .layer(MessageSizeLayer)
             .layer(PanicGuardLayer);
         let routes = tonic::service::Routes::new(self.health.service()).add_service(orders);

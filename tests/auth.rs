@@ -311,3 +311,208 @@ async fn rs256_and_eddsa_pem_keys_and_development_hs256_secrets_verify() {
         .unwrap_err();
     assert_eq!(err.reason().as_deref(), Some("ALGORITHM_NOT_ALLOWED"));
 }
+
+/// Every OrderService method's path with the scopes its proto declares, read
+/// from the descriptor set the server is built from (not from the server's
+/// own method table, which is what is being checked).
+fn declared_scopes() -> Vec<(String, Vec<String>)> {
+    let pool = prost_reflect::DescriptorPool::decode(orders::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let access = pool
+        .get_extension_by_name("grpc_platform.v1.access")
+        .expect("the access option is in the descriptor set");
+    let service = pool
+        .get_service_by_name("orders.v1.OrderService")
+        .expect("OrderService is in the descriptor set");
+    service
+        .methods()
+        .map(|method| {
+            let path = format!("/{}/{}", service.full_name(), method.name());
+            let options = method.options();
+            assert!(options.has_extension(&access), "{path} declares its access");
+            let value = options.get_extension(&access);
+            let scopes = value
+                .as_message()
+                .expect("the option is a message")
+                .get_field_by_name("scopes")
+                .map(|list| {
+                    list.as_list()
+                        .expect("scopes is a list")
+                        .iter()
+                        .map(|scope| scope.as_str().expect("a scope is a string").to_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (path, scopes)
+        })
+        .collect()
+}
+
+/// How a call to `path` ends, made the same way whatever the method's kind:
+/// one default (empty) message is sent and the request half-closed, and the
+/// response is read to its end. A refusal by auth comes before any handler
+/// runs, in the response headers.
+async fn raw_call(server: &TestServer, path: &str, token: Option<&str>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(server.anonymous().await.channel());
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(futures::stream::iter([()]));
+    // Bounds the call should a handler wait for more than it is sent.
+    request.set_timeout(std::time::Duration::from_secs(10));
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    // `()` encodes as no bytes, the default value of every message, and
+    // decodes any message by skipping its fields.
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(path).unwrap();
+    let mut responses = match grpc.streaming(request, path, codec).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return status,
+    };
+    loop {
+        match responses.message().await {
+            Ok(Some(())) => {}
+            Ok(None) => return tonic::Status::ok(""),
+            Err(status) => return status,
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_scopes_the_server_enforces_are_the_ones_the_proto_declares() {
+    let declared = declared_scopes();
+    assert!(!declared.is_empty(), "OrderService has methods");
+    for (path, scopes) in &declared {
+        assert!(!scopes.is_empty(), "{path} declares a scope");
+    }
+    let all: std::collections::BTreeSet<&str> = declared
+        .iter()
+        .flat_map(|(_, scopes)| scopes.iter().map(String::as_str))
+        .collect();
+
+    let server = TestServer::start(Backend::sqlite()).await;
+    for (path, scopes) in &declared {
+        // Every scope there is but one the method declares: refused, naming it.
+        for scope in scopes {
+            let others: Vec<&str> = all.iter().copied().filter(|s| s != scope).collect();
+            let token = server.certs.token("alice", &others.join(" "));
+            let status = raw_call(&server, path, Some(&token)).await;
+            assert_eq!(
+                status.code(),
+                Code::PermissionDenied,
+                "{path} without {scope}: {status:?}"
+            );
+            let info = tonic_types::StatusExt::get_details_error_info(&status)
+                .unwrap_or_else(|| panic!("{path}: ErrorInfo details"));
+            assert_eq!(info.reason, "MISSING_SCOPE", "{path}");
+            assert_eq!(info.metadata["required_scope"], *scope, "{path}");
+        }
+        // Only what the method declares: auth lets it through to the handler,
+        // which answers what it makes of an empty request.
+        let token = server.certs.token("alice", &scopes.join(" "));
+        let status = raw_call(&server, path, Some(&token)).await;
+        assert!(
+            !matches!(
+                status.code(),
+                Code::Unauthenticated | Code::PermissionDenied
+            ),
+            "{path} with {scopes:?}: {status:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_path_no_service_serves_needs_a_token() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let path = "/payments.v1.PaymentService/Pay";
+    let status = raw_call(&server, path, None).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let token = server.certs.token("alice", READ_WRITE);
+    let status = raw_call(&server, path, Some(&token)).await;
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+}
+
+#[tokio::test]
+async fn health_and_reflection_need_no_token() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let server = TestServer::start(Backend::sqlite()).await;
+    // A client that sends no token, on the main (TLS) port.
+    let channel = server.anonymous().await.channel();
+
+    let mut health = HealthClient::new(channel.clone());
+    let check = health
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(check.status(), ServingStatus::Serving);
+    let mut watch = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("a first status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    let list = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let response = reflection
+        .server_reflection_info(futures::stream::iter([list]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .expect("a reflection answer");
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(services)) =
+        response.message_response
+    else {
+        panic!("v1: {response:?}");
+    };
+    assert!(
+        services
+            .service
+            .iter()
+            .any(|s| s.name == "orders.v1.OrderService"),
+        "v1: {services:?}"
+    );
+
+    let list = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut reflection = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let response = reflection
+        .server_reflection_info(futures::stream::iter([list]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .expect("a reflection answer");
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(services)) =
+        response.message_response
+    else {
+        panic!("v1alpha: {response:?}");
+    };
+    assert!(
+        services
+            .service
+            .iter()
+            .any(|s| s.name == "orders.v1.OrderService"),
+        "v1alpha: {services:?}"
+    );
+}

@@ -400,7 +400,7 @@ fn check(overlay: &'static str) -> Option<(Settings, Rendered)> {
             "{overlay}: {probe} asks for {service:?}"
         );
     }
-    assert!(orders::health::READINESS_NAMES.contains(&"readiness"));
+    assert!(orders::health::READINESS.contains(&"readiness"));
 
     // --- shutdown: the grace period covers the pause, the drain and the
     // longest call (or the server's own in-flight grace, if longer).

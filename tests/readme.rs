@@ -68,8 +68,8 @@ async fn the_readme_examples_work_as_written() {
     let server = TestServer::start(Backend::sqlite()).await;
     let port = server.addr.port().to_string();
 
-    // A work tree as the README assumes it: certs/dev/ca.pem, proto/, .venv/,
-    // target/release/ordersctl.
+    // A work tree as the README assumes it: certs/dev/ca.pem, proto/,
+    // platform/proto/, .venv/, target/release/ordersctl.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("certs/dev")).unwrap();
     std::fs::write(dir.path().join("certs/dev/ca.pem"), server.certs.ca()).unwrap();
@@ -80,6 +80,12 @@ async fn the_readme_examples_work_as_written() {
     )
     .unwrap();
     std::os::unix::fs::symlink(repo.join("proto"), dir.path().join("proto")).unwrap();
+    std::fs::create_dir_all(dir.path().join("platform")).unwrap();
+    std::os::unix::fs::symlink(
+        repo.join("platform/proto"),
+        dir.path().join("platform/proto"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(repo.join(".venv"), dir.path().join(".venv")).unwrap();
     let path = format!(
         "{}:{}",

@@ -37,16 +37,17 @@ import jwt
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def generate_stubs(proto_dir: Path, out_dir: Path) -> None:
-    """grpc_tools.protoc over every .proto under proto_dir into out_dir."""
+def generate_stubs(proto_dirs: list[Path], out_dir: Path) -> None:
+    """grpc_tools.protoc over every .proto under proto_dirs (each also an include
+    path) into out_dir."""
     from grpc_tools import protoc
 
-    protos = sorted(str(p.relative_to(proto_dir)) for p in proto_dir.rglob("*.proto"))
+    protos = sorted({str(p.relative_to(d)) for d in proto_dirs for p in d.rglob("*.proto")})
     well_known = resources.files("grpc_tools") / "_proto"
     code = protoc.main(
         [
             "grpc_tools.protoc",
-            f"-I{proto_dir}",
+            *(f"-I{d}" for d in proto_dirs),
             f"-I{well_known}",
             f"--python_out={out_dir}",
             f"--grpc_python_out={out_dir}",
@@ -212,7 +213,7 @@ def make_servicer(pb, rpc, verifier: Verifier):
 async def serve(args) -> None:
     stubs = Path(tempfile.mkdtemp(prefix="orders-bench-stubs-"))
     try:
-        generate_stubs(Path(args.proto_dir), stubs)
+        generate_stubs([Path(args.proto_dir), Path(args.platform_proto_dir)], stubs)
         sys.path.insert(0, str(stubs))
         from orders.v1 import orders_pb2 as pb
         from orders.v1 import orders_pb2_grpc as rpc
@@ -246,6 +247,8 @@ def main() -> None:
     parser.add_argument("--issuer", required=True)
     parser.add_argument("--audience", required=True)
     parser.add_argument("--proto-dir", default=str(REPO_ROOT / "proto"))
+    # The orders proto imports the platform's access option (grpc_platform/v1/access.proto).
+    parser.add_argument("--platform-proto-dir", default=str(REPO_ROOT / "platform" / "proto"))
     asyncio.run(serve(parser.parse_args()))
 
 

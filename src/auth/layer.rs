@@ -1,38 +1,35 @@
-//! The tower layer that authenticates OrderService calls.
+//! The tower layer that authenticates and authorizes every call.
+//!
+//! Closed by default: each call needs a valid token carrying the scopes its
+//! method declares in the proto (the `grpc_platform.v1.access` option, read
+//! into the [`MethodTable`] at start-up). Only methods the table holds as
+//! public pass without one: the platform's health and reflection, and
+//! methods whose proto says `public`. A path the table does not know needs a
+//! valid token too.
 //!
 //! A layer rather than a tonic interceptor because it must see the method
-//! path (to pick the required scope) and must leave health and reflection
-//! alone, which share the port but need no token.
+//! path, and must let the public methods through untouched.
 
-use super::{AuthError, Principal, SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Verifier, require};
-use crate::middleware::CallContext;
+use super::{AuthError, Principal, Verifier};
 use crate::middleware::rescue::error_domain;
+use crate::middleware::{CallContext, MethodTable};
 use futures::future::{BoxFuture, Either, Ready, ready};
+use grpc_platform::methods::Access;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-/// The path prefix of the methods that need a token.
-const PROTECTED_PREFIX: &str = "/orders.v1.OrderService/";
-
-/// The scope a method needs (README "Authentication and authorization"), by method name.
-pub fn required_scope(method: &str) -> Option<&'static str> {
-    Some(match method {
-        "GetOrder" | "ListOrders" | "WatchOrder" | "TrackOrders" => SCOPE_READ,
-        "RegisterOrder" | "CancelOrder" | "UpdateOrder" => SCOPE_WRITE,
-        "AdvanceOrder" => SCOPE_ADMIN,
-        _ => return None,
-    })
-}
-
 #[derive(Clone)]
 pub struct AuthLayer {
     verifier: Verifier,
+    methods: Arc<MethodTable>,
 }
 
 impl AuthLayer {
-    pub fn new(verifier: Verifier) -> Self {
-        Self { verifier }
+    /// Calls are checked against the access each method in `methods`
+    /// declares.
+    pub fn new(verifier: Verifier, methods: Arc<MethodTable>) -> Self {
+        Self { verifier, methods }
     }
 }
 
@@ -43,6 +40,7 @@ impl<S> Layer<S> for AuthLayer {
         Auth {
             inner,
             verifier: self.verifier.clone(),
+            methods: self.methods.clone(),
         }
     }
 }
@@ -51,6 +49,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     verifier: Verifier,
+    methods: Arc<MethodTable>,
 }
 
 /// Ready refusal | the inner call (fast path: known key or cached token) |
@@ -75,11 +74,14 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let Some(method) = request.uri().path().strip_prefix(PROTECTED_PREFIX) else {
-            return Either::Left(Either::Right(self.inner.call(request)));
+        let access = match self.methods.get(request.uri().path()) {
+            Some(method) => method.access.clone(),
+            None => Access::any_token(),
         };
-        let scope = required_scope(method);
-        match check(&self.verifier, request.headers(), scope) {
+        if access == Access::Public {
+            return Either::Left(Either::Right(self.inner.call(request)));
+        }
+        match check(&self.verifier, request.headers(), &access) {
             Ok(principal) => {
                 admit(&mut request, principal);
                 Either::Left(Either::Right(self.inner.call(request)))
@@ -93,7 +95,7 @@ where
                 let verifier = self.verifier.clone();
                 Either::Right(Box::pin(async move {
                     verifier.refresh_for_unknown_key().await;
-                    match check(&verifier, request.headers(), scope) {
+                    match check(&verifier, request.headers(), &access) {
                         Ok(principal) => {
                             admit(&mut request, principal);
                             inner.call(request).await
@@ -107,14 +109,15 @@ where
     }
 }
 
+/// A principal holding every scope `access` names.
 fn check(
     verifier: &Verifier,
     headers: &http::HeaderMap,
-    scope: Option<&'static str>,
+    access: &Access,
 ) -> Result<Principal, AuthError> {
     let principal = verifier.authenticate(headers)?;
-    if let Some(scope) = scope {
-        require(&principal, scope)?;
+    if let Some(missing) = access.scopes().iter().find(|s| !principal.has_scope(s)) {
+        return Err(AuthError::MissingScope(missing.clone()));
     }
     Ok(principal)
 }
@@ -135,4 +138,246 @@ fn admit<B>(request: &mut http::Request<B>, principal: Principal) {
         let _ = call.subject.set(principal.subject().as_str().to_owned());
     }
     request.extensions_mut().insert(principal);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{KeySet, KeySource, TokenRules};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use std::collections::HashSet;
+    use std::task::Poll;
+    use tonic::{Code, Status};
+    use tonic_types::StatusExt;
+    use tower_test::mock;
+
+    const ISSUER: &str = "layer-test";
+    const AUDIENCE: &str = "orders";
+    /// The PEM file's stem, which is the key's `kid`.
+    const KID: &str = "layer-key";
+
+    type Request = http::Request<()>;
+    type Response = http::Response<tonic::body::Body>;
+    /// The layer under test, over the mock that stands for the handlers.
+    type Stack = mock::Spawn<Auth<mock::Mock<Request, Response>>>;
+    type Handle = mock::Handle<Request, Response>;
+
+    /// A verifier holding one ES256 key made for the test, and the means to
+    /// sign tokens with it.
+    struct Keys {
+        verifier: Verifier,
+        signing: EncodingKey,
+        // The public key's file; kept until the test ends.
+        _dir: tempfile::TempDir,
+    }
+
+    impl Keys {
+        fn new() -> Self {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let public = dir.path().join(format!("{KID}.pem"));
+            std::fs::write(&public, key.public_key_pem()).unwrap();
+            let rules = TokenRules {
+                issuer: ISSUER.into(),
+                audience: AUDIENCE.into(),
+                algorithms: vec![Algorithm::ES256],
+                leeway_secs: 0,
+            };
+            let keys = KeySet::load(&[KeySource::PemFile(public)]).unwrap();
+            Self {
+                verifier: Verifier::new(rules, keys),
+                signing: EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+                _dir: dir,
+            }
+        }
+
+        /// A valid token for `sub` carrying `scope` (space-separated).
+        fn token(&self, sub: &str, scope: &str) -> String {
+            let now = crate::auth::unix_now();
+            let claims = serde_json::json!({
+                "sub": sub, "scope": scope, "iss": ISSUER, "aud": AUDIENCE,
+                "iat": now, "nbf": now, "exp": now + 600,
+            });
+            let mut header = Header::new(Algorithm::ES256);
+            header.kid = Some(KID.into());
+            jsonwebtoken::encode(&header, &claims, &self.signing).unwrap()
+        }
+    }
+
+    /// The auth layer over a mock inner service, with the orders server's
+    /// own method table; the handle sees every call that gets through.
+    fn stack(keys: &Keys) -> (Stack, Handle) {
+        let methods = Arc::new(crate::startup::method_table().unwrap());
+        mock::spawn_layer(AuthLayer::new(keys.verifier.clone(), methods))
+    }
+
+    fn call(path: &str, token: Option<&str>) -> Request {
+        let mut request = http::Request::builder().uri(path);
+        if let Some(token) = token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        request.body(()).unwrap()
+    }
+
+    fn status(response: &Response) -> Status {
+        Status::from_header_map(response.headers()).expect("a trailers-only gRPC response")
+    }
+
+    /// Sends `request` through the layer and expects the layer to answer it
+    /// itself: the inner service never sees the call.
+    async fn refused(svc: &mut Stack, handle: &mut Handle, request: Request) -> Status {
+        assert!(svc.poll_ready().is_ready());
+        let response = svc.call(request).await.unwrap();
+        // The mock hands a call to the handle when it is made, so a call that
+        // got through would be waiting here already.
+        assert!(
+            handle.poll_request().is_pending(),
+            "a refused call never reaches the inner service"
+        );
+        status(&response)
+    }
+
+    /// Sends `request` through the layer, expects the inner service to get
+    /// it, answers OK, and returns what the inner service was handed.
+    async fn passed(svc: &mut Stack, handle: &mut Handle, request: Request) -> Request {
+        assert!(svc.poll_ready().is_ready());
+        let response = svc.call(request);
+        let Poll::Ready(Some((inner, reply))) = handle.poll_request() else {
+            panic!("the call never reached the inner service");
+        };
+        reply.send_response(Status::ok("").into_http());
+        let response = response.await.unwrap();
+        assert_eq!(status(&response).code(), Code::Ok);
+        inner
+    }
+
+    #[tokio::test]
+    async fn a_health_call_without_a_token_passes_untouched() {
+        let keys = Keys::new();
+        let (mut svc, mut handle) = stack(&keys);
+        let inner = passed(
+            &mut svc,
+            &mut handle,
+            call("/grpc.health.v1.Health/Check", None),
+        )
+        .await;
+        assert!(inner.extensions().get::<Principal>().is_none());
+        // Public means not checked at all: a token that would be refused
+        // elsewhere does not stop it either, and adds no principal.
+        let inner = passed(
+            &mut svc,
+            &mut handle,
+            call("/grpc.health.v1.Health/Watch", Some("not.a.token")),
+        )
+        .await;
+        assert!(inner.extensions().get::<Principal>().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_order_call_without_a_token_is_unauthenticated_and_never_reaches_the_service() {
+        let keys = Keys::new();
+        let (mut svc, mut handle) = stack(&keys);
+        let status = refused(
+            &mut svc,
+            &mut handle,
+            call("/orders.v1.OrderService/GetOrder", None),
+        )
+        .await;
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "MISSING_TOKEN");
+        assert_eq!(info.domain, "orders.v1.OrderService");
+    }
+
+    #[tokio::test]
+    async fn a_token_without_the_declared_scope_is_denied_naming_it() {
+        let keys = Keys::new();
+        let (mut svc, mut handle) = stack(&keys);
+        // GetOrder declares `orders:read` in the proto.
+        let token = keys.token("alice", "orders:write orders:admin");
+        let status = refused(
+            &mut svc,
+            &mut handle,
+            call("/orders.v1.OrderService/GetOrder", Some(&token)),
+        )
+        .await;
+        assert_eq!(status.code(), Code::PermissionDenied);
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "MISSING_SCOPE");
+        assert_eq!(info.domain, "orders.v1.OrderService");
+        assert_eq!(info.metadata["required_scope"], "orders:read");
+    }
+
+    #[tokio::test]
+    async fn a_token_with_the_declared_scope_reaches_the_service_with_its_principal() {
+        let keys = Keys::new();
+        let (mut svc, mut handle) = stack(&keys);
+        let token = keys.token("alice", "orders:read");
+        let mut request = call("/orders.v1.OrderService/GetOrder", Some(&token));
+        let context = Arc::new(CallContext::default());
+        request.extensions_mut().insert(context.clone());
+        let inner = passed(&mut svc, &mut handle, request).await;
+        let principal = inner
+            .extensions()
+            .get::<Principal>()
+            .expect("the principal is handed to the handler");
+        assert_eq!(principal.subject().as_str(), "alice");
+        assert!(principal.has_scope("orders:read"));
+        // The access log, outside this layer, learns the subject too.
+        assert_eq!(context.subject.get().map(String::as_str), Some("alice"));
+    }
+
+    #[tokio::test]
+    async fn every_scope_a_method_declares_is_required() {
+        let keys = Keys::new();
+        let methods = crate::startup::method_table().unwrap();
+        let (mut svc, mut handle) = stack(&keys);
+        let all: HashSet<&str> = methods
+            .methods()
+            .flat_map(|m| m.access.scopes().iter().map(|s| &**s))
+            .collect();
+        let mut checked = 0;
+        for method in methods.methods().filter(|m| !m.platform) {
+            let path = format!("/{}/{}", method.service, method.name);
+            let declared: Vec<&str> = method.access.scopes().iter().map(|s| &**s).collect();
+            assert!(!declared.is_empty(), "{path} declares a scope");
+            for scope in &declared {
+                let others: Vec<&str> = all.iter().copied().filter(|s| s != scope).collect();
+                let token = keys.token("alice", &others.join(" "));
+                let status = refused(&mut svc, &mut handle, call(&path, Some(&token))).await;
+                assert_eq!(status.code(), Code::PermissionDenied, "{path}");
+                let info = status.get_details_error_info().expect("ErrorInfo");
+                assert_eq!(info.metadata["required_scope"], *scope, "{path}");
+            }
+            let token = keys.token("alice", &declared.join(" "));
+            passed(&mut svc, &mut handle, call(&path, Some(&token))).await;
+            checked += 1;
+        }
+        assert!(checked > 0, "the orders server's methods were checked");
+    }
+
+    #[tokio::test]
+    async fn a_path_no_service_serves_needs_a_token() {
+        let keys = Keys::new();
+        let (mut svc, mut handle) = stack(&keys);
+        let status = refused(
+            &mut svc,
+            &mut handle,
+            call("/payments.v1.PaymentService/Pay", None),
+        )
+        .await;
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.domain, "payments.v1.PaymentService");
+        // With any valid token it goes on (to the router, which answers
+        // UNIMPLEMENTED).
+        let token = keys.token("alice", "");
+        let inner = passed(
+            &mut svc,
+            &mut handle,
+            call("/payments.v1.PaymentService/Pay", Some(&token)),
+        )
+        .await;
+        assert!(inner.extensions().get::<Principal>().is_some());
+    }
 }

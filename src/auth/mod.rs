@@ -1,5 +1,6 @@
 //! Authentication and authorization: bearer JWTs checked against configured
-//! keys, scopes mapped to methods (README "Authentication and authorization").
+//! keys, and the scopes each method declares in the proto (README
+//! "Authentication and authorization").
 //!
 //! - [`Verifier`] checks a token: signature by a key chosen by `kid` (or, for
 //!   a token without `kid`, any key of the algorithm's family), an allowed
@@ -12,9 +13,10 @@
 //!   token names an unknown `kid` (at most once per
 //!   `auth.jwks_min_refresh_secs`, one read at a time for all callers), so
 //!   keys rotate without a restart. A failed read keeps the last good keys.
-//! - [`AuthLayer`] runs it for every `orders.v1.OrderService` call and puts
-//!   the [`Principal`] in the request extensions; health and reflection pass
-//!   untouched.
+//! - [`AuthLayer`] runs it for every call but the public ones (health,
+//!   reflection, and methods whose proto declares them public), requires the
+//!   scopes the method's proto declares, and puts the [`Principal`] in the
+//!   request extensions.
 
 mod cache;
 mod fetch;
@@ -23,7 +25,7 @@ mod layer;
 
 pub use fetch::JwksUrl;
 pub use keys::{KeyError, KeySet, KeySource};
-pub use layer::{AuthLayer, required_scope};
+pub use layer::AuthLayer;
 
 use crate::domain::{Caller, CustomerId};
 use arc_swap::ArcSwap;
@@ -43,8 +45,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// service from the call's path instead, as every layer does.
 pub const ERROR_DOMAIN: &str = crate::pb::order_service_server::SERVICE_NAME;
 
-pub const SCOPE_READ: &str = "orders:read";
-pub const SCOPE_WRITE: &str = "orders:write";
+/// The scope that makes a caller staff in the domain's eyes (every order
+/// visible); which methods need which scope, the proto declares.
 pub const SCOPE_ADMIN: &str = "orders:admin";
 
 /// Largest `authorization` value accepted, so a huge header costs no parsing.
@@ -103,7 +105,7 @@ pub enum AuthError {
     #[error("token signing key unknown")]
     UnknownKey,
     #[error("token lacks scope {0}")]
-    MissingScope(&'static str),
+    MissingScope(Arc<str>),
 }
 
 impl AuthError {
@@ -505,13 +507,4 @@ pub fn principal_of<T>(request: &tonic::Request<T>) -> Result<&Principal, Status
         .extensions()
         .get::<Principal>()
         .ok_or_else(|| AuthError::MissingToken.into())
-}
-
-/// Refuses callers without `scope`.
-pub fn require(principal: &Principal, scope: &'static str) -> Result<(), AuthError> {
-    if principal.has_scope(scope) {
-        Ok(())
-    } else {
-        Err(AuthError::MissingScope(scope))
-    }
 }

@@ -1,7 +1,8 @@
-//! Load shedding: at most `server.concurrency_limit` OrderService calls are
-//! handled at once; the next one is answered RESOURCE_EXHAUSTED at once
-//! instead of queueing (a queue only turns overload into timeouts for all).
-//! Health and reflection are never shed: probes must answer under load.
+//! Load shedding: at most `server.concurrency_limit` calls are handled at
+//! once; the next one is answered RESOURCE_EXHAUSTED at once instead of
+//! queueing (a queue only turns overload into timeouts for all). The
+//! platform's health and reflection are never shed: probes must answer
+//! under load. Every other call is, whatever service it names.
 //!
 //! Outside deadlines and auth: a shed call costs nothing but this check.
 //! A streaming call holds its slot until its response starts, not for the
@@ -10,7 +11,8 @@
 //! The refusal carries `ErrorInfo` (reason `SERVER_OVERLOADED`) and
 //! `RetryInfo`: the same call may well succeed a little later.
 
-use super::rescue::service_of;
+use super::RpcMethod;
+use super::rescue::{error_domain, service_of};
 use futures::future::{BoxFuture, FutureExt};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -73,11 +75,16 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if !request.uri().path().starts_with("/orders.v1.OrderService/") {
+        if request
+            .extensions()
+            .get::<RpcMethod>()
+            .is_some_and(|method| method.platform)
+        {
             return self.inner.call(request).boxed();
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            let status = shed(&service_of(&request));
+            let service = service_of(&request);
+            let status = shed(error_domain(&service, crate::auth::ERROR_DOMAIN));
             return futures::future::ready(Ok(status.into_http())).boxed();
         };
         let future = self.inner.call(request);
@@ -90,8 +97,7 @@ where
     }
 }
 
-/// The answer to a shed call to `domain` (the service called: only
-/// OrderService calls are shed, so the name is well-formed).
+/// The answer to a shed call to `domain` (the service called).
 fn shed(domain: &str) -> Status {
     let mut details = ErrorDetails::with_error_info("SERVER_OVERLOADED", domain, HashMap::new());
     details.set_retry_info(Some(SHED_RETRY_DELAY));
@@ -152,6 +158,81 @@ mod tests {
             crate::middleware::grpc_status(response.headers()),
             Some(Code::Ok),
             "a slot freed is taken again"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_the_limit_taken_platform_calls_pass_and_other_services_are_shed() {
+        type Request = http::Request<()>;
+        type Response = http::Response<tonic::body::Body>;
+        let table = crate::startup::method_table().unwrap();
+        // As the observe layer, above this one, marks every call.
+        let call = |path: &str| {
+            let mut request = http::Request::builder().uri(path).body(()).unwrap();
+            request
+                .extensions_mut()
+                .insert(RpcMethod::resolve(&table, path));
+            request
+        };
+        let (mut limited, mut handle) =
+            tower_test::mock::spawn_layer::<Request, Response, _>(ConcurrencyLimitLayer::new(1));
+
+        // An orders call takes the only slot and holds it: the mock answers
+        // nothing until told to.
+        assert!(limited.poll_ready().is_ready());
+        let holding = limited.call(call("/orders.v1.OrderService/GetOrder"));
+        let Poll::Ready(Some((_, release))) = handle.poll_request() else {
+            panic!("the first call reaches the handler");
+        };
+        assert_eq!(limited.get_ref().permits.available_permits(), 0);
+
+        // Health and reflection still get through.
+        for path in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(limited.poll_ready().is_ready());
+            let response = limited.call(call(path));
+            let Poll::Ready(Some((request, reply))) = handle.poll_request() else {
+                panic!("{path} is not shed");
+            };
+            assert_eq!(request.uri().path(), path);
+            reply.send_response(Status::ok("").into_http());
+            let response = response.await.unwrap();
+            assert_eq!(
+                crate::middleware::grpc_status(response.headers()),
+                Some(Code::Ok),
+                "{path}"
+            );
+        }
+
+        // Another service's call is shed like an orders call: only the
+        // platform's own methods are spared, not whatever is not orders.
+        assert!(limited.poll_ready().is_ready());
+        let response = limited
+            .call(call("/payments.v1.PaymentService/Pay"))
+            .await
+            .unwrap();
+        assert!(
+            handle.poll_request().is_pending(),
+            "a shed call never reaches the handler"
+        );
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let info = status
+            .get_error_details()
+            .error_info()
+            .cloned()
+            .expect("ErrorInfo");
+        assert_eq!(info.reason, "SERVER_OVERLOADED");
+        assert_eq!(info.domain, "payments.v1.PaymentService");
+
+        release.send_response(Status::ok("").into_http());
+        holding.await.unwrap();
+        assert_eq!(
+            limited.get_ref().permits.available_permits(),
+            1,
+            "the slot is given back when the holding call is answered"
         );
     }
 }

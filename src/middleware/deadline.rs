@@ -393,12 +393,20 @@ mod tests {
         DeadlineLayer::new(Duration::from_secs(10), Duration::from_secs(60))
     }
 
+    /// A call to `path` as the observe layer hands it on: with its method,
+    /// streaming kind included, from the server's method table.
     fn request(path: &str, timeout: Option<&str>) -> http::Request<()> {
+        static METHODS: std::sync::LazyLock<super::super::MethodTable> =
+            std::sync::LazyLock::new(|| crate::startup::method_table().unwrap());
         let mut builder = http::Request::builder().uri(path);
         if let Some(t) = timeout {
             builder = builder.header("grpc-timeout", t);
         }
-        builder.body(()).unwrap()
+        let mut request = builder.body(()).unwrap();
+        request
+            .extensions_mut()
+            .insert(RpcMethod::resolve(&METHODS, path));
+        request
     }
 
     type Handler = tower::util::BoxService<

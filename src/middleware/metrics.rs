@@ -152,8 +152,9 @@ impl GrpcMetrics {
         m
     }
 
-    /// The handles of the method at `path`, made on its first call.
-    fn handles(&self, path: &str) -> Arc<MethodHandles> {
+    /// The handles of the method at `path` (labelled as `method`), made on
+    /// its first call.
+    fn handles(&self, path: &str, method: &RpcMethod) -> Arc<MethodHandles> {
         if let Some(found) = self.methods.read().expect("metrics lock").get(path) {
             return found.clone();
         }
@@ -170,10 +171,7 @@ impl GrpcMetrics {
                 })
                 .clone();
         }
-        let handles = Arc::new(MethodHandles::new(
-            self,
-            labels(&RpcMethod::from_path(path)),
-        ));
+        let handles = Arc::new(MethodHandles::new(self, labels(method)));
         methods.insert(path.to_owned(), handles.clone());
         handles
     }
@@ -183,7 +181,7 @@ fn labels(method: &RpcMethod) -> MethodLabels {
     MethodLabels {
         grpc_type: method.kind.label().to_owned(),
         grpc_service: method.service.to_string(),
-        grpc_method: method.method.to_string(),
+        grpc_method: method.name.to_string(),
     }
 }
 
@@ -245,8 +243,12 @@ impl Body for CountedRequest {
 impl GrpcMetrics {
     /// Counts the call as started and its request messages as they are
     /// read; the [`Recorder`] counts what it sends and how it ends.
-    pub(super) fn begin(&self, request: &mut http::Request<tonic::body::Body>) -> Recorder {
-        let handles = self.handles(request.uri().path());
+    pub(super) fn begin(
+        &self,
+        request: &mut http::Request<tonic::body::Body>,
+        method: &RpcMethod,
+    ) -> Recorder {
+        let handles = self.handles(request.uri().path(), method);
         handles.started.inc();
         let received = handles.received.clone();
         let body = std::mem::replace(request.body_mut(), tonic::body::Body::empty());
@@ -270,15 +272,17 @@ mod tests {
     fn made_up_paths_cannot_grow_the_metrics_without_bound() {
         let mut registry = Registry::default();
         let metrics = GrpcMetrics::register(&mut registry);
-        let get = metrics.handles("/orders.v1.OrderService/GetOrder");
+        const GET: &str = "/orders.v1.OrderService/GetOrder";
+        let get = metrics.handles(GET, &RpcMethod::from_path(GET));
         get.started.inc();
         get.handled(Code::Ok).inc();
         assert!(
-            Arc::ptr_eq(&get, &metrics.handles("/orders.v1.OrderService/GetOrder")),
+            Arc::ptr_eq(&get, &metrics.handles(GET, &RpcMethod::from_path(GET))),
             "a method's handles are made once"
         );
         for i in 0..200 {
-            let junk = metrics.handles(&format!("/x.Y/Method{i}"));
+            let path = format!("/x.Y/Method{i}");
+            let junk = metrics.handles(&path, &RpcMethod::from_path(&path));
             junk.started.inc();
         }
         let mut text = String::new();

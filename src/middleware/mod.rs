@@ -40,57 +40,33 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tonic::Code;
 
-/// How a method streams, labelled as go-grpc-prometheus labels it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RpcKind {
-    Unary,
-    ClientStream,
-    ServerStream,
-    BidiStream,
-}
+pub use grpc_platform::methods::{Method, MethodTable, RpcKind};
 
-impl RpcKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            RpcKind::Unary => "unary",
-            RpcKind::ClientStream => "client_stream",
-            RpcKind::ServerStream => "server_stream",
-            RpcKind::BidiStream => "bidi_stream",
-        }
-    }
-}
-
-/// A call's service and method, from its path `/package.Service/Method`.
+/// The method a call is for, as the [`MethodTable`] knows it: put in the
+/// request's extensions by [`observe`] (the outermost layer), read by the
+/// layers below. Cheap to clone (one reference count).
 #[derive(Debug, Clone)]
-pub struct RpcMethod {
-    pub service: Arc<str>,
-    pub method: Arc<str>,
-    pub kind: RpcKind,
+pub struct RpcMethod(pub Arc<Method>);
+
+impl std::ops::Deref for RpcMethod {
+    type Target = Method;
+
+    fn deref(&self) -> &Method {
+        &self.0
+    }
 }
 
 impl RpcMethod {
-    pub fn from_path(path: &str) -> Self {
-        let trimmed = path.trim_start_matches('/');
-        let (service, method) = trimmed.split_once('/').unwrap_or((trimmed, ""));
-        Self {
-            kind: kind_of(service, method),
-            service: service.into(),
-            method: method.into(),
-        }
+    /// The method at `path` in `table` (a path nobody serves resolves to a
+    /// unary method that needs a token).
+    pub fn resolve(table: &MethodTable, path: &str) -> Self {
+        RpcMethod(table.resolve(path))
     }
-}
 
-/// The streaming kind of the methods this server serves; anything else is
-/// treated as unary (it will be UNIMPLEMENTED anyway).
-fn kind_of(service: &str, method: &str) -> RpcKind {
-    match (service, method) {
-        ("orders.v1.OrderService", "UpdateOrder") => RpcKind::ClientStream,
-        ("orders.v1.OrderService", "WatchOrder") | ("grpc.health.v1.Health", "Watch") => {
-            RpcKind::ServerStream
-        }
-        ("orders.v1.OrderService", "TrackOrders") => RpcKind::BidiStream,
-        (s, _) if s.starts_with("grpc.reflection.") => RpcKind::BidiStream,
-        _ => RpcKind::Unary,
+    /// A layer used without [`observe`] above it (its unit tests) knows no
+    /// table: every path is then an unknown, unary method that needs a token.
+    pub fn from_path(path: &str) -> Self {
+        RpcMethod(Arc::new(Method::unknown(path)))
     }
 }
 
@@ -325,27 +301,32 @@ mod tests {
     }
 
     #[test]
-    fn methods_are_classified_by_streaming_kind() {
+    fn served_methods_are_classified_from_their_descriptors() {
+        let table = crate::startup::method_table().unwrap();
+        let kind = |path: &str| RpcMethod::resolve(&table, path).kind;
+        assert_eq!(kind("/orders.v1.OrderService/GetOrder"), RpcKind::Unary);
         assert_eq!(
-            RpcMethod::from_path("/orders.v1.OrderService/GetOrder").kind,
-            RpcKind::Unary
-        );
-        assert_eq!(
-            RpcMethod::from_path("/orders.v1.OrderService/UpdateOrder").kind,
+            kind("/orders.v1.OrderService/UpdateOrder"),
             RpcKind::ClientStream
         );
         assert_eq!(
-            RpcMethod::from_path("/orders.v1.OrderService/WatchOrder").kind,
+            kind("/orders.v1.OrderService/WatchOrder"),
             RpcKind::ServerStream
         );
         assert_eq!(
-            RpcMethod::from_path("/orders.v1.OrderService/TrackOrders").kind,
+            kind("/orders.v1.OrderService/TrackOrders"),
             RpcKind::BidiStream
         );
-        let m = RpcMethod::from_path("/grpc.health.v1.Health/Check");
+        assert_eq!(kind("/grpc.health.v1.Health/Watch"), RpcKind::ServerStream);
         assert_eq!(
-            (&*m.service, &*m.method, m.kind),
-            ("grpc.health.v1.Health", "Check", RpcKind::Unary)
+            kind("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            RpcKind::BidiStream
         );
+        let m = RpcMethod::resolve(&table, "/grpc.health.v1.Health/Check");
+        assert_eq!(
+            (&*m.service, &*m.name, m.kind, m.platform),
+            ("grpc.health.v1.Health", "Check", RpcKind::Unary, true)
+        );
+        assert!(!RpcMethod::resolve(&table, "/orders.v1.OrderService/GetOrder").platform);
     }
 }

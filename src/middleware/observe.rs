@@ -15,8 +15,9 @@ use super::access_log::Entry;
 use super::commit::Standing;
 use super::metrics::{GrpcMetrics, Recorder};
 use super::trace::SpanEnd;
-use super::{FinishOnDrop, ObservedBody, Observer, call_scope, request_id, trace};
+use super::{FinishOnDrop, MethodTable, ObservedBody, Observer, call_scope, request_id, trace};
 use futures::future::BoxFuture;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::Code;
 use tower::{Layer, Service};
@@ -25,11 +26,14 @@ use tracing::Instrument;
 #[derive(Clone)]
 pub struct ObserveLayer {
     metrics: GrpcMetrics,
+    methods: Arc<MethodTable>,
 }
 
 impl ObserveLayer {
-    pub fn new(metrics: GrpcMetrics) -> Self {
-        Self { metrics }
+    /// `methods` names each call and tells the layers inside how it streams
+    /// and whether the application serves it.
+    pub fn new(metrics: GrpcMetrics, methods: Arc<MethodTable>) -> Self {
+        Self { metrics, methods }
     }
 }
 
@@ -39,6 +43,7 @@ impl<S> Layer<S> for ObserveLayer {
         Observe {
             inner,
             metrics: self.metrics.clone(),
+            methods: self.methods.clone(),
         }
     }
 }
@@ -47,6 +52,7 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     metrics: GrpcMetrics,
+    methods: Arc<MethodTable>,
 }
 
 /// How a call ends, told to its span, its metrics and its access-log entry.
@@ -122,10 +128,10 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
-        let (context, method) = request_id::assign(&mut request);
+        let (context, method) = request_id::assign(&mut request, &self.methods);
         let (log_span, span, span_end) = trace::spans(&request, &method, &context.request_id);
         let entry = Entry::start(&request, context.clone(), trace::trace_id_of(&span));
-        let metrics = self.metrics.begin(&mut request);
+        let metrics = self.metrics.begin(&mut request, &method);
         let observer: Box<dyn Observer> = Box::new(Observed {
             span: span_end,
             metrics,

@@ -77,7 +77,7 @@ fn internal(
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
     tracing::error!(
-        method = format_args!("/{}/{}", method.service, method.method),
+        method = format_args!("/{}/{}", method.service, method.name),
         cause,
         "handler panicked"
     );

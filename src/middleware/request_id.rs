@@ -5,7 +5,7 @@
 //! First thing [`super::observe`] does: nothing may log about a call before
 //! it has a name.
 
-use super::{CallContext, RpcMethod};
+use super::{CallContext, MethodTable, RpcMethod};
 use std::sync::Arc;
 
 pub const HEADER: &str = "x-request-id";
@@ -21,6 +21,7 @@ fn acceptable(id: &str) -> bool {
 /// echoed in the response's metadata by [`super::observe`]).
 pub(super) fn assign(
     request: &mut http::Request<tonic::body::Body>,
+    methods: &MethodTable,
 ) -> (Arc<CallContext>, RpcMethod) {
     let id = request
         .headers()
@@ -29,7 +30,7 @@ pub(super) fn assign(
         .filter(|v| acceptable(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let method = RpcMethod::from_path(request.uri().path());
+    let method = RpcMethod::resolve(methods, request.uri().path());
     let context = Arc::new(CallContext {
         request_id: id,
         ..Default::default()

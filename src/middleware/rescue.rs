@@ -63,7 +63,9 @@ const MAX_DOMAIN_BYTES: usize = 128;
 pub fn service_of<B>(request: &http::Request<B>) -> Arc<str> {
     match request.extensions().get::<RpcMethod>() {
         Some(method) => method.service.clone(),
-        None => RpcMethod::from_path(request.uri().path()).service,
+        None => grpc_platform::methods::split_path(request.uri().path())
+            .0
+            .into(),
     }
 }
 

@@ -57,12 +57,12 @@ pub(super) fn spans(
     let span = tracing::info_span!(
         parent: &log_span,
         "grpc",
-        otel.name = %format_args!("{}/{}", method.service, method.method),
+        otel.name = %format_args!("{}/{}", method.service, method.name),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         rpc.system = "grpc",
         rpc.service = %method.service,
-        rpc.method = %method.method,
+        rpc.method = %method.name,
         rpc.grpc.status_code = tracing::field::Empty,
         request_id,
     );

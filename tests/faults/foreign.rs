@@ -212,6 +212,8 @@ impl LoadProcess {
             .arg(&load.ca)
             .arg("--proto-dir")
             .arg(repo.join("proto"))
+            .arg("--platform-proto-dir")
+            .arg(repo.join("platform/proto"))
             .args(["--concurrency", &load.concurrency.to_string()])
             .args(["--write-ratio", &load.write_ratio.to_string()])
             .args(["--duration", &load.duration.as_secs_f64().to_string()])

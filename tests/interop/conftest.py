@@ -39,6 +39,7 @@ REQUIRED_ENV = {
     "ORDERS_TOKEN_STAFF": "JWT for staff, scopes orders:read orders:write orders:admin",
     "ORDERS_TOKEN_READONLY": "JWT for customer alice, scope orders:read only",
     "ORDERS_PROTO_DIR": "the proto/ folder the server was built from (default: the repository's)",
+    "PLATFORM_PROTO_DIR": "the platform/proto/ folder the orders proto imports from (default: the repository's)",
 }
 
 
@@ -57,30 +58,42 @@ def require_env(name: str) -> str:
 # --- stubs -------------------------------------------------------------------
 
 
-def _proto_dir() -> Path:
-    # Defaults to the repository's proto/ so `pytest --collect-only` works by hand;
-    # the Rust side always sets it.
-    proto_dir = Path(os.environ.get("ORDERS_PROTO_DIR") or REPO_ROOT / "proto")
-    if not proto_dir.is_dir():
-        raise pytest.UsageError(f"ORDERS_PROTO_DIR={proto_dir} is not a directory")
-    return proto_dir
+def _env_dir(name: str, default: Path) -> Path:
+    # Defaults to the repository's folders so `pytest --collect-only` works by hand;
+    # the Rust side always sets them.
+    folder = Path(os.environ.get(name) or default)
+    if not folder.is_dir():
+        raise pytest.UsageError(f"{name}={folder} is not a directory")
+    return folder
+
+
+def _proto_dirs() -> list[Path]:
+    """The include path: the service's proto folder, then the platform's (the orders
+    proto imports grpc_platform/v1/access.proto, the methods' access option, from it)."""
+    return [
+        _env_dir("ORDERS_PROTO_DIR", REPO_ROOT / "proto"),
+        _env_dir("PLATFORM_PROTO_DIR", REPO_ROOT / "platform" / "proto"),
+    ]
 
 
 def _generate_stubs(out_dir: Path) -> None:
-    """Runs grpc_tools.protoc on every .proto under the proto dir, writing *_pb2(_grpc).py."""
+    """Runs grpc_tools.protoc on every .proto under the proto dirs, writing *_pb2(_grpc).py."""
     from grpc_tools import protoc
 
-    proto_dir = _proto_dir()
-    protos = sorted(str(p.relative_to(proto_dir)) for p in proto_dir.rglob("*.proto"))
-    if not protos:
-        raise pytest.UsageError(f"no .proto files under {proto_dir}")
-    # The well-known types (google/protobuf/timestamp.proto, ...) ship inside
-    # grpc_tools, which pip always installs as plain files.
+    proto_dirs = _proto_dirs()
+    for proto_dir in proto_dirs:
+        if not any(proto_dir.rglob("*.proto")):
+            raise pytest.UsageError(f"no .proto files under {proto_dir}")
+    # Relative to their folder, as imports name them; a set, in case both
+    # variables name the same folder.
+    protos = sorted({str(p.relative_to(d)) for d in proto_dirs for p in d.rglob("*.proto")})
+    # The well-known types (google/protobuf/timestamp.proto, descriptor.proto, ...)
+    # ship inside grpc_tools, which pip always installs as plain files.
     well_known = resources.files("grpc_tools") / "_proto"
     code = protoc.main(
         [
             "grpc_tools.protoc",
-            f"-I{proto_dir}",
+            *(f"-I{d}" for d in proto_dirs),
             f"-I{well_known}",
             f"--python_out={out_dir}",
             f"--grpc_python_out={out_dir}",
@@ -88,7 +101,8 @@ def _generate_stubs(out_dir: Path) -> None:
         ]
     )
     if code != 0:
-        raise pytest.UsageError(f"grpc_tools.protoc failed (exit {code}) on {protos} in {proto_dir}")
+        dirs = ", ".join(map(str, proto_dirs))
+        raise pytest.UsageError(f"grpc_tools.protoc failed (exit {code}) on {protos} in {dirs}")
     # Regular packages (not namespace ones), so nothing else named `orders` on
     # sys.path can shadow or merge with the generated code.
     for package in {p.parent for p in out_dir.rglob("*_pb2.py")}:

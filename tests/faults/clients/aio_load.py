@@ -54,19 +54,23 @@ import grpc  # noqa: E402
 # Deadline of every call, in seconds.
 TIMEOUT = 10.0
 
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
-def generate_stubs(proto_dir: Path, out_dir: Path) -> None:
-    """grpc_tools.protoc on every .proto under proto_dir into out_dir, as regular packages."""
+
+def generate_stubs(proto_dirs: list[Path], out_dir: Path) -> None:
+    """grpc_tools.protoc on every .proto under proto_dirs (each also an include
+    path) into out_dir, as regular packages."""
     from grpc_tools import protoc
 
-    protos = sorted(str(p.relative_to(proto_dir)) for p in proto_dir.rglob("*.proto"))
-    if not protos:
-        sys.exit(f"no .proto files under {proto_dir}")
+    for proto_dir in proto_dirs:
+        if not any(proto_dir.rglob("*.proto")):
+            sys.exit(f"no .proto files under {proto_dir}")
+    protos = sorted({str(p.relative_to(d)) for d in proto_dirs for p in d.rglob("*.proto")})
     well_known = resources.files("grpc_tools") / "_proto"
     code = protoc.main(
         [
             "grpc_tools.protoc",
-            f"-I{proto_dir}",
+            *(f"-I{d}" for d in proto_dirs),
             f"-I{well_known}",
             f"--python_out={out_dir}",
             f"--grpc_python_out={out_dir}",
@@ -88,6 +92,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--authority", default="localhost", help="name the server certificate is checked against")
     p.add_argument("--ca", required=True, help="PEM CA certificate of the server")
     p.add_argument("--proto-dir", required=True)
+    p.add_argument(
+        "--platform-proto-dir",
+        default=str(REPO_ROOT / "platform" / "proto"),
+        help="the platform's protos, which the orders proto imports (default: the repository's)",
+    )
     p.add_argument("--lb", default="pick_first", choices=["pick_first", "round_robin"])
     p.add_argument("--channels", type=int, default=1, help="channels, each with connections of its own")
     p.add_argument("--concurrency", type=int, default=32, help="calls in flight, spread over the channels")
@@ -261,7 +270,7 @@ def main() -> None:
     goaways = GoawayLog()
     stubs = Path(tempfile.mkdtemp(prefix="orders-aio-load-"))
     try:
-        generate_stubs(Path(args.proto_dir), stubs)
+        generate_stubs([Path(args.proto_dir), Path(args.platform_proto_dir)], stubs)
         sys.path.insert(0, str(stubs))
         summary = asyncio.run(run(args))
     finally:

@@ -1,11 +1,13 @@
 // Load of a Node @grpc/grpc-js client for the fault tests (tests/faults/foreign.rs).
 //
-// Loads the service from the repository's proto files (@grpc/proto-loader),
-// opens one TLS channel verified against the test CA and runs --concurrency
-// workers for --duration seconds, each sending one unary call after another:
-// RegisterOrder (a fresh UUID as request_id each time) or GetOrder of an order
-// this process registered. The token comes from ORDERS_TOKEN; every call sends
-// it as `authorization: Bearer`.
+// Loads the service from the repository's proto files with @grpc/proto-loader
+// (--proto-dir, plus --platform-proto-dir for the access option orders.proto
+// imports: the repository's platform/proto unless given), opens one TLS
+// channel verified against the test CA and runs --concurrency workers for
+// --duration seconds, each sending one unary call after another: RegisterOrder
+// (a fresh UUID as request_id each time) or GetOrder of an order this process
+// registered. The token comes from ORDERS_TOKEN; every call sends it as
+// `authorization: Bearer`.
 //
 // No retries of its own: only what grpc-js does by itself (transparent retries
 // of streams the server never processed). A failed call is counted, never sent
@@ -47,6 +49,7 @@ const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
+const path = require('node:path');
 const { parseArgs } = require('node:util');
 
 const TIMEOUT_MS = 10_000;
@@ -57,6 +60,10 @@ const { values: args } = parseArgs({
     authority: { type: 'string', default: 'localhost' },
     ca: { type: 'string' },
     'proto-dir': { type: 'string' },
+    'platform-proto-dir': {
+      type: 'string',
+      default: path.resolve(__dirname, '../../../platform/proto'),
+    },
     lb: { type: 'string', default: 'pick_first' },
     concurrency: { type: 'string', default: '32' },
     duration: { type: 'string' },
@@ -79,7 +86,7 @@ if (!token) {
 const statusName = Object.fromEntries(Object.entries(grpc.status).map(([k, v]) => [v, k]));
 
 const definition = protoLoader.loadSync('orders/v1/orders.proto', {
-  includeDirs: [args['proto-dir']],
+  includeDirs: [args['proto-dir'], args['platform-proto-dir']],
   keepCase: true,
   longs: String,
   enums: String,

@@ -3,7 +3,8 @@
 // run with `node --test` by tests/interop.rs against the real TLS server).
 //
 // Everything is loaded at run time from proto files: the service from the
-// repository's proto/ (ORDERS_PROTO_DIR), google.rpc.Status and its details
+// repository's proto/ (ORDERS_PROTO_DIR) with the access option it imports from
+// platform/proto/ (PLATFORM_PROTO_DIR), google.rpc.Status and its details
 // from google-proto-files, health from grpc-health-check and reflection from
 // @grpc/reflection (the grpc-node project's own packages, which ship the
 // standard protos). Every call has a deadline and every wait on a stream has a
@@ -47,6 +48,10 @@ function env(name) {
 // --- protos --------------------------------------------------------------------
 
 const PROTO_DIR = process.env.ORDERS_PROTO_DIR || path.resolve(__dirname, '../../../proto');
+// orders.proto imports grpc_platform/v1/access.proto from here; its
+// google/protobuf/descriptor.proto is proto-loader's own.
+const PLATFORM_PROTO_DIR =
+  process.env.PLATFORM_PROTO_DIR || path.resolve(__dirname, '../../../platform/proto');
 
 // Where a package's files are (none of these packages has an `exports` map).
 function packageDir(name) {
@@ -71,7 +76,7 @@ function loadServices() {
       'grpc/reflection/v1/reflection.proto',
       'grpc/reflection/v1alpha/reflection.proto',
     ],
-    { ...LOADER_OPTIONS, includeDirs: [PROTO_DIR, reflectionDir] },
+    { ...LOADER_OPTIONS, includeDirs: [PROTO_DIR, PLATFORM_PROTO_DIR, reflectionDir] },
   );
   return grpc.loadPackageDefinition(definition);
 }
