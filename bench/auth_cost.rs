@@ -9,8 +9,8 @@
 //! dev-dependency; `--json` prints one object for scripts.
 #![forbid(unsafe_code)]
 
+use grpc_platform::dev::{DevCerts, DevClaims};
 use orders::config::{Environment, Settings};
-use orders::dev::{DevCerts, DevClaims};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     let json = std::env::args().any(|a| a == "--json");
     // A fresh key set of our own, removed at the end: never the caller's.
     let dir = std::env::temp_dir().join(format!("orders-auth-cost-{}", std::process::id()));
-    let certs = DevCerts::new(&dir);
+    let certs = DevCerts::new(&dir, orders::startup::SERVICE_NAME);
     certs.generate()?;
     let result = measure(&certs);
     let _ = std::fs::remove_dir_all(&dir);
@@ -71,7 +71,7 @@ fn measure(certs: &DevCerts) -> anyhow::Result<(Duration, Duration)> {
         s.tls.enabled = false;
         s.auth.issuer = "bench".into();
         s.auth.audience = "orders".into();
-        s.auth.jwks_file = Some(certs.path(orders::dev::JWKS));
+        s.auth.jwks_file = Some(certs.path(grpc_platform::dev::JWKS));
         s.auth.token_cache_size = cache_size;
         runtime.block_on(s.verifier())
     };

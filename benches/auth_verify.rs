@@ -7,8 +7,8 @@
 //! the two paths, which a plain loop shows, and criterion would add a large
 //! dependency tree to every build of the benches.
 
+use grpc_platform::dev::{DevCerts, DevClaims};
 use orders::config::{Environment, Settings};
-use orders::dev::{DevCerts, DevClaims};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ fn per_call(iterations: u32, mut f: impl FnMut()) -> Duration {
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = DevCerts::new(dir.path());
+    let certs = DevCerts::new(dir.path(), orders::startup::SERVICE_NAME);
     certs.generate().unwrap();
     let now = chrono::Utc::now().timestamp();
     let token = certs
@@ -52,7 +52,7 @@ fn main() {
         s.tls.enabled = false;
         s.auth.issuer = "bench".into();
         s.auth.audience = "orders".into();
-        s.auth.jwks_file = Some(certs.path(orders::dev::JWKS));
+        s.auth.jwks_file = Some(certs.path(grpc_platform::dev::JWKS));
         s.auth.token_cache_size = cache_size;
         runtime.block_on(s.verifier()).unwrap()
     };

@@ -10,7 +10,8 @@
 //! wrapped in `SecretString` so `Debug` cannot print them, and serialize as
 //! `[redacted]` for `check-config`.
 
-use crate::auth::{JwksUrl, KeyError, KeySource, TokenRules, Verifier, VerifierOptions};
+use grpc_platform::auth::{JwksUrl, KeyError, KeySource, TokenRules, Verifier, VerifierOptions};
+pub use grpc_platform::telemetry::{LogFormat, TelemetrySettings};
 use jsonwebtoken::Algorithm;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
@@ -234,31 +235,6 @@ impl Default for DatabaseSettings {
             max_connections: 8,
             group_commit: true,
             cache_orders: 10_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Pretty,
-    Json,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TelemetrySettings {
-    pub log_format: LogFormat,
-    pub log_level: String,
-    pub otlp_endpoint: Option<String>,
-}
-
-impl Default for TelemetrySettings {
-    fn default() -> Self {
-        Self {
-            log_format: LogFormat::Pretty,
-            log_level: "info".into(),
-            otlp_endpoint: None,
         }
     }
 }

@@ -8,22 +8,20 @@
 //!
 //! # Layout
 //!
-//! A request travels: TLS ([`tls`]) → tower layers, auth first ([`auth`]) →
-//! handlers ([`service`]) → domain rules ([`domain`]) → storage ([`store`]).
+//! The service is built on the `grpc_platform` crate (`platform/`): TLS,
+//! the connection loop, the tower layers, authentication and the access
+//! each method declares in the proto, health, the admin port, telemetry.
+//! What is here is the service: a request travels from the platform's
+//! layers to the handlers ([`service`]) → domain rules ([`domain`]) →
+//! storage ([`store`]).
 //!
 //! - [`pb`]: generated protobuf/gRPC code (from `proto/`).
 //! - [`sdk`]: the client SDK (`default-features = false` builds only this).
 //! - [`config`]: layered settings, validation, typed accessors.
 //! - [`startup`]: `Application::build` binds; `run_until_stopped` serves.
 //! - [`domain`]: orders, addresses, items, the lifecycle; no I/O.
-//! - [`store`]: the `Store` trait, SQLite and PostgreSQL, the change feed.
-//! - [`middleware`]: the tower layers (request id, metrics, access log,
-//!   load shedding, deadlines, panic guard).
-//! - [`health`] and [`admin`]: probes, and the plaintext admin port with
-//!   health and `GET /metrics`.
-//! - [`dev`]: development certificates and tokens.
-//! - [`serve`]: the HTTP/2 connection loop (age, GOAWAY, drain), with
-//!   [`goaway_guard`] between TLS and h2.
+//! - [`store`]: the `Store` trait, SQLite and PostgreSQL, the change feed,
+//!   and the store's metrics.
 //!
 //! # Invariants
 //!
@@ -39,50 +37,15 @@ pub mod pb;
 pub mod sdk;
 
 #[cfg(feature = "server")]
-pub mod admin;
-#[cfg(feature = "server")]
-pub mod auth;
-#[cfg(feature = "server")]
 pub mod config;
-#[cfg(feature = "server")]
-pub mod dev;
 #[cfg(feature = "server")]
 pub mod domain;
 #[cfg(feature = "server")]
-pub mod goaway_guard;
-#[cfg(feature = "server")]
-pub mod health;
-#[cfg(feature = "server")]
-pub mod log_json;
-#[cfg(feature = "server")]
-pub mod log_writer;
-#[cfg(feature = "server")]
-pub mod middleware;
-#[cfg(feature = "server")]
-pub mod serve;
-#[cfg(feature = "server")]
 pub mod service;
-#[cfg(feature = "server")]
-pub mod shutdown;
 #[cfg(feature = "server")]
 pub mod startup;
 #[cfg(feature = "server")]
 pub mod store;
-#[cfg(feature = "server")]
-pub mod telemetry;
-#[cfg(feature = "server")]
-pub mod tls;
-
-/// Aborts a background task when dropped, so tasks end with their owner.
-#[cfg(feature = "server")]
-pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
-
-#[cfg(feature = "server")]
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// The README's Rust examples, compiled by `cargo test` so they stay true.
 #[cfg(doctest)]

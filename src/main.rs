@@ -2,9 +2,9 @@
 //! Everything else lives in the library, where tests reach it.
 
 use clap::{Parser, Subcommand};
+use grpc_platform::dev::{DevCerts, DevClaims};
 use grpc_platform::methods::PolicyError;
 use orders::config::{EXIT_CONFIG, Environment, Settings, Sources};
-use orders::dev::{DevCerts, DevClaims};
 use orders::startup::Application;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,7 +67,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::DevCerts { dir } => {
-            let certs = DevCerts::new(dir.unwrap_or(settings.dev.certs_dir.clone()));
+            let certs = DevCerts::new(
+                dir.unwrap_or(settings.dev.certs_dir.clone()),
+                orders::startup::SERVICE_NAME,
+            );
             match certs.generate() {
                 Ok(()) => {
                     println!(
@@ -92,7 +95,10 @@ fn main() -> ExitCode {
                 eprintln!("orders-server: dev-token is refused in production");
                 return ExitCode::from(EXIT_CONFIG as u8);
             }
-            let certs = DevCerts::new(dir.unwrap_or(settings.dev.certs_dir.clone()));
+            let certs = DevCerts::new(
+                dir.unwrap_or(settings.dev.certs_dir.clone()),
+                orders::startup::SERVICE_NAME,
+            );
             let now = chrono::Utc::now().timestamp();
             let claims = DevClaims {
                 sub,
@@ -127,7 +133,10 @@ fn serve(settings: Settings) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let telemetry = match orders::telemetry::init(&settings.telemetry) {
+        let telemetry = match grpc_platform::telemetry::init(
+            &settings.telemetry,
+            orders::startup::SERVICE_NAME,
+        ) {
             Ok(guard) => guard,
             Err(e) => {
                 eprintln!("orders-server: telemetry.otlp_endpoint: {e:#}");
@@ -163,7 +172,10 @@ async fn run(settings: Settings) -> ExitCode {
                 port = addr.port()
             );
         }
-        match app.run_until_stopped(orders::shutdown::signal()).await {
+        match app
+            .run_until_stopped(grpc_platform::shutdown::signal())
+            .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "server failed");

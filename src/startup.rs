@@ -1,21 +1,21 @@
 //! `Application`: binds first (so callers learn the real port, even for port
 //! 0), serves later, and stops when the shutdown future it is given resolves.
 
-use crate::auth::{AuthLayer, Verifier};
 use crate::config::{Environment, Settings};
-use crate::health::HealthState;
-use crate::middleware::{
+use crate::pb::order_service_server::OrderServiceServer;
+use crate::service::Orders;
+use crate::store::{self, Store};
+use anyhow::Context;
+use grpc_platform::auth::{AuthLayer, Verifier};
+use grpc_platform::health::HealthState;
+use grpc_platform::methods::PolicyError;
+use grpc_platform::middleware::{
     MethodTable, concurrency::ConcurrencyLimitLayer, deadline::DeadlineLayer,
     message_size::MessageSizeLayer, observe::ObserveLayer, panic_guard::PanicGuardLayer,
     rescue::RescueLayer,
 };
-use crate::pb::order_service_server::OrderServiceServer;
-use crate::service::Orders;
-use crate::store::{self, Store};
-use crate::telemetry::Metrics;
-use crate::{admin, dev, serve, tls};
-use anyhow::Context;
-use grpc_platform::methods::PolicyError;
+use grpc_platform::telemetry::Metrics;
+use grpc_platform::{admin, dev, serve, tls};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,6 +26,10 @@ use tokio::sync::watch;
 use tonic::codec::CompressionEncoding;
 use tonic::server::NamedService;
 use tower::ServiceBuilder;
+/// The service's short name: the prefix of its own metrics, the name of its
+/// traces, the name on its development certificates.
+pub const SERVICE_NAME: &str = "orders";
+
 /// How long in-flight calls may take to finish once draining is over.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -77,7 +81,7 @@ impl Application {
         // `PolicyError`, which the binary reports with exit 78.
         let methods = Arc::new(method_table()?);
         if settings.dev.generate_certs && settings.environment != Environment::Production {
-            let certs = dev::DevCerts::new(&settings.dev.certs_dir);
+            let certs = dev::DevCerts::new(&settings.dev.certs_dir, SERVICE_NAME);
             if !certs.complete() {
                 certs.generate()?;
                 tracing::info!(dir = %certs.dir.display(), "generated development certificates and signing key");
@@ -113,6 +117,8 @@ impl Application {
                     crate::config::mask_password(settings.database_url())
                 )
             })?;
+        let mut metrics = Metrics::new(SERVICE_NAME);
+        metrics.register_collector(Box::new(store::StoreMetrics::new(store.clone())));
         let listener = TcpListener::bind(settings.server_addr())
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.addr))?;
@@ -128,7 +134,7 @@ impl Application {
             admin_listener,
             admin_addr,
             health: HealthState::new(methods.services()),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(metrics),
             store,
             verifier,
             tls,
@@ -170,8 +176,12 @@ impl Application {
     ) -> anyhow::Result<()> {
         let s = &self.settings;
         let health = self.health.clone();
-        let _database_checks = health.watch_database(
-            self.store.clone(),
+        let store = self.store.clone();
+        let _readiness_checks = health.watch_readiness(
+            Arc::new(move || {
+                let store = store.clone();
+                Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+            }),
             Duration::from_millis(s.admin.check_interval_ms),
             Duration::from_millis(s.admin.check_timeout_ms),
         );
@@ -180,7 +190,6 @@ impl Application {
             self.admin_listener,
             health.clone(),
             self.metrics.clone(),
-            self.store.clone(),
             self.tls.clone(),
             async {
                 let _ = admin_stopped.await;
@@ -210,7 +219,7 @@ impl Application {
         };
 
         let keepalive = Duration::from_secs(s.server.keepalive_interval_secs);
-        // The order of the stack is explained in `crate::middleware`.
+        // The order of the stack is explained in `grpc_platform::middleware`.
         let stack = ServiceBuilder::new()
             // Request id, span, metrics and access log.
             .layer(ObserveLayer::new(
@@ -225,7 +234,10 @@ impl Application {
             // The client certificate's subject (mTLS), for handlers; outside
             // auth so refused calls carry it too.
             .layer(tls::ClientIdentityLayer)
-            .layer(ConcurrencyLimitLayer::new(s.server.concurrency_limit))
+            .layer(ConcurrencyLimitLayer::new(
+                s.server.concurrency_limit,
+                self.methods.fallback_domain(),
+            ))
             .layer(DeadlineLayer::new(
                 Duration::from_millis(s.server.default_timeout_ms),
                 Duration::from_millis(s.server.max_timeout_ms),

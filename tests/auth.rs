@@ -36,7 +36,7 @@ async fn tokens_spoiled_one_way_at_a_time_are_unauthenticated_with_a_reason() {
     let (payload, signature) = rest.split_once('.').unwrap();
     let mut sig = URL_SAFE_NO_PAD.decode(signature).unwrap();
     sig[10] ^= 0xff;
-    let public_jwks = std::fs::read(certs.dev.path(orders::dev::JWKS)).unwrap();
+    let public_jwks = std::fs::read(certs.dev.path(grpc_platform::dev::JWKS)).unwrap();
 
     let cases: Vec<(&str, String, &str)> = vec![
         ("garbage", "not.a.token".into(), "MALFORMED_TOKEN"),

@@ -86,12 +86,14 @@ impl Drop for JwksServer {
 impl JwksServer {
     async fn start(certs: &Certs, document: String) -> Self {
         let read_pem = |name: &str| std::fs::read(certs.dev.path(name)).unwrap();
-        let chain = rustls_pemfile::certs(&mut read_pem(orders::dev::SERVER_CERT).as_slice())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls_pemfile::private_key(&mut read_pem(orders::dev::SERVER_KEY).as_slice())
-            .unwrap()
-            .unwrap();
+        let chain =
+            rustls_pemfile::certs(&mut read_pem(grpc_platform::dev::SERVER_CERT).as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+        let key =
+            rustls_pemfile::private_key(&mut read_pem(grpc_platform::dev::SERVER_KEY).as_slice())
+                .unwrap()
+                .unwrap();
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -157,7 +159,10 @@ async fn server_with_url(
     jwks: &JwksServer,
     edit: impl FnOnce(&mut Settings),
 ) -> TestServer {
-    let (url, ca) = (jwks.url.clone(), certs.dev.path(orders::dev::CA_CERT));
+    let (url, ca) = (
+        jwks.url.clone(),
+        certs.dev.path(grpc_platform::dev::CA_CERT),
+    );
     TestServer::start_with(certs, Backend::sqlite(), |s| {
         s.auth.jwks_file = None;
         s.auth.jwks_url = Some(url);
@@ -395,7 +400,7 @@ async fn verified_tokens_are_cached_until_they_expire_and_never_past_exp() {
     }
     assert_eq!(
         verifier.verify(&token).unwrap_err(),
-        orders::auth::AuthError::Expired
+        grpc_platform::auth::AuthError::Expired
     );
     assert_eq!(verifier.cached_tokens(), 0, "the expired entry is gone");
 
@@ -409,7 +414,7 @@ async fn verified_tokens_are_cached_until_they_expire_and_never_past_exp() {
     assert_eq!(verifier.cached_tokens(), 0, "cleared on key change");
     assert_eq!(
         verifier.verify(&token).unwrap_err(),
-        orders::auth::AuthError::UnknownKey
+        grpc_platform::auth::AuthError::UnknownKey
     );
     // An unchanged source does not clear it.
     verifier.verify(&other.token("bob")).unwrap();
@@ -452,7 +457,7 @@ async fn jwks_url_with_an_untrusted_certificate_or_plain_http_is_refused() {
     let mut s = settings(&certs, &Backend::sqlite());
     s.auth.jwks_file = None;
     s.auth.jwks_url = Some(jwks_server.url.clone());
-    s.auth.jwks_ca = Some(certs.dev.path(orders::dev::CA_CERT));
+    s.auth.jwks_ca = Some(certs.dev.path(grpc_platform::dev::CA_CERT));
     s.validate().unwrap();
     let err = s
         .verifier()

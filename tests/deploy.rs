@@ -383,9 +383,9 @@ fn check(overlay: &'static str) -> Option<(Settings, Rendered)> {
 
     // --- probes: native gRPC on the admin port, the contract's names.
     for (probe, names) in [
-        ("startupProbe", vec![orders::health::LIVENESS]),
+        ("startupProbe", vec![grpc_platform::health::LIVENESS]),
         ("readinessProbe", vec!["readiness"]),
-        ("livenessProbe", vec![orders::health::LIVENESS]),
+        ("livenessProbe", vec![grpc_platform::health::LIVENESS]),
     ] {
         let grpc_probe = &container[probe]["grpc"];
         assert!(grpc_probe.is_object(), "{overlay}: {probe} is a gRPC probe");
@@ -400,7 +400,7 @@ fn check(overlay: &'static str) -> Option<(Settings, Rendered)> {
             "{overlay}: {probe} asks for {service:?}"
         );
     }
-    assert!(orders::health::READINESS.contains(&"readiness"));
+    assert!(grpc_platform::health::READINESS.contains(&"readiness"));
 
     // --- shutdown: the grace period covers the pause, the drain and the
     // longest call (or the server's own in-flight grace, if longer).

@@ -55,7 +55,7 @@ async fn python_grpcio_and_grpcurl_clients_work_against_the_server() {
             // For test_pyjwt.py, which mints tokens with PyJWT from the same key.
             .env(
                 "ORDERS_SIGNING_KEY",
-                certs.dev.path(orders::dev::SIGNING_KEY),
+                certs.dev.path(grpc_platform::dev::SIGNING_KEY),
             )
             .env("ORDERS_KID", kid)
             .env("ORDERS_ISSUER", ISSUER)

@@ -411,7 +411,7 @@ async fn the_admin_port_serves_health_watch_and_metrics_without_tls_or_token() {
         watch.next().await.unwrap().unwrap().status,
         ServingStatus::Serving as i32
     );
-    server.health.set_database_ok(false);
+    server.health.set_dependencies_ok(false);
     assert_eq!(
         watch.next().await.unwrap().unwrap().status,
         ServingStatus::NotServing as i32
@@ -428,7 +428,7 @@ async fn the_admin_port_serves_health_watch_and_metrics_without_tls_or_token() {
         ServingStatus::Serving as i32,
         "liveness does not follow the database"
     );
-    server.health.set_database_ok(true);
+    server.health.set_dependencies_ok(true);
     assert_eq!(
         watch.next().await.unwrap().unwrap().status,
         ServingStatus::Serving as i32

@@ -18,12 +18,12 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use grpc_platform::auth::{AuthError, KeySet, KeySource, TokenRules, Verifier, VerifierOptions};
+use grpc_platform::dev::{DevCerts, DevClaims};
+use grpc_platform::middleware::MessageCounter;
+use grpc_platform::middleware::deadline::parse_grpc_timeout;
 use jsonwebtoken::{Algorithm, EncodingKey};
-use orders::auth::{AuthError, KeySet, KeySource, TokenRules, Verifier, VerifierOptions};
-use orders::dev::{DevCerts, DevClaims};
 use orders::domain::NewOrder;
-use orders::middleware::MessageCounter;
-use orders::middleware::deadline::parse_grpc_timeout;
 use orders::sdk::pb;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -456,9 +456,9 @@ fn tokens() -> &'static Tokens {
     static TOKENS: OnceLock<Tokens> = OnceLock::new();
     TOKENS.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let dev = DevCerts::new(dir.path());
+        let dev = DevCerts::new(dir.path(), orders::startup::SERVICE_NAME);
         dev.generate().unwrap();
-        let jwks = dev.path(orders::dev::JWKS);
+        let jwks = dev.path(grpc_platform::dev::JWKS);
         let rules = TokenRules {
             issuer: ISSUER.into(),
             audience: AUDIENCE.into(),
@@ -494,7 +494,7 @@ fn tokens() -> &'static Tokens {
             })
             .unwrap();
         let kid = jsonwebtoken::decode_header(&valid).unwrap().kid.unwrap();
-        let pem = std::fs::read(dev.path(orders::dev::SIGNING_KEY)).unwrap();
+        let pem = std::fs::read(dev.path(grpc_platform::dev::SIGNING_KEY)).unwrap();
         let signing_key = EncodingKey::from_ec_pem(&pem).unwrap();
         // Both accept it, and the cached one now holds it.
         plain.verify(&valid).expect("the valid token verifies");
@@ -529,7 +529,9 @@ fn signed(header: &Value, payload: &[u8]) -> String {
 }
 
 /// Both verifiers; they must agree.
-fn verify_both(token: &str) -> Result<Result<orders::auth::Principal, AuthError>, TestCaseError> {
+fn verify_both(
+    token: &str,
+) -> Result<Result<grpc_platform::auth::Principal, AuthError>, TestCaseError> {
     let t = tokens();
     let plain = t.plain.verify(token);
     let cached = t.cached.verify(token);
@@ -758,7 +760,7 @@ proptest! {
         let got = verify_both(&token)?;
         prop_assert_eq!(got.is_ok(), want, "claims {:?}: {:?}", claims, got.as_ref().err());
         if let Ok(principal) = got {
-            prop_assert_eq!(principal.subject().as_str(), claims["sub"].as_str().unwrap());
+            prop_assert_eq!(principal.subject(), claims["sub"].as_str().unwrap());
             if let Some(Value::String(s)) = claims.get("scope") {
                 for scope in s.split_whitespace() {
                     prop_assert!(principal.has_scope(scope));

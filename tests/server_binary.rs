@@ -299,7 +299,10 @@ impl Drop for Running {
 #[tokio::test]
 async fn every_call_leaves_one_json_access_log_line_without_the_token() {
     // Debug for auth: its "call refused" line is written during the call.
-    let mut server = Running::start(&[("ORDERS__TELEMETRY__LOG_LEVEL", "info,orders::auth=debug")]);
+    let mut server = Running::start(&[(
+        "ORDERS__TELEMETRY__LOG_LEVEL",
+        "info,grpc_platform::auth=debug",
+    )]);
     let alice = server.client("alice").await;
     let token = server.token("alice");
     let mut raw = orders::sdk::pb::order_service_client::OrderServiceClient::new(alice.channel());

@@ -124,7 +124,7 @@ impl SecretVolume {
 /// A server this file runs itself, to reach its TLS state.
 struct Running {
     addr: SocketAddr,
-    state: Arc<orders::tls::CertState>,
+    state: Arc<grpc_platform::tls::CertState>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -215,7 +215,7 @@ fn cert_not_after(pem: &str) -> i64 {
         .next()
         .unwrap()
         .unwrap();
-    orders::tls::not_after(&der).unwrap()
+    grpc_platform::tls::not_after(&der).unwrap()
 }
 
 async fn client_for(addr: SocketAddr, ca_pem: &str, token: &str) -> Client {
@@ -282,7 +282,7 @@ impl Logs {
 
 #[tokio::test]
 async fn mutual_tls_lets_in_only_clients_with_a_certificate_from_the_configured_ca() {
-    let (logs, _guard) = Logs::capture("orders::tls=debug");
+    let (logs, _guard) = Logs::capture("grpc_platform::tls=debug");
 
     let clients_ca = Ca::new("orders clients CA");
     let other_ca = Ca::new("somebody else's CA");
@@ -388,7 +388,7 @@ async fn a_secret_volume_symlink_swap_reaches_new_connections_while_old_ones_kee
 
 #[tokio::test]
 async fn an_invalid_new_certificate_is_refused_and_the_last_good_one_stays() {
-    let (logs, _guard) = Logs::capture("orders::tls=info");
+    let (logs, _guard) = Logs::capture("grpc_platform::tls=info");
     let ca = Ca::new("orders rotation CA");
     let v1 = ca.server("orders-server-v1");
     let mut vol = SecretVolume::new(&v1.cert, &v1.key);
@@ -446,7 +446,7 @@ async fn an_invalid_new_certificate_is_refused_and_the_last_good_one_stays() {
         // And the state reports the refusal.
         assert!(matches!(
             server.state.reload(),
-            orders::tls::Reload::Unchanged
+            grpc_platform::tls::Reload::Unchanged
         ));
     }
     // A good certificate after all that is taken.

@@ -5,14 +5,55 @@
 //! the stack needs to know about its methods (how each streams, who may call
 //! it) is read from there when the server starts.
 //!
+//! A request travels: TLS ([`tls`], between it and HTTP/2 the
+//! [`goaway_guard`]) → the connection loop ([`serve`]: age, GOAWAY, drain)
+//! → the tower layers ([`middleware`], authorization in [`auth`]) → the
+//! service's handlers.
+//!
 //! - [`methods`]: the method table. Authorization is declared in the proto
 //!   with the `grpc_platform.v1.access` method option
 //!   ([`PROTO_INCLUDE_DIR`]) and closed by default: a mounted method that
 //!   declares no policy stops the start, and a path nobody mounted needs a
 //!   valid token like any other call.
+//! - [`auth`]: bearer JWTs checked against rotating keys; the layer.
+//! - [`health`] and [`admin`]: probes and readiness, and the plaintext
+//!   admin port (health and `GET /metrics`).
+//! - [`telemetry`], [`log_json`], [`log_writer`]: logs, traces, metrics.
+//! - [`dev`]: development certificates and tokens.
+//! - [`shutdown`]: the signals that start a graceful shutdown.
+//! - [`codes`]: gRPC code names.
 #![forbid(unsafe_code)]
 
+pub mod codes;
 pub mod methods;
+
+#[cfg(feature = "server")]
+pub mod admin;
+#[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+pub mod dev;
+#[cfg(feature = "server")]
+pub mod goaway_guard;
+#[cfg(feature = "server")]
+pub mod health;
+#[cfg(feature = "server")]
+pub mod log_json;
+#[cfg(feature = "server")]
+pub mod log_writer;
+#[cfg(feature = "server")]
+pub mod middleware;
+#[cfg(feature = "server")]
+pub mod serve;
+#[cfg(feature = "server")]
+pub mod shutdown;
+#[cfg(feature = "server")]
+pub mod telemetry;
+#[cfg(feature = "server")]
+pub mod tls;
+
+#[cfg(test)]
+mod testing;
 
 /// The folder holding `grpc_platform/v1/access.proto`: a service's build
 /// script passes it to protoc as an include path, beside its own protos.

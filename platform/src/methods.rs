@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 /// The full name of the method option that declares access.
 pub const ACCESS_OPTION: &str = "grpc_platform.v1.access";
+/// The error domain of a server that mounted nothing of its own.
+const FALLBACK_DOMAIN: &str = "grpc_platform.v1";
 /// The option's message type.
 const ACCESS_MESSAGE: &str = "grpc_platform.v1.Access";
 
@@ -217,6 +219,16 @@ impl MethodTable {
         }
     }
 
+    /// The `ErrorInfo.domain` of errors answering a path that names no
+    /// well-formed service: the first service the application mounted (the
+    /// server's own name, as far as a client can tell).
+    pub fn fallback_domain(&self) -> Arc<str> {
+        self.services
+            .first()
+            .cloned()
+            .unwrap_or_else(|| Arc::from(FALLBACK_DOMAIN))
+    }
+
     /// The application's services, in the order they were mounted.
     pub fn services(&self) -> impl Iterator<Item = &str> {
         self.services.iter().map(|s| &**s)
@@ -316,32 +328,7 @@ fn is_scope_token(scope: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
-    use std::process::Command;
-
-    /// Compiles `proto` (the file `test/v1/svc.proto`) into an encoded
-    /// descriptor set with imports, as a service's build script does.
-    fn descriptors(proto: &str) -> Vec<u8> {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("test/v1/svc.proto");
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, proto).unwrap();
-        let out = dir.path().join("set.bin");
-        let status = Command::new(protoc_bin_vendored::protoc_bin_path().unwrap())
-            .arg("-I")
-            .arg(dir.path())
-            .arg("-I")
-            .arg(Path::new(crate::PROTO_INCLUDE_DIR))
-            .arg("-I")
-            .arg(protoc_bin_vendored::include_path().unwrap())
-            .arg("--include_imports")
-            .arg(format!("--descriptor_set_out={}", out.display()))
-            .arg("test/v1/svc.proto")
-            .status()
-            .unwrap();
-        assert!(status.success(), "protoc failed on:\n{proto}");
-        std::fs::read(out).unwrap()
-    }
+    use crate::testing::descriptors;
 
     const PAYMENTS: &str = r#"
         syntax = "proto3";

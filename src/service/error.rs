@@ -6,9 +6,9 @@
 //! Unexpected errors become an opaque INTERNAL; their whole cause chain goes
 //! to the log, never to the client.
 
-use crate::auth::AuthError;
 use crate::domain::{OrderId, RuleError, Violations};
 use crate::store::StoreError;
+use grpc_platform::auth::AuthError;
 use std::collections::HashMap;
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -117,7 +117,7 @@ impl From<ServiceError> for Status {
                     details,
                 )
             }
-            ServiceError::Auth(e) => e.into(),
+            ServiceError::Auth(e) => e.status(DOMAIN),
             ServiceError::NotFound { order_id } => {
                 // The same whether the order is absent or another
                 // customer's: no owner, no hint.

@@ -12,13 +12,13 @@ mod streams;
 
 pub use error::ServiceError;
 
-use crate::auth::{Principal, principal_of};
-use crate::domain::{Caller, NewOrder, Order, OrderId, RuleError, Violations};
-use crate::health::HealthState;
-use crate::pb::{self, order_service_server::OrderService};
-use crate::serve::ConnectionRecycled;
+use crate::domain::{Caller, CustomerId, NewOrder, Order, OrderId, RuleError, Violations};
+use crate::pb::{self, order_service_server::OrderService, order_service_server::SERVICE_NAME};
 use crate::store::{Idempotency, Inserted, ListQuery, Store, StoreError};
 use chrono::Utc;
+use grpc_platform::auth::{AuthError, principal_of};
+use grpc_platform::health::HealthState;
+use grpc_platform::serve::ConnectionRecycled;
 use page_token::PageTokens;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -114,7 +114,7 @@ impl Orders {
 
     /// UNAVAILABLE at once while the periodic check finds the database down.
     fn ensure_database(&self) -> Result<(), ServiceError> {
-        if self.health.database_ok() {
+        if self.health.dependencies_ok() {
             Ok(())
         } else {
             Err(ServiceError::DatabaseDown)
@@ -145,7 +145,7 @@ impl Orders {
     /// a stale `expected_version` turns into ABORTED).
     ///
     /// The store's commit is the call's commit point
-    /// ([`crate::middleware::commit`]): a call that ended before it changes
+    /// ([`grpc_platform::middleware::commit`]): a call that ended before it changes
     /// nothing; past it, the change stands and is recorded as made.
     async fn change<F>(
         &self,
@@ -173,10 +173,18 @@ impl Orders {
     }
 }
 
-fn caller<T>(request: &Request<T>) -> Result<(Principal, Caller), Status> {
-    let principal = principal_of(request)?.clone();
-    let caller = principal.caller();
-    Ok((principal, caller))
+/// The scope that makes a caller staff in the domain's eyes (every order
+/// visible); which methods need which scope, the proto declares.
+pub const SCOPE_ADMIN: &str = "orders:admin";
+
+/// The authenticated caller, and the domain's view of them: the token's
+/// subject is the customer; staff are callers with [`SCOPE_ADMIN`].
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let refused = |e: AuthError| e.status(SERVICE_NAME);
+    let principal = principal_of(request).map_err(refused)?;
+    let customer =
+        CustomerId::new(principal.subject()).ok_or_else(|| refused(AuthError::Malformed))?;
+    Ok(Caller::new(customer, principal.has_scope(SCOPE_ADMIN)))
 }
 
 #[tonic::async_trait]
@@ -185,7 +193,7 @@ impl OrderService for Orders {
         &self,
         request: Request<pb::RegisterOrderRequest>,
     ) -> Result<Response<pb::RegisterOrderResponse>, Status> {
-        let (principal, _) = caller(&request)?;
+        let customer = caller(&request)?.customer_id().clone();
         let new = NewOrder::try_from(request.into_inner()).map_err(ServiceError::from)?;
         self.ensure_database()?;
         let fingerprint = new.fingerprint();
@@ -193,12 +201,7 @@ impl OrderService for Orders {
             request_id: id.as_str(),
             fingerprint: &fingerprint,
         });
-        let order = Order::register(
-            OrderId::generate(),
-            principal.subject().clone(),
-            new.clone(),
-            Utc::now(),
-        );
+        let order = Order::register(OrderId::generate(), customer, new.clone(), Utc::now());
         let order = match self
             .store
             .insert(&order, idempotency)
@@ -222,7 +225,7 @@ impl OrderService for Orders {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let (_, caller) = caller(&request)?;
+        let caller = caller(&request)?;
         let order = self.visible(&caller, &request.get_ref().order_id).await?;
         Ok(Response::new((&order).into()))
     }
@@ -231,7 +234,7 @@ impl OrderService for Orders {
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
-        let (_, caller) = caller(&request)?;
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let mut violations = Violations::default();
         let page_size = match req.page_size {
@@ -296,7 +299,7 @@ impl OrderService for Orders {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let (_, caller) = caller(&request)?;
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let order = self
             .change(&caller, &req.order_id, |o| {
@@ -310,7 +313,7 @@ impl OrderService for Orders {
         &self,
         request: Request<pb::AdvanceOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let (_, caller) = caller(&request)?;
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let order = self
             .change(&caller, &req.order_id, |o| {
@@ -324,7 +327,7 @@ impl OrderService for Orders {
         &self,
         request: Request<Streaming<pb::UpdateOrderRequest>>,
     ) -> Result<Response<pb::UpdateOrderResponse>, Status> {
-        let (_, caller) = caller(&request)?;
+        let caller = caller(&request)?;
         let mut stream = request.into_inner();
         let mut order_id: Option<String> = None;
         let mut expected_version = 0i64;
@@ -395,7 +398,7 @@ impl OrderService for Orders {
         &self,
         request: Request<pb::WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
-        let (_, caller) = caller(&request)?;
+        let caller = caller(&request)?;
         let end = self.stream_end(&request);
         let req = request.into_inner();
         let stream =
@@ -409,7 +412,7 @@ impl OrderService for Orders {
         &self,
         request: Request<Streaming<pb::TrackOrdersRequest>>,
     ) -> Result<Response<Self::TrackOrdersStream>, Status> {
-        let (_, caller) = caller(&request)?;
+        let caller = caller(&request)?;
         let end = self.stream_end(&request);
         Ok(Response::new(streams::track(
             self.clone(),

@@ -14,7 +14,7 @@
 //! take no lock.
 //!
 //! Bounded (by order count) with `quick_cache`, as the token cache is; see
-//! `src/auth/cache.rs` for why that crate.
+//! `platform/src/auth/cache.rs` for why that crate.
 
 use crate::domain::{Order, OrderId};
 use quick_cache::sync::Cache;

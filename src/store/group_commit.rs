@@ -15,7 +15,7 @@
 //! exactly as if they had run one after another. A write whose caller has
 //! gone (deadline passed, client cancelled) before its turn is skipped, so an
 //! abandoned call does not write later behind the caller's back; the turn
-//! is the call's commit point (`crate::middleware::commit`), so a caller
+//! is the call's commit point (`grpc_platform::middleware::commit`), so a caller
 //! that goes away after it finds its change made and recorded as made. If the
 //! transaction itself fails (BEGIN, a savepoint, COMMIT), every write in the
 //! group fails and none is stored.
@@ -35,7 +35,7 @@ use super::feed::Change;
 use super::sql::{FIND_BY_REQUEST, INSERT_ORDER_ROW, INSERT_VERSION, UPDATE_ORDER, decode};
 use super::{Idempotency, Inserted, Result, StoreError, WriteCounter};
 use crate::domain::Order;
-use crate::middleware::{CallContext, commit};
+use grpc_platform::middleware::{CallContext, commit};
 use rusqlite::{Connection, TransactionBehavior, params};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -84,7 +84,7 @@ impl Write {
     /// has gone or its call was abandoned (then nothing is written for it).
     /// Once it returns true, the call's `CommitPoint` waits for
     /// [`Write::settle`], and a caller that goes away from then on finds its
-    /// change made (`crate::middleware::commit`).
+    /// change made (`grpc_platform::middleware::commit`).
     fn begin(&self) -> bool {
         !self.abandoned() && self.call().is_none_or(|call| call.commit.begin())
     }

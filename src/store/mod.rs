@@ -14,7 +14,10 @@ mod cache;
 mod checkpoint;
 mod feed;
 mod group_commit;
+mod metrics;
 mod sql;
+
+pub use metrics::StoreMetrics;
 
 pub use feed::Change;
 pub use sql::{PostgresStore, SqliteStore};
@@ -72,7 +75,7 @@ pub enum StoreError {
     #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
     /// The call this write was for had ended before the write's commit
-    /// point (`crate::middleware::commit`): nothing was written.
+    /// point (`grpc_platform::middleware::commit`): nothing was written.
     #[error("the call ended before its change was committed")]
     Abandoned,
     /// The shared transaction this write was grouped into (group commit)

@@ -11,8 +11,8 @@ use super::{
     WriteCounter, WriteStats,
 };
 use crate::domain::{Order, OrderId};
-use crate::middleware::commit;
 use async_trait::async_trait;
+use grpc_platform::middleware::commit;
 use sqlx::Row;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, Postgres};
 use sqlx::sqlite::{
@@ -314,7 +314,7 @@ pub struct PostgresStore {
     feed: broadcast::Sender<Change>,
     cursor_key: Vec<u8>,
     /// Stops the LISTEN task (and frees its connection) with the store.
-    _listener: crate::AbortOnDrop,
+    _listener: tokio_util::task::AbortOnDropHandle<()>,
 }
 
 impl PostgresStore {
@@ -348,7 +348,7 @@ impl PostgresStore {
             written: Default::default(),
             feed,
             cursor_key,
-            _listener: crate::AbortOnDrop(task),
+            _listener: tokio_util::task::AbortOnDropHandle::new(task),
         })
     }
 
@@ -458,7 +458,7 @@ impl PostgresStore {
         Ok(inserted)
     }
 
-    /// `COMMIT`, as the call's commit point (`crate::middleware::commit`):
+    /// `COMMIT`, as the call's commit point (`grpc_platform::middleware::commit`):
     /// it runs as a task of its own, so a call dropped while it is under way
     /// neither leaves it half-sent nor misses its outcome. Until here a
     /// dropped call rolls the transaction back.

@@ -3,8 +3,8 @@
 //! per test run, dropped afterwards). Tests talk to them through the SDK.
 #![allow(dead_code)]
 
+use grpc_platform::dev::{DevCerts, DevClaims};
 use orders::config::{Environment, Settings};
-use orders::dev::{DevCerts, DevClaims};
 use orders::sdk::{Client, pb};
 use orders::startup::Application;
 use secrecy::SecretString;
@@ -28,13 +28,13 @@ pub struct Certs {
 impl Certs {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let dev = DevCerts::new(dir.path());
+        let dev = DevCerts::new(dir.path(), orders::startup::SERVICE_NAME);
         dev.generate().unwrap();
         Self { dir, dev }
     }
 
     pub fn ca(&self) -> Vec<u8> {
-        std::fs::read(self.dev.path(orders::dev::CA_CERT)).unwrap()
+        std::fs::read(self.dev.path(grpc_platform::dev::CA_CERT)).unwrap()
     }
 
     /// A valid token for `sub` with `scope`.
@@ -173,11 +173,11 @@ pub fn settings(certs: &Certs, backend: &Backend) -> Settings {
     };
     s.server.addr = "127.0.0.1:0".into();
     s.admin.addr = "127.0.0.1:0".into();
-    s.tls.cert = Some(certs.dev.path(orders::dev::SERVER_CERT));
-    s.tls.key = Some(certs.dev.path(orders::dev::SERVER_KEY));
+    s.tls.cert = Some(certs.dev.path(grpc_platform::dev::SERVER_CERT));
+    s.tls.key = Some(certs.dev.path(grpc_platform::dev::SERVER_KEY));
     s.auth.issuer = ISSUER.into();
     s.auth.audience = AUDIENCE.into();
-    s.auth.jwks_file = Some(certs.dev.path(orders::dev::JWKS));
+    s.auth.jwks_file = Some(certs.dev.path(grpc_platform::dev::JWKS));
     s.database.url = SecretString::from(backend.url());
     s.shutdown.drain_secs = 0;
     s.validate().expect("test settings are valid");
@@ -188,7 +188,7 @@ pub fn settings(certs: &Certs, backend: &Backend) -> Settings {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub health: orders::health::HealthState,
+    pub health: grpc_platform::health::HealthState,
     pub certs: Arc<Certs>,
     pub backend: Backend,
     stop: Option<oneshot::Sender<()>>,
@@ -577,7 +577,7 @@ pub mod jwt {
 
     /// `claims` signed with the dev ES256 key under `kid`.
     pub fn sign_es256(certs: &Certs, kid: &str, claims: &serde_json::Value) -> String {
-        let pem = std::fs::read(certs.dev.path(orders::dev::SIGNING_KEY)).unwrap();
+        let pem = std::fs::read(certs.dev.path(grpc_platform::dev::SIGNING_KEY)).unwrap();
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(kid.into());
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_pem(&pem).unwrap()).unwrap()

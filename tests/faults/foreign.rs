@@ -45,9 +45,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-/// Replicas log their connection events (orders::serve at debug), among them
+/// Replicas log their connection events (grpc_platform::serve at debug), among them
 /// each connection that ended with an error.
-const LOG_LEVEL: &str = "warn,orders::serve=debug";
+const LOG_LEVEL: &str = "warn,grpc_platform::serve=debug";
 const CONNECTION_ERROR: &str = "connection ended with an error";
 /// hyper's word for an HTTP/2 protocol failure of the connection (such as
 /// the PROTOCOL_ERROR h2 answers a frame with), as opposed to I/O errors.
@@ -104,7 +104,7 @@ impl Load {
             write_ratio: 0.5,
             target: format!("ipv4:{}", addresses.join(",")),
             lb,
-            ca: certs.dev.path(orders::dev::CA_CERT),
+            ca: certs.dev.path(grpc_platform::dev::CA_CERT),
             duration: Duration::from_secs(20),
         }
     }

@@ -410,7 +410,7 @@ mod tests {
             let _in = span.enter();
             tracing::info!(
                 target: "access",
-                method = "/orders.v1.OrderService/GetOrder",
+                method = "/things.v1.ThingService/GetThing",
                 code = "OK",
                 latency_ms = 1.25,
                 calls = 3u64,
@@ -424,7 +424,7 @@ mod tests {
         assert_eq!(line["level"], "INFO");
         assert_eq!(line["target"], "access");
         assert_eq!(line["message"], "rpc finished");
-        assert_eq!(line["method"], "/orders.v1.OrderService/GetOrder");
+        assert_eq!(line["method"], "/things.v1.ThingService/GetThing");
         assert_eq!(line["latency_ms"], 1.25);
         assert_eq!(line["calls"], 3);
         assert_eq!(line["ok"], true);
@@ -464,7 +464,7 @@ mod tests {
     #[test]
     fn a_direct_access_line_is_the_line_its_tracing_event_gives() {
         let line = AccessLine {
-            method: "/orders.v1.OrderService/GetOrder",
+            method: "/things.v1.ThingService/GetThing",
             code: "NOT_FOUND",
             client_gone: true,
             latency_ms: 0.407,

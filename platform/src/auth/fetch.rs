@@ -72,7 +72,7 @@ impl JwksUrl {
             .redirect(reqwest::redirect::Policy::limited(3))
             .timeout(timeout)
             .connect_timeout(timeout)
-            .user_agent(concat!("orders/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("grpc-platform/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| fail(e.to_string()))?;
         Ok(Self {

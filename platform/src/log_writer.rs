@@ -67,7 +67,7 @@ pub struct LogGuard {
 pub fn start(out: impl Write + Send + 'static) -> std::io::Result<(LogWriter, LogGuard)> {
     let shared = Arc::new(Shared::default());
     let thread = std::thread::Builder::new()
-        .name("orders-log-writer".into())
+        .name("log-writer".into())
         .stack_size(64 * 1024)
         .spawn({
             let shared = shared.clone();

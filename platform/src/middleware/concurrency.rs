@@ -30,12 +30,16 @@ pub const SHED_RETRY_DELAY: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct ConcurrencyLimitLayer {
     permits: Arc<Semaphore>,
+    fallback: Arc<str>,
 }
 
 impl ConcurrencyLimitLayer {
-    pub fn new(limit: usize) -> Self {
+    /// At most `limit` calls at once; `fallback` is the error domain of a
+    /// shed call whose path names no well-formed service.
+    pub fn new(limit: usize, fallback: Arc<str>) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
+            fallback,
         }
     }
 }
@@ -46,6 +50,7 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
         ConcurrencyLimit {
             inner,
             permits: self.permits.clone(),
+            fallback: self.fallback.clone(),
         }
     }
 }
@@ -54,6 +59,7 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
 pub struct ConcurrencyLimit<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    fallback: Arc<str>,
 }
 
 impl<S, B> Service<http::Request<B>> for ConcurrencyLimit<S>
@@ -84,7 +90,7 @@ where
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             let service = service_of(&request);
-            let status = shed(error_domain(&service, crate::auth::ERROR_DOMAIN));
+            let status = shed(error_domain(&service, &self.fallback));
             return futures::future::ready(Ok(status.into_http())).boxed();
         };
         let future = self.inner.call(request);
@@ -127,10 +133,10 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(Status::ok("").into_http())
             }
         });
-        let limited = ConcurrencyLimitLayer::new(1).layer(handler);
+        let limited = ConcurrencyLimitLayer::new(1, "things.v1.ThingService".into()).layer(handler);
         let call = || {
             http::Request::builder()
-                .uri("/orders.v1.OrderService/GetOrder")
+                .uri("/things.v1.ThingService/GetThing")
                 .body(())
                 .unwrap()
         };
@@ -146,7 +152,7 @@ mod tests {
         let details = status.get_error_details();
         let info = details.error_info().expect("ErrorInfo");
         assert_eq!(info.reason, "SERVER_OVERLOADED");
-        assert_eq!(info.domain, "orders.v1.OrderService");
+        assert_eq!(info.domain, "things.v1.ThingService");
         assert_eq!(
             details.retry_info().unwrap().retry_delay,
             Some(SHED_RETRY_DELAY)
@@ -165,7 +171,7 @@ mod tests {
     async fn with_the_limit_taken_platform_calls_pass_and_other_services_are_shed() {
         type Request = http::Request<()>;
         type Response = http::Response<tonic::body::Body>;
-        let table = crate::startup::method_table().unwrap();
+        let table = crate::testing::table().clone();
         // As the observe layer, above this one, marks every call.
         let call = |path: &str| {
             let mut request = http::Request::builder().uri(path).body(()).unwrap();
@@ -174,13 +180,14 @@ mod tests {
                 .insert(RpcMethod::resolve(&table, path));
             request
         };
-        let (mut limited, mut handle) =
-            tower_test::mock::spawn_layer::<Request, Response, _>(ConcurrencyLimitLayer::new(1));
+        let (mut limited, mut handle) = tower_test::mock::spawn_layer::<Request, Response, _>(
+            ConcurrencyLimitLayer::new(1, "things.v1.ThingService".into()),
+        );
 
-        // An orders call takes the only slot and holds it: the mock answers
+        // A call takes the only slot and holds it: the mock answers
         // nothing until told to.
         assert!(limited.poll_ready().is_ready());
-        let holding = limited.call(call("/orders.v1.OrderService/GetOrder"));
+        let holding = limited.call(call("/things.v1.ThingService/GetThing"));
         let Poll::Ready(Some((_, release))) = handle.poll_request() else {
             panic!("the first call reaches the handler");
         };
@@ -206,8 +213,8 @@ mod tests {
             );
         }
 
-        // Another service's call is shed like an orders call: only the
-        // platform's own methods are spared, not whatever is not orders.
+        // A path no service serves is shed like any call: only the
+        // platform's own methods are spared.
         assert!(limited.poll_ready().is_ready());
         let response = limited
             .call(call("/payments.v1.PaymentService/Pay"))

@@ -27,11 +27,17 @@ pub const JWKS: &str = "jwks.json";
 /// The files of a development set.
 pub struct DevCerts {
     pub dir: PathBuf,
+    /// Names the certificates' subjects (`{name} development CA`).
+    pub name: String,
 }
 
 impl DevCerts {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+    /// The set in `dir`, its certificates named for the service `name`.
+    pub fn new(dir: impl Into<PathBuf>, name: impl Into<String>) -> Self {
+        Self {
+            dir: dir.into(),
+            name: name.into(),
+        }
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
@@ -49,7 +55,7 @@ impl DevCerts {
 
         let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.distinguished_name = name("orders development CA");
+        ca.distinguished_name = name(&format!("{} development CA", self.name));
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca.self_signed(&ca_key)?;
@@ -61,7 +67,7 @@ impl DevCerts {
             "127.0.0.1".to_string(),
             "::1".to_string(),
         ])?;
-        server.distinguished_name = name("orders development server");
+        server.distinguished_name = name(&format!("{} development server", self.name));
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let server_cert = server.signed_by(&server_key, &issuer)?;
@@ -81,7 +87,7 @@ impl DevCerts {
     pub fn token(&self, claims: &DevClaims) -> anyhow::Result<String> {
         let pem = std::fs::read_to_string(self.path(SIGNING_KEY)).with_context(|| {
             format!(
-                "cannot read {}; run `orders-server dev-certs` first",
+                "cannot read {}; generate the development certificates first (the `dev-certs` command)",
                 self.path(SIGNING_KEY).display()
             )
         })?;

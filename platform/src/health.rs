@@ -2,8 +2,9 @@
 //!
 //! Names: `liveness` is SERVING while the process can serve at all;
 //! `readiness`, `` (the empty name) and the name of every service the
-//! application mounted are SERVING only while the database answers the
-//! periodic check and the server is not draining. `Watch` streams every change, until the server stops (after
+//! application mounted are SERVING only while the service's readiness check
+//! (for a database-backed service, a ping of the database) passes and the
+//! server is not draining. `Watch` streams every change, until the server stops (after
 //! draining): then open watches end with UNAVAILABLE, so a client-side
 //! health check (gRFC A17, as the SDK does) notices at once and graceful
 //! shutdown is not held up by streams that would never end by themselves.
@@ -12,15 +13,16 @@
 //! `HealthReporter`, because that one answers `Watch` for an unknown name with
 //! NOT_FOUND, where the health-checking spec wants a SERVICE_UNKNOWN message
 //! on a stream that stays open; and because readiness here is derived from two
-//! facts (database, draining) that must change together.
+//! facts (the readiness check, draining) that must change together.
 
-use crate::store::Store;
+use futures::future::BoxFuture;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::task::AbortOnDropHandle;
 use tonic::{Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
@@ -42,14 +44,14 @@ struct Inner {
     readiness_names: Vec<String>,
     liveness: watch::Sender<ServingStatus>,
     readiness: watch::Sender<ServingStatus>,
-    database_ok: AtomicBool,
+    dependencies_ok: AtomicBool,
     draining: AtomicBool,
     /// True once the server has drained and stops serving.
     stopped: watch::Sender<bool>,
 }
 
 impl HealthState {
-    /// Live and ready (the server is only built once the database
+    /// Live and ready (a server is built only once its dependencies
     /// answered), for the names in [`READINESS`] and `services`, the full
     /// gRPC names of the services mounted.
     pub fn new<'a>(services: impl IntoIterator<Item = &'a str>) -> Self {
@@ -63,7 +65,7 @@ impl HealthState {
                 readiness_names,
                 liveness: watch::Sender::new(ServingStatus::Serving),
                 readiness: watch::Sender::new(ServingStatus::Serving),
-                database_ok: AtomicBool::new(true),
+                dependencies_ok: AtomicBool::new(true),
                 draining: AtomicBool::new(false),
                 stopped: watch::Sender::new(false),
             }),
@@ -71,7 +73,7 @@ impl HealthState {
     }
 
     fn update(&self) {
-        let ready = self.inner.database_ok.load(Ordering::SeqCst)
+        let ready = self.inner.dependencies_ok.load(Ordering::SeqCst)
             && !self.inner.draining.load(Ordering::SeqCst);
         let status = if ready {
             ServingStatus::Serving
@@ -85,26 +87,26 @@ impl HealthState {
         });
     }
 
-    pub fn set_database_ok(&self, ok: bool) {
-        if self.inner.database_ok.swap(ok, Ordering::SeqCst) != ok {
+    pub fn set_dependencies_ok(&self, ok: bool) {
+        if self.inner.dependencies_ok.swap(ok, Ordering::SeqCst) != ok {
             if ok {
-                tracing::info!("database answers again: ready");
+                tracing::info!("the readiness check passes again: ready");
             } else {
-                tracing::warn!("database does not answer: not ready");
+                tracing::warn!("the readiness check fails: not ready");
             }
         }
         self.update();
     }
 
-    /// Whether the last database check succeeded. Handlers fail fast with
+    /// Whether the last readiness check passed. Handlers fail fast with
     /// UNAVAILABLE while it did not, instead of each waiting for a
     /// connection that will not come; the periodic check keeps probing and
-    /// lets calls through again as soon as the database answers.
-    pub fn database_ok(&self) -> bool {
-        self.inner.database_ok.load(Ordering::SeqCst)
+    /// lets calls through again as soon as it passes.
+    pub fn dependencies_ok(&self) -> bool {
+        self.inner.dependencies_ok.load(Ordering::SeqCst)
     }
 
-    /// Lame duck: not ready from now on, whatever the database says.
+    /// Lame duck: not ready from now on, whatever the check says.
     pub fn drain(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
         self.update();
@@ -146,29 +148,31 @@ impl HealthState {
         })
     }
 
-    /// Checks the database every `interval` (each check bounded by
-    /// `timeout`) until the returned handle is dropped.
-    pub fn watch_database(
+    /// Runs the service's readiness check every `interval` (each bounded
+    /// by `timeout`) until the returned handle is dropped.
+    pub fn watch_readiness(
         &self,
-        store: Arc<dyn Store>,
+        check: ReadinessCheck,
         interval: Duration,
         timeout: Duration,
-    ) -> crate::AbortOnDrop {
+    ) -> AbortOnDropHandle<()> {
         let state = self.clone();
-        crate::AbortOnDrop(tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                let ok = matches!(
-                    tokio::time::timeout(timeout, store.ping()).await,
-                    Ok(Ok(()))
-                );
-                state.set_database_ok(ok);
+                let ok = matches!(tokio::time::timeout(timeout, check()).await, Ok(Ok(())));
+                state.set_dependencies_ok(ok);
             }
         }))
     }
 }
+
+/// What the service needs to serve (for a database-backed one, a ping of the
+/// database): `Ok` while it answers. The server runs it periodically;
+/// readiness follows it.
+pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 pub struct HealthService {
     state: HealthState,

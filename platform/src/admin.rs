@@ -6,7 +6,6 @@
 
 use crate::health::HealthState;
 use crate::middleware::rescue::RescueLayer;
-use crate::store::Store;
 use crate::telemetry::Metrics;
 use std::future::Future;
 use std::sync::Arc;
@@ -21,7 +20,6 @@ pub async fn serve(
     listener: TcpListener,
     health: HealthState,
     metrics: Arc<Metrics>,
-    store: Arc<dyn Store>,
     tls: Option<Arc<crate::tls::CertState>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
@@ -49,7 +47,7 @@ pub async fn serve(
                 if let Some(tls) = &tls {
                     metrics.set_tls_expiry(tls.expiry_unix());
                 }
-                let text = metrics.render(&*store);
+                let text = metrics.render();
                 async move { ([(http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text) }
             }),
         );

@@ -272,7 +272,7 @@ mod tests {
     fn made_up_paths_cannot_grow_the_metrics_without_bound() {
         let mut registry = Registry::default();
         let metrics = GrpcMetrics::register(&mut registry);
-        const GET: &str = "/orders.v1.OrderService/GetOrder";
+        const GET: &str = "/things.v1.ThingService/GetThing";
         let get = metrics.handles(GET, &RpcMethod::from_path(GET));
         get.started.inc();
         get.handled(Code::Ok).inc();
@@ -296,7 +296,7 @@ mod tests {
             r#"grpc_server_started_total{grpc_type="unary",grpc_service="unknown",grpc_method="unknown"} 137"#
         ), "{text}");
         assert!(text.contains(
-            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="orders.v1.OrderService",grpc_method="GetOrder",grpc_code="OK"} 1"#
+            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="things.v1.ThingService",grpc_method="GetThing",grpc_code="OK"} 1"#
         ), "{text}");
     }
 }

@@ -11,10 +11,10 @@
 //! path, and must let the public methods through untouched.
 
 use super::{AuthError, Principal, Verifier};
+use crate::methods::Access;
 use crate::middleware::rescue::error_domain;
 use crate::middleware::{CallContext, MethodTable};
 use futures::future::{BoxFuture, Either, Ready, ready};
-use grpc_platform::methods::Access;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
@@ -93,6 +93,7 @@ where
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let verifier = self.verifier.clone();
+                let fallback = self.methods.fallback_domain();
                 Either::Right(Box::pin(async move {
                     verifier.refresh_for_unknown_key().await;
                     match check(&verifier, request.headers(), &access) {
@@ -100,11 +101,15 @@ where
                             admit(&mut request, principal);
                             inner.call(request).await
                         }
-                        Err(err) => Ok(refuse(err, request.uri().path())),
+                        Err(err) => Ok(refuse(err, request.uri().path(), &fallback)),
                     }
                 }))
             }
-            Err(err) => Either::Left(Either::Left(ready(Ok(refuse(err, request.uri().path()))))),
+            Err(err) => Either::Left(Either::Left(ready(Ok(refuse(
+                err,
+                request.uri().path(),
+                &self.methods.fallback_domain(),
+            ))))),
         }
     }
 }
@@ -123,19 +128,18 @@ fn check(
 }
 
 /// The refusal of a call to `path`; its `ErrorInfo` names the service called.
-fn refuse(err: AuthError, path: &str) -> http::Response<tonic::body::Body> {
+fn refuse(err: AuthError, path: &str, fallback: &str) -> http::Response<tonic::body::Body> {
     tracing::debug!(reason = err.reason(), "call refused");
     let path = path.trim_start_matches('/');
     let service = path.split_once('/').map_or(path, |(service, _)| service);
-    err.status(error_domain(service, super::ERROR_DOMAIN))
-        .into_http()
+    err.status(error_domain(service, fallback)).into_http()
 }
 
 /// Hands the verified principal to the handlers, and its subject to the
 /// access log (which sits outside this layer and reads the call context).
 fn admit<B>(request: &mut http::Request<B>, principal: Principal) {
     if let Some(call) = request.extensions().get::<Arc<CallContext>>() {
-        let _ = call.subject.set(principal.subject().as_str().to_owned());
+        let _ = call.subject.set(principal.subject().to_owned());
     }
     request.extensions_mut().insert(principal);
 }
@@ -152,7 +156,7 @@ mod tests {
     use tower_test::mock;
 
     const ISSUER: &str = "layer-test";
-    const AUDIENCE: &str = "orders";
+    const AUDIENCE: &str = "things";
     /// The PEM file's stem, which is the key's `kid`.
     const KID: &str = "layer-key";
 
@@ -204,10 +208,11 @@ mod tests {
         }
     }
 
-    /// The auth layer over a mock inner service, with the orders server's
-    /// own method table; the handle sees every call that gets through.
+    /// The auth layer over a mock inner service, with the method table of a
+    /// server mounting the test service; the handle sees every call that
+    /// gets through.
     fn stack(keys: &Keys) -> (Stack, Handle) {
-        let methods = Arc::new(crate::startup::method_table().unwrap());
+        let methods = Arc::new(crate::testing::table().clone());
         mock::spawn_layer(AuthLayer::new(keys.verifier.clone(), methods))
     }
 
@@ -274,46 +279,54 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_order_call_without_a_token_is_unauthenticated_and_never_reaches_the_service() {
+    async fn a_method_its_proto_declares_public_needs_no_token() {
+        let keys = Keys::new();
+        let (mut svc, mut handle) = stack(&keys);
+        let inner = passed(&mut svc, &mut handle, call(crate::testing::PING, None)).await;
+        assert!(inner.extensions().get::<Principal>().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_call_without_a_token_is_unauthenticated_and_never_reaches_the_service() {
         let keys = Keys::new();
         let (mut svc, mut handle) = stack(&keys);
         let status = refused(
             &mut svc,
             &mut handle,
-            call("/orders.v1.OrderService/GetOrder", None),
+            call("/things.v1.ThingService/GetThing", None),
         )
         .await;
         assert_eq!(status.code(), Code::Unauthenticated);
         let info = status.get_details_error_info().expect("ErrorInfo");
         assert_eq!(info.reason, "MISSING_TOKEN");
-        assert_eq!(info.domain, "orders.v1.OrderService");
+        assert_eq!(info.domain, "things.v1.ThingService");
     }
 
     #[tokio::test]
     async fn a_token_without_the_declared_scope_is_denied_naming_it() {
         let keys = Keys::new();
         let (mut svc, mut handle) = stack(&keys);
-        // GetOrder declares `orders:read` in the proto.
-        let token = keys.token("alice", "orders:write orders:admin");
+        // GetThing declares `things:read` in the proto.
+        let token = keys.token("alice", "things:write things:admin");
         let status = refused(
             &mut svc,
             &mut handle,
-            call("/orders.v1.OrderService/GetOrder", Some(&token)),
+            call("/things.v1.ThingService/GetThing", Some(&token)),
         )
         .await;
         assert_eq!(status.code(), Code::PermissionDenied);
         let info = status.get_details_error_info().expect("ErrorInfo");
         assert_eq!(info.reason, "MISSING_SCOPE");
-        assert_eq!(info.domain, "orders.v1.OrderService");
-        assert_eq!(info.metadata["required_scope"], "orders:read");
+        assert_eq!(info.domain, "things.v1.ThingService");
+        assert_eq!(info.metadata["required_scope"], "things:read");
     }
 
     #[tokio::test]
     async fn a_token_with_the_declared_scope_reaches_the_service_with_its_principal() {
         let keys = Keys::new();
         let (mut svc, mut handle) = stack(&keys);
-        let token = keys.token("alice", "orders:read");
-        let mut request = call("/orders.v1.OrderService/GetOrder", Some(&token));
+        let token = keys.token("alice", "things:read");
+        let mut request = call("/things.v1.ThingService/GetThing", Some(&token));
         let context = Arc::new(CallContext::default());
         request.extensions_mut().insert(context.clone());
         let inner = passed(&mut svc, &mut handle, request).await;
@@ -321,8 +334,8 @@ mod tests {
             .extensions()
             .get::<Principal>()
             .expect("the principal is handed to the handler");
-        assert_eq!(principal.subject().as_str(), "alice");
-        assert!(principal.has_scope("orders:read"));
+        assert_eq!(principal.subject(), "alice");
+        assert!(principal.has_scope("things:read"));
         // The access log, outside this layer, learns the subject too.
         assert_eq!(context.subject.get().map(String::as_str), Some("alice"));
     }
@@ -330,14 +343,17 @@ mod tests {
     #[tokio::test]
     async fn every_scope_a_method_declares_is_required() {
         let keys = Keys::new();
-        let methods = crate::startup::method_table().unwrap();
+        let methods = crate::testing::table().clone();
         let (mut svc, mut handle) = stack(&keys);
         let all: HashSet<&str> = methods
             .methods()
             .flat_map(|m| m.access.scopes().iter().map(|s| &**s))
             .collect();
         let mut checked = 0;
-        for method in methods.methods().filter(|m| !m.platform) {
+        for method in methods
+            .methods()
+            .filter(|m| !m.platform && m.access != Access::Public)
+        {
             let path = format!("/{}/{}", method.service, method.name);
             let declared: Vec<&str> = method.access.scopes().iter().map(|s| &**s).collect();
             assert!(!declared.is_empty(), "{path} declares a scope");
@@ -353,7 +369,7 @@ mod tests {
             passed(&mut svc, &mut handle, call(&path, Some(&token))).await;
             checked += 1;
         }
-        assert!(checked > 0, "the orders server's methods were checked");
+        assert!(checked > 0, "the test service's methods were checked");
     }
 
     #[tokio::test]

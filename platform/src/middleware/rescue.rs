@@ -63,14 +63,12 @@ const MAX_DOMAIN_BYTES: usize = 128;
 pub fn service_of<B>(request: &http::Request<B>) -> Arc<str> {
     match request.extensions().get::<RpcMethod>() {
         Some(method) => method.service.clone(),
-        None => grpc_platform::methods::split_path(request.uri().path())
-            .0
-            .into(),
+        None => crate::methods::split_path(request.uri().path()).0.into(),
     }
 }
 
 /// The `ErrorInfo.domain` of an error answering a call to `service`: the
-/// service's gRPC name (`orders.v1.OrderService`), so no layer names a
+/// service's gRPC name (`things.v1.ThingService`), so no layer names a
 /// service of its own. A path that names no well-formed service (dotted
 /// identifiers, at most 128 bytes: the path is the client's) gets
 /// `fallback` instead, so nothing unbounded is echoed back.
@@ -87,7 +85,7 @@ pub fn error_domain<'a>(service: &'a str, fallback: &'a str) -> &'a str {
 /// The `ErrorInfo.reason` given to an error that came without details: the
 /// code's name.
 pub fn reason_of(code: Code) -> &'static str {
-    crate::sdk::code_name(code)
+    crate::codes::code_name(code)
 }
 
 #[derive(Clone)]
@@ -374,7 +372,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_trailers_only_error_without_details_gets_error_info_and_request_info() {
-        let response = rescued("/orders.v1.OrderService/Nope", || {
+        let response = rescued("/things.v1.ThingService/Nope", || {
             Status::unimplemented("").into_http()
         })
         .await;
@@ -384,7 +382,7 @@ mod tests {
         let details = status.get_error_details();
         let info = details.error_info().expect("ErrorInfo");
         assert_eq!(info.reason, "UNIMPLEMENTED");
-        assert_eq!(info.domain, "orders.v1.OrderService");
+        assert_eq!(info.domain, "things.v1.ThingService");
         assert_eq!(details.request_info().unwrap().request_id, "req-1");
         // The Status inside agrees with grpc-status and grpc-message, as
         // clients check.
@@ -395,7 +393,7 @@ mod tests {
 
     #[tokio::test]
     async fn details_already_there_are_kept_and_given_the_request_id() {
-        let response = rescued("/orders.v1.OrderService/GetOrder", || {
+        let response = rescued("/things.v1.ThingService/GetThing", || {
             let mut details = ErrorDetails::with_error_info("ORDER_NOT_FOUND", "x", HashMap::new());
             details.set_resource_info("order", "o-1", "", "not visible");
             Status::with_error_details(Code::NotFound, "order not found", details).into_http()
@@ -418,7 +416,7 @@ mod tests {
             Status::with_error_details(Code::Aborted, "m", details)
         };
         let sent = original.details().to_vec();
-        let response = rescued("/orders.v1.OrderService/CancelOrder", move || {
+        let response = rescued(crate::testing::REMOVE, move || {
             Status::with_details(Code::Aborted, "m", sent.clone().into()).into_http()
         })
         .await;
@@ -430,7 +428,7 @@ mod tests {
         let mut trailers = http::HeaderMap::new();
         Status::internal("boom").add_header(&mut trailers).unwrap();
         let response = rescued(
-            "/orders.v1.OrderService/WatchOrder",
+            "/things.v1.ThingService/WatchThing",
             streamed(Ok(Frame::trailers(trailers))),
         )
         .await;
@@ -451,7 +449,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_that_fails_ends_with_its_status_as_trailers() {
         let response = rescued(
-            "/orders.v1.OrderService/WatchOrder",
+            "/things.v1.ThingService/WatchThing",
             streamed(Err(Status::unavailable("gone"))),
         )
         .await;
@@ -469,12 +467,12 @@ mod tests {
         let mut ok = http::HeaderMap::new();
         Status::ok("").add_header(&mut ok).unwrap();
         let response = rescued(
-            "/orders.v1.OrderService/WatchOrder",
+            "/things.v1.ThingService/WatchThing",
             streamed(Ok(Frame::trailers(ok.clone()))),
         )
         .await;
         assert_eq!(trailers_of(response).await, ok);
-        let response = rescued("/orders.v1.OrderService/GetOrder", || {
+        let response = rescued("/things.v1.ThingService/GetThing", || {
             Status::ok("").into_http()
         })
         .await;
@@ -483,7 +481,7 @@ mod tests {
 
     #[test]
     fn the_domain_is_the_called_service_unless_the_path_names_none() {
-        for service in ["orders.v1.OrderService", "grpc.health.v1.Health", "a_b.C9"] {
+        for service in ["things.v1.ThingService", "grpc.health.v1.Health", "a_b.C9"] {
             assert_eq!(error_domain(service, FALLBACK), service);
         }
         let long = "a.".repeat(100) + "B";

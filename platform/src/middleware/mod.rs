@@ -40,7 +40,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tonic::Code;
 
-pub use grpc_platform::methods::{Method, MethodTable, RpcKind};
+pub use crate::methods::{Method, MethodTable, RpcKind};
 
 /// The method a call is for, as the [`MethodTable`] knows it: put in the
 /// request's extensions by [`observe`] (the outermost layer), read by the
@@ -82,28 +82,7 @@ pub struct CallContext {
     pub commit: commit::CommitPoint,
 }
 
-/// The Go-style name of a code, as dashboards label `grpc_code`.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
-    }
-}
+pub use crate::codes::go_name as code_name;
 
 /// `grpc-status` from a header map (trailers, or the headers of a
 /// trailers-only response).
@@ -302,31 +281,22 @@ mod tests {
 
     #[test]
     fn served_methods_are_classified_from_their_descriptors() {
-        let table = crate::startup::method_table().unwrap();
-        let kind = |path: &str| RpcMethod::resolve(&table, path).kind;
-        assert_eq!(kind("/orders.v1.OrderService/GetOrder"), RpcKind::Unary);
-        assert_eq!(
-            kind("/orders.v1.OrderService/UpdateOrder"),
-            RpcKind::ClientStream
-        );
-        assert_eq!(
-            kind("/orders.v1.OrderService/WatchOrder"),
-            RpcKind::ServerStream
-        );
-        assert_eq!(
-            kind("/orders.v1.OrderService/TrackOrders"),
-            RpcKind::BidiStream
-        );
+        use crate::testing::{GET, PUT, SYNC, WATCH, table};
+        let kind = |path: &str| RpcMethod::resolve(table(), path).kind;
+        assert_eq!(kind(GET), RpcKind::Unary);
+        assert_eq!(kind(PUT), RpcKind::ClientStream);
+        assert_eq!(kind(WATCH), RpcKind::ServerStream);
+        assert_eq!(kind(SYNC), RpcKind::BidiStream);
         assert_eq!(kind("/grpc.health.v1.Health/Watch"), RpcKind::ServerStream);
         assert_eq!(
             kind("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
             RpcKind::BidiStream
         );
-        let m = RpcMethod::resolve(&table, "/grpc.health.v1.Health/Check");
+        let m = RpcMethod::resolve(table(), "/grpc.health.v1.Health/Check");
         assert_eq!(
             (&*m.service, &*m.name, m.kind, m.platform),
             ("grpc.health.v1.Health", "Check", RpcKind::Unary, true)
         );
-        assert!(!RpcMethod::resolve(&table, "/orders.v1.OrderService/GetOrder").platform);
+        assert!(!RpcMethod::resolve(table(), GET).platform);
     }
 }

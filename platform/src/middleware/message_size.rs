@@ -110,7 +110,7 @@ mod tests {
             async move { Ok::<_, std::convert::Infallible>(status.into_http()) }
         });
         let request = http::Request::builder()
-            .uri("/orders.v1.OrderService/RegisterOrder")
+            .uri("/things.v1.ThingService/GetThing")
             .body(())
             .unwrap();
         let response = MessageSizeLayer
@@ -130,7 +130,7 @@ mod tests {
         let details = status.get_error_details();
         let info = details.error_info().expect("ErrorInfo");
         assert_eq!(info.reason, "MESSAGE_TOO_LARGE");
-        assert_eq!(info.domain, "orders.v1.OrderService");
+        assert_eq!(info.domain, "things.v1.ThingService");
         assert_eq!(info.metadata["max_message_bytes"], "65536");
         assert!(details.retry_info().is_none());
     }

@@ -385,19 +385,17 @@ mod tests {
     // --- Which status ends a call, on tokio's paused clock: time advances
     // only when every task waits, straight to the next timer.
 
-    const WATCH: &str = "/orders.v1.OrderService/WatchOrder";
-    const UPDATE: &str = "/orders.v1.OrderService/UpdateOrder";
-    const GET: &str = "/orders.v1.OrderService/GetOrder";
+    const WATCH: &str = "/things.v1.ThingService/WatchThing";
+    const UPDATE: &str = "/things.v1.ThingService/PutThings";
+    const GET: &str = "/things.v1.ThingService/GetThing";
 
     fn layer() -> DeadlineLayer {
         DeadlineLayer::new(Duration::from_secs(10), Duration::from_secs(60))
     }
 
     /// A call to `path` as the observe layer hands it on: with its method,
-    /// streaming kind included, from the server's method table.
+    /// streaming kind included, from the test server's method table.
     fn request(path: &str, timeout: Option<&str>) -> http::Request<()> {
-        static METHODS: std::sync::LazyLock<super::super::MethodTable> =
-            std::sync::LazyLock::new(|| crate::startup::method_table().unwrap());
         let mut builder = http::Request::builder().uri(path);
         if let Some(t) = timeout {
             builder = builder.header("grpc-timeout", t);
@@ -405,7 +403,7 @@ mod tests {
         let mut request = builder.body(()).unwrap();
         request
             .extensions_mut()
-            .insert(RpcMethod::resolve(&METHODS, path));
+            .insert(RpcMethod::resolve(crate::testing::table(), path));
         request
     }
 
@@ -490,7 +488,7 @@ mod tests {
     fn reason(status: &Status) -> String {
         let details = status.get_error_details();
         let info = details.error_info().expect("ErrorInfo");
-        assert_eq!(info.domain, "orders.v1.OrderService");
+        assert_eq!(info.domain, "things.v1.ThingService");
         info.reason.clone()
     }
 

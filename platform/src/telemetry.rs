@@ -7,16 +7,43 @@
 //!   `telemetry.otlp_endpoint` is set.
 //! - Metrics: [`Metrics`], rendered on the admin port.
 
-use crate::config::{LogFormat, TelemetrySettings};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The `telemetry` section of the configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            log_level: "info".into(),
+            otlp_endpoint: None,
+        }
+    }
+}
 
 /// Keeps trace export running; [`TelemetryGuard::shutdown`] flushes it.
 #[derive(Default)]
@@ -44,7 +71,7 @@ pub(crate) const RPC_TRACE_SPAN: &str = "grpc";
 /// lines; only the log writer sees it.
 pub(crate) const RPC_LOG_SPAN: &str = "rpc";
 /// Where both are made.
-const RPC_SPAN_TARGET: &str = "orders::middleware::trace";
+const RPC_SPAN_TARGET: &str = "grpc_platform::middleware::trace";
 
 /// Whether a call's trace span may be wanted. [`init`] knows: only when it
 /// installed an exporter. Without one, the per-layer filters below keep the
@@ -98,7 +125,11 @@ fn log_filter(rust_log: Option<&str>, log_level: &str) -> EnvFilter {
 
 /// Installs the global subscriber. Call inside the Tokio runtime (the OTLP
 /// exporter's channel lives there). A second call (tests) installs nothing.
-pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
+/// `service_name` names the process in exported traces (`service.name`).
+pub fn init(
+    settings: &TelemetrySettings,
+    service_name: &'static str,
+) -> anyhow::Result<TelemetryGuard> {
     let filter = log_filter(
         std::env::var("RUST_LOG").ok().as_deref(),
         &settings.log_level,
@@ -122,7 +153,7 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         !is_call_span(meta, RPC_TRACE_SPAN)
     }));
     let provider = match &settings.otlp_endpoint {
-        Some(endpoint) => Some(tracer_provider(endpoint)?),
+        Some(endpoint) => Some(tracer_provider(endpoint, service_name)?),
         None => None,
     };
     // Filtered even when absent: an absent (`None`) layer reports interest
@@ -132,7 +163,7 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     let exporting = provider.is_some();
     let traces = provider
         .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("orders")))
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)))
         .with_filter(tracing_subscriber::filter::filter_fn(move |meta| {
             exporting && !is_call_span(meta, RPC_LOG_SPAN)
         }));
@@ -155,7 +186,10 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     })
 }
 
-fn tracer_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
+fn tracer_provider(
+    endpoint: &str,
+    service_name: &'static str,
+) -> anyhow::Result<SdkTracerProvider> {
     use opentelemetry_otlp::WithExportConfig;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
@@ -169,7 +203,7 @@ fn tracer_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
         })
         .with_resource(
             opentelemetry_sdk::Resource::builder()
-                .with_service_name("orders")
+                .with_service_name(service_name)
                 .build(),
         )
         .build())
@@ -213,120 +247,57 @@ impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
 }
 
 use crate::middleware::metrics::GrpcMetrics;
-use crate::store::Store;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::collector::Collector;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PoolLabels {
-    state: &'static str,
-}
-
-/// Every metric the service exports on `admin.addr/metrics`.
+/// Every metric the server exports on `admin.addr/metrics`: the gRPC
+/// server metrics (go-grpc-prometheus names), the serving certificate's
+/// expiry, and whatever the service registers with
+/// [`register_collector`](Self::register_collector), read at each scrape.
 pub struct Metrics {
     registry: Registry,
     pub grpc: GrpcMetrics,
-    pool_connections: Family<PoolLabels, Gauge>,
-    pool_max: Gauge,
     tls_expiry: Gauge,
-    write_transactions: Counter,
-    writes: Counter,
-    /// Two scrapes at once must not both add the same difference.
-    catching_up: std::sync::Mutex<()>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `prefix` starts the names of the platform's metrics that are not
+    /// gRPC's own (`{prefix}_tls_cert_expiry_timestamp_seconds`): the
+    /// service's name, as its dashboards and alerts know it.
+    pub fn new(prefix: &str) -> Self {
         let mut registry = Registry::default();
         let grpc = GrpcMetrics::register(&mut registry);
-        let pool_connections = Family::<PoolLabels, Gauge>::default();
-        let pool_max = Gauge::default();
         let tls_expiry = Gauge::default();
         registry.register(
-            "orders_db_pool_connections",
-            "Database connections by state (idle, in_use)",
-            pool_connections.clone(),
-        );
-        registry.register(
-            "orders_db_pool_max_connections",
-            "Largest size of the database connection pool",
-            pool_max.clone(),
-        );
-        registry.register(
-            "orders_tls_cert_expiry_timestamp_seconds",
+            format!("{prefix}_tls_cert_expiry_timestamp_seconds"),
             "When the serving TLS certificate expires (Unix seconds); 0 without TLS",
             tls_expiry.clone(),
-        );
-        let write_transactions = Counter::default();
-        let writes = Counter::default();
-        registry.register(
-            "orders_db_write_transactions",
-            "Committed write transactions (with group commit one carries many writes)",
-            write_transactions.clone(),
-        );
-        registry.register(
-            "orders_db_writes",
-            "Committed writes (registrations and order changes)",
-            writes.clone(),
         );
         Self {
             registry,
             grpc,
-            pool_connections,
-            pool_max,
             tls_expiry,
-            write_transactions,
-            writes,
-            catching_up: Default::default(),
         }
+    }
+
+    /// Adds the service's own metrics, encoded at each scrape from what
+    /// the collector reads then (a pool's gauges, a store's counters).
+    pub fn register_collector(&mut self, collector: Box<dyn Collector>) {
+        self.registry.register_collector(collector);
     }
 
     pub fn set_tls_expiry(&self, unix_seconds: i64) {
         self.tls_expiry.set(unix_seconds);
     }
 
-    /// The Prometheus/OpenMetrics text, with gauges read now.
-    pub fn render(&self, store: &dyn Store) -> String {
-        let pool = store.pool_stats();
-        self.pool_max.set(i64::from(pool.max));
-        self.pool_connections
-            .get_or_create(&PoolLabels { state: "idle" })
-            .set(i64::from(pool.idle));
-        self.pool_connections
-            .get_or_create(&PoolLabels { state: "in_use" })
-            .set(i64::from(pool.in_use));
-        // The store counts; the counters catch up to it (they only grow).
-        let written = store.write_stats();
-        {
-            let _one_at_a_time = self
-                .catching_up
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            catch_up(&self.write_transactions, written.transactions);
-            catch_up(&self.writes, written.writes);
-        }
+    /// The Prometheus/OpenMetrics text, collectors read now.
+    pub fn render(&self) -> String {
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(error = %e, "cannot render metrics");
         }
         text
-    }
-}
-
-/// Advances a Prometheus counter to a total counted elsewhere.
-fn catch_up(counter: &Counter, total: u64) {
-    let seen = counter.get();
-    if total > seen {
-        counter.inc_by(total - seen);
     }
 }
 
@@ -356,7 +327,7 @@ mod filter_tests {
             .with(Count(count.clone()));
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI extension");
-            tracing::warn!(target: "orders::serve", "something else");
+            tracing::warn!(target: "grpc_platform::serve", "something else");
         });
         count.load(Ordering::SeqCst)
     }
