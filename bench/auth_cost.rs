@@ -64,10 +64,7 @@ fn measure(certs: &DevCerts) -> anyhow::Result<(Duration, Duration)> {
         .enable_all()
         .build()?;
     let verifier = |cache_size: usize| {
-        let mut s = Settings {
-            environment: Environment::Test,
-            ..Settings::default()
-        };
+        let mut s = Settings::for_environment(Environment::Test);
         s.tls.enabled = false;
         s.auth.issuer = "bench".into();
         s.auth.audience = "orders".into();

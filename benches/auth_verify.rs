@@ -45,10 +45,7 @@ fn main() {
         .build()
         .unwrap();
     let verifier = |cache_size: usize| {
-        let mut s = Settings {
-            environment: Environment::Test,
-            ..Settings::default()
-        };
+        let mut s = Settings::for_environment(Environment::Test);
         s.tls.enabled = false;
         s.auth.issuer = "bench".into();
         s.auth.audience = "orders".into();

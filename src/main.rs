@@ -3,7 +3,6 @@
 
 use clap::{Parser, Subcommand};
 use grpc_platform::dev::{DevCerts, DevClaims};
-use grpc_platform::methods::PolicyError;
 use orders::config::{EXIT_CONFIG, Environment, Settings, Sources};
 use orders::startup::Application;
 use std::path::PathBuf;
@@ -48,7 +47,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(&Sources::from_process(cli.config.clone())) {
+    let settings = match Settings::load(&Sources::from_process(
+        orders::config::ENV_PREFIX,
+        cli.config.clone(),
+    )) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("orders-server: {e}");
@@ -158,10 +160,7 @@ async fn run(settings: Settings) -> ExitCode {
                 tracing::error!(error = format!("{e:#}"), "cannot start");
                 // A method that declares no access (or a malformed policy)
                 // is a configuration error: exit 78, as for settings.
-                if e.downcast_ref::<PolicyError>().is_some() {
-                    return ExitCode::from(EXIT_CONFIG as u8);
-                }
-                return ExitCode::FAILURE;
+                return ExitCode::from(grpc_platform::server::exit_code(&e));
             }
         };
         if dev {

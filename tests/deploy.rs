@@ -306,12 +306,15 @@ fn check(overlay: &'static str) -> Option<(Settings, Rendered)> {
         file
     };
     let mut tls_mounts = Vec::new();
+    // The platform's sections, borrowed once (the settings reach them
+    // through `Deref`).
+    let platform = &mut settings.platform;
     for (key, path) in [
-        ("tls.cert", &mut settings.tls.cert),
-        ("tls.key", &mut settings.tls.key),
-        ("tls.client_ca", &mut settings.tls.client_ca),
-        ("auth.jwks_file", &mut settings.auth.jwks_file),
-        ("auth.jwks_ca", &mut settings.auth.jwks_ca),
+        ("tls.cert", &mut platform.tls.cert),
+        ("tls.key", &mut platform.tls.key),
+        ("tls.client_ca", &mut platform.tls.client_ca),
+        ("auth.jwks_file", &mut platform.auth.jwks_file),
+        ("auth.jwks_ca", &mut platform.auth.jwks_ca),
     ] {
         if let Some(path) = path {
             let file = mount(key, path);

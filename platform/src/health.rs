@@ -40,8 +40,9 @@ pub struct HealthState {
 }
 
 struct Inner {
-    /// [`READINESS`] and the mounted services' names.
-    readiness_names: Vec<String>,
+    /// [`READINESS`] and the mounted services' names (added as they are
+    /// mounted, before the server serves).
+    readiness_names: std::sync::RwLock<Vec<String>>,
     liveness: watch::Sender<ServingStatus>,
     readiness: watch::Sender<ServingStatus>,
     dependencies_ok: AtomicBool,
@@ -50,25 +51,39 @@ struct Inner {
     stopped: watch::Sender<bool>,
 }
 
+impl Default for HealthState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl HealthState {
     /// Live and ready (a server is built only once its dependencies
-    /// answered), for the names in [`READINESS`] and `services`, the full
-    /// gRPC names of the services mounted.
-    pub fn new<'a>(services: impl IntoIterator<Item = &'a str>) -> Self {
-        let readiness_names = READINESS
-            .into_iter()
-            .chain(services)
-            .map(str::to_owned)
-            .collect();
+    /// answered), for the names in [`READINESS`]; each service mounted adds
+    /// its own ([`add_service`](Self::add_service)).
+    pub fn new() -> Self {
+        let readiness_names = READINESS.into_iter().map(str::to_owned).collect();
         Self {
             inner: Arc::new(Inner {
-                readiness_names,
+                readiness_names: std::sync::RwLock::new(readiness_names),
                 liveness: watch::Sender::new(ServingStatus::Serving),
                 readiness: watch::Sender::new(ServingStatus::Serving),
                 dependencies_ok: AtomicBool::new(true),
                 draining: AtomicBool::new(false),
                 stopped: watch::Sender::new(false),
             }),
+        }
+    }
+
+    /// `service` (a full gRPC name) follows readiness from now on.
+    pub fn add_service(&self, service: &str) {
+        let mut names = self
+            .inner
+            .readiness_names
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !names.iter().any(|n| n == service) {
+            names.push(service.to_owned());
         }
     }
 
@@ -130,7 +145,14 @@ impl HealthState {
     fn sender(&self, name: &str) -> Option<&watch::Sender<ServingStatus>> {
         if name == LIVENESS {
             Some(&self.inner.liveness)
-        } else if self.inner.readiness_names.iter().any(|n| n == name) {
+        } else if self
+            .inner
+            .readiness_names
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .any(|n| n == name)
+        {
             Some(&self.inner.readiness)
         } else {
             None

@@ -10,6 +10,8 @@
 //! → the tower layers ([`middleware`], authorization in [`auth`]) → the
 //! service's handlers.
 //!
+//! - [`server`]: the server a service is mounted on: `ServerBuilder` →
+//!   `Server::run_until_stopped`.
 //! - [`methods`]: the method table. Authorization is declared in the proto
 //!   with the `grpc_platform.v1.access` method option
 //!   ([`PROTO_INCLUDE_DIR`]) and closed by default: a mounted method that
@@ -19,6 +21,8 @@
 //! - [`health`] and [`admin`]: probes and readiness, and the plaintext
 //!   admin port (health and `GET /metrics`).
 //! - [`telemetry`], [`log_json`], [`log_writer`]: logs, traces, metrics.
+//! - [`config`]: the configuration core: the platform's sections, layering
+//!   with the service's environment prefix, validation, redaction, exit 78.
 //! - [`dev`]: development certificates and tokens.
 //! - [`shutdown`]: the signals that start a graceful shutdown.
 //! - [`codes`]: gRPC code names.
@@ -31,6 +35,8 @@ pub mod methods;
 pub mod admin;
 #[cfg(feature = "server")]
 pub mod auth;
+#[cfg(feature = "server")]
+pub mod config;
 #[cfg(feature = "server")]
 pub mod dev;
 #[cfg(feature = "server")]
@@ -45,6 +51,8 @@ pub mod log_writer;
 pub mod middleware;
 #[cfg(feature = "server")]
 pub mod serve;
+#[cfg(feature = "server")]
+pub mod server;
 #[cfg(feature = "server")]
 pub mod shutdown;
 #[cfg(feature = "server")]

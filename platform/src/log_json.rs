@@ -10,7 +10,7 @@
 //! line: it keeps each span's fields as JSON text and, on every line, parses
 //! that text back into a map (`serde_json::from_str`) to serialize it again,
 //! and builds the line through serde's map serializer. With an access-log
-//! line per call that was the largest single cost of logging a GetOrder.
+//! line per call that was the largest single cost of logging a small unary call.
 //! Here span fields are kept as ready-to-splice `"key":value` text and the
 //! line is written directly.
 
@@ -115,7 +115,7 @@ where
 /// subscriber stack, its fields visited one by one, its span looked up in
 /// the registry and a second copy into the writer: about half of the
 /// line's cost, and the line (turned off with `access=off`) was about a
-/// ninth of a GetOrder's server CPU in interleaved runs.
+/// ninth of a small unary call's server CPU in interleaved runs.
 pub struct AccessLine<'a> {
     pub method: &'a str,
     pub code: &'static str,

@@ -5,8 +5,8 @@
 //! before): that one hands each line to its thread through a channel and,
 //! whenever the queue is short (which at moderate load is always), wakes the
 //! thread and makes one `write(2)` per line. With one access-log line per call
-//! that cost a GetOrder about as much as all the rest of the logging (the
-//! service answered 15.1k GetOrder/s with its logs, 21.7k/s without). Here a
+//! that cost a small unary call about as much as all the rest of the logging (the
+//! service answered 15.1k small unary calls/s with its logs, 21.7k/s without). Here a
 //! line costs a copy into the buffer under a lock; the thread is woken only
 //! when the buffer turns non-empty, waits [`LINGER`] for more lines, and
 //! writes them all at once.

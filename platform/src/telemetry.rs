@@ -76,7 +76,7 @@ const RPC_SPAN_TARGET: &str = "grpc_platform::middleware::trace";
 /// Whether a call's trace span may be wanted. [`init`] knows: only when it
 /// installed an exporter. Without one, the per-layer filters below keep the
 /// span from every layer, but tracing still built, cloned and closed it in
-/// the registry for each call (3% of a GetOrder's CPU in a profile), so it
+/// the registry for each call (3% of a small unary call's CPU in a profile), so it
 /// is not made at all. True until `init` says otherwise, so a subscriber
 /// installed by someone else (a test, an embedding program) still gets it.
 static TRACE_SPANS: AtomicBool = AtomicBool::new(true);
@@ -139,7 +139,7 @@ pub fn init(
     let direct_access = stdout.clone();
     // Each layer sees only the call span meant for it: formatting the
     // OpenTelemetry attributes into every log line's span context (and again
-    // when the status is recorded) cost a tenth of a GetOrder; and with no
+    // when the status is recorded) cost a tenth of a small unary call; and with no
     // exporter configured, nobody wants the trace span, so tracing skips it.
     let logs = match settings.log_format {
         LogFormat::Json => fmt::layer()

@@ -263,7 +263,7 @@ impl CertState {
     }
 
     /// `not_after` of the certificate in service, in Unix seconds: the value
-    /// of `orders_tls_cert_expiry_timestamp_seconds`.
+    /// of the `{name}_tls_cert_expiry_timestamp_seconds` metric.
     pub fn expiry_unix(&self) -> i64 {
         self.not_after.load(Ordering::Relaxed)
     }

@@ -167,10 +167,7 @@ pub async fn backends() -> Vec<Backend> {
 
 /// Settings for a test server: port 0, TLS with `certs`, tokens from `certs`.
 pub fn settings(certs: &Certs, backend: &Backend) -> Settings {
-    let mut s = Settings {
-        environment: Environment::Test,
-        ..Settings::default()
-    };
+    let mut s = Settings::for_environment(Environment::Test);
     s.server.addr = "127.0.0.1:0".into();
     s.admin.addr = "127.0.0.1:0".into();
     s.tls.cert = Some(certs.dev.path(grpc_platform::dev::SERVER_CERT));

@@ -9,7 +9,7 @@
 //! entering, leaving and closing a span in `tracing_subscriber`'s registry
 //! (a slab slot, an extension map, the field formatted into a string, the
 //! per-layer filter bookkeeping) cost about 5,000 instructions a call
-//! (callgrind), a twenty-fifth of a GetOrder. A task-local moves the context
+//! (callgrind), a twenty-fifth of a small unary call. A task-local moves the context
 //! in and out of a thread-local on each poll. Anywhere else (the development format, a
 //! test's or an embedding program's own subscriber) the span is made as
 //! before (`middleware::trace`).

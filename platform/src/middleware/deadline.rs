@@ -16,7 +16,7 @@
 //!   `server.max_timeout_ms`, reason `STREAM_TIME_LIMIT` (the limit in its
 //!   metadata) and `RetryInfo`. The client's deadline has not passed, so
 //!   DEADLINE_EXCEEDED would be wrong; UNAVAILABLE is what clients (and the
-//!   SDK) resume a stream on, and an UpdateOrder ended this way had its
+//!   SDK) resume a stream on, and a client stream ended this way had its
 //!   handler dropped before it committed anything;
 //! - the server's cap or default on a unary call: DEADLINE_EXCEEDED with a
 //!   message naming the setting, reason `SERVER_TIME_LIMIT` (the limit in
@@ -538,7 +538,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_servers_cap_ends_a_client_stream_before_its_answer_the_same_way() {
-        // UpdateOrder: the handler is still reading when the cap passes; it is
+        // A client stream: the handler is still reading when the cap passes; it is
         // dropped, so nothing is committed.
         let (status, after) = ends_with(stuck(), request(UPDATE, Some("5M"))).await;
         assert_eq!(after, Duration::from_secs(60));

@@ -68,7 +68,7 @@ const MAX_METHODS: usize = 64;
 
 /// One method's metrics, looked up once per method rather than four times
 /// per call: the label strings were allocated, hashed and compared under the
-/// families' locks for every call, a measurable share of a GetOrder.
+/// families' locks for every call, a measurable share of a small unary call.
 struct MethodHandles {
     labels: MethodLabels,
     started: Counter,

@@ -5,7 +5,7 @@
 //! They were four layers, each with its own boxed future and three of them
 //! with their own wrapper around the response body, all reading the same
 //! trailers. One layer makes one future and one [`ObservedBody`] per call
-//! (GetOrder +5%). What the four do is still most of their cost: the span
+//! (small unary calls +5%). What the four do is still most of their cost: the span
 //! and the access-log line.
 //!
 //! Outermost: nothing may log about a call before it has a name, and the

@@ -395,15 +395,15 @@ mod tests {
     async fn details_already_there_are_kept_and_given_the_request_id() {
         let response = rescued("/things.v1.ThingService/GetThing", || {
             let mut details = ErrorDetails::with_error_info("ORDER_NOT_FOUND", "x", HashMap::new());
-            details.set_resource_info("order", "o-1", "", "not visible");
-            Status::with_error_details(Code::NotFound, "order not found", details).into_http()
+            details.set_resource_info("thing", "t-1", "", "not visible");
+            Status::with_error_details(Code::NotFound, "thing not found", details).into_http()
         })
         .await;
         let status = status(response.headers());
-        assert_eq!(status.message(), "order not found");
+        assert_eq!(status.message(), "thing not found");
         let details = status.get_error_details();
         assert_eq!(details.error_info().unwrap().reason, "ORDER_NOT_FOUND");
-        assert_eq!(details.resource_info().unwrap().resource_name, "o-1");
+        assert_eq!(details.resource_info().unwrap().resource_name, "t-1");
         assert_eq!(details.request_info().unwrap().request_id, "req-1");
         assert_eq!(status.get_error_details_vec().len(), 3, "nothing doubled");
     }

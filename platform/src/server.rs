@@ -1,0 +1,462 @@
+//! The server a service is mounted on: the whole stack, assembled in one
+//! place, knowing the service only by what it is given.
+//!
+//! ```text
+//! ServerBuilder::new(settings, name)  development certificates, keys (a JWKS URL fetched), TLS
+//!   .mount(service, descriptors)      the service by value; its methods, kinds and access from its descriptors
+//!   .readiness(check)                 what readiness follows (a database ping, say)
+//!   .collector(metrics)               the service's own metrics on /metrics
+//!   .bind()                           both ports bound (port 0 works): a `Server`
+//! Server::run_until_stopped(signal)   serves; on the signal: drain, end streams, finish calls
+//! ```
+//!
+//! What holds:
+//! - Every call to every mounted service is authenticated and authorized as
+//!   its method declares in the proto, except gRPC health and reflection and
+//!   methods declared public; a mounted method that declares nothing stops
+//!   the start ([`PolicyError`], exit 78), so nothing undecided is served.
+//! - The health names that follow readiness are `""`, `readiness` and the
+//!   name of every service mounted.
+//! - Everything that can fail on the machine (keys, certificates, ports)
+//!   fails before anything is served.
+
+use crate::auth::{AuthLayer, Verifier};
+use crate::config::{Environment, PlatformSettings};
+use crate::health::{HealthState, ReadinessCheck};
+use crate::methods::{MethodTable, PolicyError};
+use crate::middleware::{
+    concurrency::ConcurrencyLimitLayer, deadline::DeadlineLayer, message_size::MessageSizeLayer,
+    observe::ObserveLayer, panic_guard::PanicGuardLayer, rescue::RescueLayer,
+};
+use crate::telemetry::Metrics;
+use crate::{admin, dev, serve, tls};
+use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::collector::Collector;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tower::ServiceBuilder;
+
+/// How long in-flight calls may take to finish once draining is over.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The exit code for an error that stopped a start: 78 (`EX_CONFIG`) for
+/// a bad configuration or an access policy nobody decided, 1 otherwise.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let config = error
+        .chain()
+        .any(|cause| cause.is::<PolicyError>() || cause.is::<crate::config::ConfigError>());
+    if config {
+        crate::config::EXIT_CONFIG as u8
+    } else {
+        1
+    }
+}
+
+/// The platform's own services (gRPC health, and reflection when
+/// `reflection`), public, in a method table ready for the service's.
+pub fn platform_methods(reflection: bool) -> MethodTable {
+    let mut methods = MethodTable::new();
+    let mut public = |name: &str, descriptors: &[u8]| {
+        methods
+            .mount_public(name, descriptors)
+            .expect("the platform's own descriptors are valid");
+    };
+    public(
+        <tonic_health::pb::health_server::HealthServer<()> as NamedService>::NAME,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    );
+    if reflection {
+        public(
+            <tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer<()> as NamedService>::NAME,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        );
+        public(
+            <tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer<()> as NamedService>::NAME,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        );
+    }
+    methods
+}
+
+/// A server being put together; see the module documentation.
+pub struct ServerBuilder {
+    settings: PlatformSettings,
+    methods: MethodTable,
+    routes: Option<Routes>,
+    /// The mounted services' descriptor sets, served by reflection.
+    descriptors: Vec<Vec<u8>>,
+    /// The `ErrorInfo.domain` of errors for paths naming no well-formed
+    /// service: the first service mounted.
+    fallback_domain: Option<&'static str>,
+    health: HealthState,
+    stopping: (watch::Sender<bool>, watch::Receiver<bool>),
+    readiness: Option<ReadinessCheck>,
+    metrics: Metrics,
+    verifier: Verifier,
+    tls: Option<Arc<tls::CertState>>,
+}
+
+impl ServerBuilder {
+    /// Prepares what fails on the machine before anything binds:
+    /// development certificates (outside production, when asked), the
+    /// token verifier with its keys loaded (a JWKS URL fetched) and kept
+    /// fresh, and the TLS certificate. `name` is the service's short name:
+    /// the prefix of the platform's metrics, the name of its traces' and of
+    /// its development certificates.
+    pub async fn new(settings: PlatformSettings, name: &'static str) -> anyhow::Result<Self> {
+        if settings.dev.generate_certs && settings.environment != Environment::Production {
+            let certs = dev::DevCerts::new(&settings.dev.certs_dir, name);
+            if !certs.complete() {
+                certs.generate()?;
+                tracing::info!(dir = %certs.dir.display(), "generated development certificates and signing key");
+            }
+        }
+        // Re-read every auth.jwks_refresh_secs by a task that ends when the
+        // last handle of the verifier goes, i.e. with the server.
+        let verifier = settings.verifier().await.context("auth")?;
+        verifier.spawn_refresh();
+        let tls = if settings.tls.enabled {
+            let cert = settings
+                .tls
+                .cert
+                .as_deref()
+                .context("tls.cert is required")?;
+            let key = settings.tls.key.as_deref().context("tls.key is required")?;
+            // Reloadable certificate, key and client CA.
+            let files = tls::TlsFiles {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                client_ca: settings.tls.client_ca.clone(),
+            };
+            Some(tls::CertState::load(files).context("tls")?)
+        } else {
+            None
+        };
+        let health = HealthState::new();
+        Ok(Self {
+            methods: platform_methods(settings.server.reflection),
+            routes: None,
+            descriptors: Vec::new(),
+            fallback_domain: None,
+            stopping: watch::channel(false),
+            readiness: None,
+            metrics: Metrics::new(name),
+            verifier,
+            tls,
+            health,
+            settings,
+        })
+    }
+
+    /// The server's health, for handlers that fail fast while the
+    /// readiness check fails.
+    pub fn health(&self) -> HealthState {
+        self.health.clone()
+    }
+
+    /// Turns `true` when the server has drained and stops: open streams
+    /// should end then (with UNAVAILABLE), so clients resume elsewhere and
+    /// nothing holds the shutdown up.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.1.clone()
+    }
+
+    /// Mounts `service`, whose methods the encoded file descriptor set
+    /// `descriptors` describes (imports included, as prost-build writes
+    /// it). Every method must declare its access in the proto.
+    pub fn mount<S>(mut self, service: S, descriptors: &[u8]) -> Result<Self, PolicyError>
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.methods.mount(S::NAME, descriptors)?;
+        self.health.add_service(S::NAME);
+        self.descriptors.push(descriptors.to_vec());
+        self.fallback_domain.get_or_insert(S::NAME);
+        self.routes = Some(match self.routes.take() {
+            Some(routes) => routes.add_service(service),
+            None => Routes::new(service),
+        });
+        Ok(self)
+    }
+
+    /// Readiness (and the handlers' fast failure) follows `check`, run every
+    /// `admin.check_interval_ms`, each run bounded by `admin.check_timeout_ms`.
+    pub fn readiness(mut self, check: ReadinessCheck) -> Self {
+        self.readiness = Some(check);
+        self
+    }
+
+    /// Adds the service's own metrics to `/metrics`, read at each scrape.
+    pub fn collector(mut self, collector: Box<dyn Collector>) -> Self {
+        self.metrics.register_collector(collector);
+        self
+    }
+
+    /// Binds both ports.
+    pub async fn bind(self) -> anyhow::Result<Server> {
+        let s = &self.settings;
+        let server_addr: SocketAddr = s.server_addr();
+        let listener = TcpListener::bind(server_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (server.addr)", s.server.addr))?;
+        let addr = listener.local_addr()?;
+        let admin_listener = TcpListener::bind(s.admin_addr())
+            .await
+            .with_context(|| format!("cannot listen on {} (admin.addr)", s.admin.addr))?;
+        let admin_addr = admin_listener.local_addr()?;
+        Ok(Server {
+            builder: self,
+            listener,
+            addr,
+            admin_listener,
+            admin_addr,
+        })
+    }
+}
+
+/// A server with both ports bound, ready to serve.
+pub struct Server {
+    builder: ServerBuilder,
+    listener: TcpListener,
+    addr: SocketAddr,
+    admin_listener: TcpListener,
+    admin_addr: SocketAddr,
+}
+
+impl Server {
+    /// The bound gRPC address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bound admin address (health and `/metrics`, plaintext).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn health(&self) -> HealthState {
+        self.builder.health.clone()
+    }
+
+    /// The method table the server enforces.
+    pub fn methods(&self) -> &MethodTable {
+        &self.builder.methods
+    }
+
+    /// The TLS configuration in service (`None` for plaintext): its
+    /// `expiry_unix()` is the `{name}_tls_cert_expiry_timestamp_seconds`
+    /// metric.
+    pub fn tls_state(&self) -> Option<Arc<tls::CertState>> {
+        self.builder.tls.clone()
+    }
+
+    /// Serves until `shutdown` resolves; then turns health NOT_SERVING (all
+    /// names but `liveness`), keeps serving for `shutdown.drain_secs` so load
+    /// balancers move away, ends open streams with UNAVAILABLE (clients
+    /// resume elsewhere), finishes in-flight calls and returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let Server {
+            builder,
+            listener,
+            addr,
+            admin_listener,
+            admin_addr,
+        } = self;
+        let ServerBuilder {
+            settings: s,
+            methods,
+            routes,
+            descriptors,
+            fallback_domain,
+            health,
+            stopping: (stopping_tx, _),
+            readiness,
+            metrics,
+            verifier,
+            tls,
+            ..
+        } = builder;
+        let routes = routes.context("no service is mounted")?;
+        let fallback_domain = fallback_domain.unwrap_or("grpc_platform.v1");
+        let methods = Arc::new(methods);
+        let metrics = Arc::new(metrics);
+
+        // Without a check of the service's, readiness follows draining only.
+        let _readiness_checks = readiness.map(|check| {
+            health.watch_readiness(
+                check,
+                Duration::from_millis(s.admin.check_interval_ms),
+                Duration::from_millis(s.admin.check_timeout_ms),
+            )
+        });
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = tokio::spawn(admin::serve(
+            admin_listener,
+            health.clone(),
+            metrics.clone(),
+            tls.clone(),
+            async {
+                let _ = admin_stopped.await;
+            },
+        ));
+        tracing::info!(addr = %admin_addr, "serving health and /metrics (admin)");
+
+        let routes = routes.add_service(health.service());
+        let routes = if s.server.reflection {
+            // grpcurl 1.8 and many older tools speak only v1alpha.
+            routes
+                .add_service(reflection(&descriptors).build_v1()?)
+                .add_service(reflection(&descriptors).build_v1alpha()?)
+        } else {
+            routes
+        };
+
+        let keepalive = Duration::from_secs(s.server.keepalive_interval_secs);
+        // The order of the stack is explained in `crate::middleware`.
+        let stack = ServiceBuilder::new()
+            // Request id, span, metrics and access log.
+            .layer(ObserveLayer::new(metrics.grpc.clone(), methods.clone()))
+            // Every error leaves with a google.rpc.Status: details added
+            // where the layers below, the handlers or tonic gave none.
+            .layer(RescueLayer::new(fallback_domain))
+            // The client certificate's subject (mTLS), for handlers; outside
+            // auth so refused calls carry it too.
+            .layer(tls::ClientIdentityLayer)
+            .layer(ConcurrencyLimitLayer::new(
+                s.server.concurrency_limit,
+                methods.fallback_domain(),
+            ))
+            .layer(DeadlineLayer::new(
+                Duration::from_millis(s.server.default_timeout_ms),
+                Duration::from_millis(s.server.max_timeout_ms),
+            ))
+            // Auth: an unauthenticated call costs a header parse, never a
+            // handler or a database query.
+            .layer(AuthLayer::new(verifier.clone(), methods.clone()))
+            .layer(MessageSizeLayer)
+            .layer(PanicGuardLayer);
+        let service = stack.service(routes.prepare());
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(s.server.max_concurrent_streams)
+            .keep_alive_interval((!keepalive.is_zero()).then_some(keepalive))
+            .keep_alive_timeout(Duration::from_secs(20))
+            // Abuse limits: header block size and HTTP/2 reset floods.
+            .max_header_list_size(s.server.max_header_list_bytes)
+            .max_pending_accept_reset_streams(Some(s.server.http2_max_pending_accept_reset_streams))
+            .max_local_error_reset_streams(Some(s.server.http2_max_local_error_reset_streams));
+        let age = (s.server.max_connection_age_secs > 0).then(|| serve::ConnectionAge {
+            max: Duration::from_secs(s.server.max_connection_age_secs),
+            grace: Duration::from_secs(s.server.max_connection_age_grace_secs),
+        });
+
+        let drain = Duration::from_secs(s.shutdown.drain_secs);
+        let (drained_tx, drained) = tokio::sync::oneshot::channel::<()>();
+        let draining = health.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!(drain_secs = drain.as_secs(), "shutting down: draining");
+            draining.drain();
+            tokio::time::sleep(drain).await;
+            // Open streams (the service's and health watches) end with
+            // UNAVAILABLE, so their clients go elsewhere and nothing holds
+            // the shutdown up.
+            draining.stop();
+            let _ = stopping_tx.send(true);
+            let _ = drained_tx.send(());
+            tracing::info!("drained: finishing in-flight calls");
+        };
+
+        let services: Vec<&str> = methods.services().collect();
+        tracing::info!(%addr, tls = tls.is_some(), "serving {}", services.join(", "));
+        // Certificate reloading runs while we serve: the sender is
+        // dropped when this function returns (or its future is dropped),
+        // which stops the task.
+        let (_reload_guard, reload_stop) = tokio::sync::oneshot::channel::<()>();
+        if let Some(state) = &tls {
+            let every = Duration::from_secs(s.tls.reload_secs.max(1));
+            tokio::spawn(state.clone().watch(every, async move {
+                let _ = reload_stop.await;
+            }));
+        }
+        let limits = tls::ConnLimits {
+            handshake_timeout: Duration::from_secs(s.server.handshake_timeout_secs),
+            idle_timeout: (s.server.idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(s.server.idle_timeout_secs)),
+        };
+        let serve = async move {
+            match tls {
+                Some(state) => {
+                    let incoming = tls::incoming(listener, state, limits);
+                    serve::serve(incoming, service, http2, age, signal).await
+                }
+                None => {
+                    let incoming = tls::plaintext_incoming(listener);
+                    serve::serve(incoming, service, http2, age, signal).await
+                }
+            }
+        };
+        // Graceful shutdown waits for every connection to close; a client that
+        // never answers GOAWAY must not keep the process alive for ever.
+        let grace_expired = async {
+            if drained.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = serve => {}
+            _ = grace_expired => tracing::warn!(
+                grace_secs = SHUTDOWN_GRACE.as_secs(),
+                "in-flight calls did not finish in time; closing their connections"
+            ),
+        }
+        let _ = admin_stop.send(());
+        // Health watches on the admin port never end by themselves.
+        if tokio::time::timeout(Duration::from_secs(1), admin)
+            .await
+            .is_err()
+        {
+            tracing::debug!("admin port closed with health watches open");
+        }
+        drop(verifier);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Reflection over the mounted services' protos, health, `google.rpc` (so
+/// tools such as grpcurl can decode the error details sent), and both
+/// versions of reflection itself: each version lists every service the port
+/// serves, the other version included (each builder adds only its own).
+fn reflection(descriptors: &[Vec<u8>]) -> tonic_reflection::server::Builder<'_> {
+    let mut builder = tonic_reflection::server::Builder::configure();
+    for set in descriptors {
+        builder = builder.register_encoded_file_descriptor_set(set);
+    }
+    builder
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
