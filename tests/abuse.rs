@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use rustls::pki_types::pem::PemObject;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,7 +42,7 @@ async fn still_serving(server: &TestServer) {
 /// A TLS connection to the server speaking HTTP/2 (ALPN h2), trusting the dev CA.
 async fn tls_to(server: &TestServer) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut server.certs.ca().as_slice()) {
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&server.certs.ca()) {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -13,6 +13,7 @@ use hyper::body::Bytes;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use orders::config::Settings;
 use orders::sdk::pb;
+use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -86,14 +87,15 @@ impl Drop for JwksServer {
 impl JwksServer {
     async fn start(certs: &Certs, document: String) -> Self {
         let read_pem = |name: &str| std::fs::read(certs.dev.path(name)).unwrap();
-        let chain =
-            rustls_pemfile::certs(&mut read_pem(grpc_platform::dev::SERVER_CERT).as_slice())
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-        let key =
-            rustls_pemfile::private_key(&mut read_pem(grpc_platform::dev::SERVER_KEY).as_slice())
-                .unwrap()
-                .unwrap();
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&read_pem(
+            grpc_platform::dev::SERVER_CERT,
+        ))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&read_pem(
+            grpc_platform::dev::SERVER_KEY,
+        ))
+        .unwrap();
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

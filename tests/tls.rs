@@ -12,6 +12,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::pki_types::pem::PemObject;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -169,7 +170,7 @@ fn rotating_settings(certs: &Certs, backend: &Backend, vol: &SecretVolume) -> Se
 /// CN of the certificate the server presents.
 async fn served_cn(addr: SocketAddr, ca_pem: &str) -> String {
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -211,7 +212,7 @@ async fn until_served(addr: SocketAddr, ca_pem: &str, cn: &str) {
 }
 
 fn cert_not_after(pem: &str) -> i64 {
-    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
         .next()
         .unwrap()
         .unwrap();
@@ -465,7 +466,7 @@ async fn the_expiry_value_is_the_serving_certificates_not_after() {
     let pem = std::fs::read_to_string(s.tls.cert.clone().unwrap()).unwrap();
     let app = Application::build(s).await.unwrap();
     let state = app.tls_state().unwrap();
-    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
         .next()
         .unwrap()
         .unwrap();

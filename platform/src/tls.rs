@@ -45,6 +45,7 @@
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -67,7 +68,7 @@ use tower::{Layer, Service};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn parse_certs(path: &Path, pem: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = rustls_pemfile::certs(&mut &pem[..])
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{}: invalid PEM", path.display()))?;
     anyhow::ensure!(
@@ -79,9 +80,13 @@ fn parse_certs(path: &Path, pem: &[u8]) -> anyhow::Result<Vec<CertificateDer<'st
 }
 
 fn parse_key(path: &Path, pem: &[u8]) -> anyhow::Result<PrivateKeyDer<'static>> {
-    rustls_pemfile::private_key(&mut &pem[..])
-        .with_context(|| format!("{}: invalid PEM", path.display()))?
-        .with_context(|| format!("{}: no private key found", path.display()))
+    match PrivateKeyDer::from_pem_slice(pem) {
+        Ok(key) => Ok(key),
+        Err(pem::Error::NoItemsFound) => {
+            anyhow::bail!("{}: no private key found", path.display())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("{}: invalid PEM", path.display()))),
+    }
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

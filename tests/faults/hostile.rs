@@ -7,6 +7,7 @@
 use crate::cluster::{Latencies, Replica, ms};
 use crate::common::*;
 use orders::sdk::{Client, pb};
+use rustls::pki_types::pem::PemObject;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ async fn tls_to(port: u16, certs: &Certs) -> tokio_rustls::client::TlsStream<Tcp
 
 async fn tls_with_ca(port: u16, ca: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &ca[..]) {
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca) {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -9,6 +9,8 @@
 //! us trust its keys over plaintext nor exhaust memory.
 
 use super::keys::KeyError;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +48,7 @@ impl JwksUrl {
                 };
                 let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
                 let mut found = 0;
-                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                for cert in CertificateDer::pem_slice_iter(&pem) {
                     let cert = cert.map_err(|e| ca_error(e.to_string()))?;
                     roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
                     found += 1;
