@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use grpc_platform::dev::{DevCerts, DevClaims};
+use grpc_platform::telemetry::CallTelemetry;
 use orders::config::{EXIT_CONFIG, Environment, Settings, Sources};
 use orders::startup::Application;
 use std::path::PathBuf;
@@ -145,16 +146,16 @@ fn serve(settings: Settings) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG as u8);
             }
         };
-        let code = run(settings).await;
+        let code = run(settings, telemetry.calls()).await;
         telemetry.shutdown().await;
         code
     })
 }
 
-async fn run(settings: Settings) -> ExitCode {
+async fn run(settings: Settings, telemetry: CallTelemetry) -> ExitCode {
     {
         let dev = settings.environment == Environment::Development;
-        let app = match Application::build(settings.clone()).await {
+        let app = match Application::build_with_telemetry(settings.clone(), telemetry).await {
             Ok(app) => app,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "cannot start");

@@ -15,6 +15,7 @@ use anyhow::Context;
 use grpc_platform::health::HealthState;
 use grpc_platform::methods::{MethodTable, PolicyError};
 use grpc_platform::server::{Server, ServerBuilder, platform_methods};
+use grpc_platform::telemetry::CallTelemetry;
 use grpc_platform::tls;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,7 +53,18 @@ impl Application {
     /// anything is served. An access policy nobody decided is a
     /// `PolicyError` (exit 78: `grpc_platform::server::exit_code`).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let server = ServerBuilder::new(settings.platform.clone(), SERVICE_NAME).await?;
+        Self::build_with_telemetry(settings, CallTelemetry::default()).await
+    }
+
+    /// As [`build`](Self::build), with what the process's telemetry asks of
+    /// each call (`grpc_platform::telemetry::TelemetryGuard::calls`).
+    pub async fn build_with_telemetry(
+        settings: Settings,
+        telemetry: CallTelemetry,
+    ) -> anyhow::Result<Self> {
+        let server = ServerBuilder::new(settings.platform.clone(), SERVICE_NAME)
+            .await?
+            .telemetry(telemetry);
         let store = store::connect(settings.database_url(), &settings.database.store_options())
             .await
             .with_context(|| {

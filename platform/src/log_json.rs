@@ -109,7 +109,8 @@ where
 
 /// The access log's line (`middleware::access_log`), written straight into
 /// the log buffer when the process's logs are this module's JSON lines
-/// ([`direct_access_log`]); the same bytes the `tracing` event would give.
+/// (`telemetry::CallTelemetry`); the same bytes the `tracing` event would
+/// give.
 ///
 /// Through `tracing` the line also cost the event's dispatch through the
 /// subscriber stack, its fields visited one by one, its span looked up in
@@ -125,22 +126,6 @@ pub struct AccessLine<'a> {
     pub request_id: &'a str,
     pub trace_id: &'a str,
     pub subject: &'a str,
-}
-
-/// Set by `telemetry::init` when it installed the JSON log format: where
-/// [`AccessLine`]s are written directly.
-static DIRECT_ACCESS_LOG: std::sync::OnceLock<crate::log_writer::LogWriter> =
-    std::sync::OnceLock::new();
-
-/// Writes access lines directly to `writer` from now on (see [`AccessLine`]).
-pub(crate) fn set_direct_access_log(writer: crate::log_writer::LogWriter) {
-    let _ = DIRECT_ACCESS_LOG.set(writer);
-}
-
-/// The writer for direct access lines, if the process's logs are ours and
-/// JSON; otherwise the access log is an ordinary `tracing` event.
-pub fn direct_access_log() -> Option<&'static crate::log_writer::LogWriter> {
-    DIRECT_ACCESS_LOG.get()
 }
 
 impl AccessLine<'_> {

@@ -28,7 +28,7 @@ use crate::middleware::{
     concurrency::ConcurrencyLimitLayer, deadline::DeadlineLayer, message_size::MessageSizeLayer,
     observe::ObserveLayer, panic_guard::PanicGuardLayer, rescue::RescueLayer,
 };
-use crate::telemetry::Metrics;
+use crate::telemetry::{CallTelemetry, Metrics};
 use crate::{admin, dev, serve, tls};
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -103,6 +103,7 @@ pub struct ServerBuilder {
     metrics: Metrics,
     verifier: Verifier,
     tls: Option<Arc<tls::CertState>>,
+    telemetry: CallTelemetry,
 }
 
 impl ServerBuilder {
@@ -154,6 +155,7 @@ impl ServerBuilder {
             tls,
             health,
             settings,
+            telemetry: CallTelemetry::default(),
         })
     }
 
@@ -198,6 +200,15 @@ impl ServerBuilder {
     /// `admin.check_interval_ms`, each run bounded by `admin.check_timeout_ms`.
     pub fn readiness(mut self, check: ReadinessCheck) -> Self {
         self.readiness = Some(check);
+        self
+    }
+
+    /// What the process's telemetry asks of each call
+    /// (`TelemetryGuard::calls`); without it every span is made and the
+    /// access log is a `tracing` event, as a subscriber installed by
+    /// someone else may want.
+    pub fn telemetry(mut self, calls: CallTelemetry) -> Self {
+        self.telemetry = calls;
         self
     }
 
@@ -292,6 +303,7 @@ impl Server {
             metrics,
             verifier,
             tls,
+            telemetry,
             ..
         } = builder;
         let routes = routes.context("no service is mounted")?;
@@ -333,7 +345,11 @@ impl Server {
         // The order of the stack is explained in `crate::middleware`.
         let stack = ServiceBuilder::new()
             // Request id, span, metrics and access log.
-            .layer(ObserveLayer::new(metrics.grpc.clone(), methods.clone()))
+            .layer(ObserveLayer::new(
+                metrics.grpc.clone(),
+                methods.clone(),
+                telemetry,
+            ))
             // Every error leaves with a google.rpc.Status: details added
             // where the layers below, the handlers or tonic gave none.
             .layer(RescueLayer::new(fallback_domain))

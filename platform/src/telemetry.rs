@@ -12,7 +12,6 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -51,9 +50,16 @@ pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
     /// Flushes the log lines still queued for stdout when dropped.
     logs: Option<crate::log_writer::LogGuard>,
+    calls: CallTelemetry,
 }
 
 impl TelemetryGuard {
+    /// What the installed telemetry asks of each call: give it to the
+    /// server (`ServerBuilder::telemetry`).
+    pub fn calls(&self) -> CallTelemetry {
+        self.calls.clone()
+    }
+
     /// Sends the spans still buffered (bounded by the exporter's timeout),
     /// then writes out the queued log lines.
     pub async fn shutdown(self) {
@@ -73,28 +79,41 @@ pub(crate) const RPC_LOG_SPAN: &str = "rpc";
 /// Where both are made.
 const RPC_SPAN_TARGET: &str = "grpc_platform::middleware::trace";
 
-/// Whether a call's trace span may be wanted. [`init`] knows: only when it
-/// installed an exporter. Without one, the per-layer filters below keep the
-/// span from every layer, but tracing still built, cloned and closed it in
-/// the registry for each call (3% of a small unary call's CPU in a profile), so it
-/// is not made at all. True until `init` says otherwise, so a subscriber
-/// installed by someone else (a test, an embedding program) still gets it.
-static TRACE_SPANS: AtomicBool = AtomicBool::new(true);
-
-/// See [`TRACE_SPANS`].
-pub(crate) fn trace_spans_wanted() -> bool {
-    TRACE_SPANS.load(Ordering::Relaxed)
+/// What the process's telemetry asks of each call, handed to the layers
+/// that make a call's spans and its access-log line (no process globals:
+/// two servers in one process, or tests with subscribers of their own, each
+/// get what they were built with).
+///
+/// - `trace_spans`: whether a call's trace span may be wanted: only when
+///   [`init`] installed an exporter. Without one, the per-layer filters keep
+///   the span from every layer, but tracing still built, cloned and closed
+///   it in the registry for each call (3% of a small unary call's CPU in a
+///   profile), so it is not made at all.
+/// - `log_spans`: whether a call's log span (the one carrying its request
+///   id into log lines) is made. Not when [`init`] installed the JSON
+///   format: that reads the request id from the call's scope
+///   (`middleware::call_scope`), far cheaper.
+/// - `access_log`: where access lines go directly when the logs are
+///   [`init`]'s JSON lines (`log_json::AccessLine`); otherwise each is an
+///   ordinary `tracing` event.
+#[derive(Clone)]
+pub struct CallTelemetry {
+    pub(crate) trace_spans: bool,
+    pub(crate) log_spans: bool,
+    pub(crate) access_log: Option<crate::log_writer::LogWriter>,
 }
 
-/// Whether a call's log span (the one carrying its request id into log
-/// lines) is made. Not when [`init`] installed the JSON format: that reads
-/// the request id from the call's scope (`middleware::call_scope`), far
-/// cheaper. True until then, for the same reason as [`TRACE_SPANS`].
-static LOG_SPANS: AtomicBool = AtomicBool::new(true);
-
-/// See [`LOG_SPANS`].
-pub(crate) fn log_spans_wanted() -> bool {
-    LOG_SPANS.load(Ordering::Relaxed)
+/// For a subscriber installed by someone else (a test, an embedding
+/// program): every span is made and the access log is a `tracing` event,
+/// so whatever that subscriber wants, it gets.
+impl Default for CallTelemetry {
+    fn default() -> Self {
+        Self {
+            trace_spans: true,
+            log_spans: true,
+            access_log: None,
+        }
+    }
 }
 
 fn is_call_span(meta: &tracing::Metadata<'_>, name: &str) -> bool {
@@ -173,16 +192,20 @@ pub fn init(
         .with(traces)
         .try_init()
         .is_ok();
-    if installed {
-        TRACE_SPANS.store(exporting, Ordering::Relaxed);
-        if settings.log_format == LogFormat::Json {
-            crate::log_json::set_direct_access_log(direct_access);
-            LOG_SPANS.store(false, Ordering::Relaxed);
+    let json = settings.log_format == LogFormat::Json;
+    let calls = if installed {
+        CallTelemetry {
+            trace_spans: exporting,
+            log_spans: !json,
+            access_log: json.then_some(direct_access),
         }
-    }
+    } else {
+        CallTelemetry::default()
+    };
     Ok(TelemetryGuard {
         provider: provider.filter(|_| installed),
         logs: installed.then_some(logs_guard),
+        calls,
     })
 }
 

@@ -19,6 +19,7 @@
 
 use super::{CallContext, code_name};
 use crate::log_json::AccessLine;
+use crate::log_writer::LogWriter;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,6 +62,8 @@ pub(super) struct Entry {
     trace_id: String,
     context: Arc<CallContext>,
     started: Instant,
+    /// Where the line goes directly, if the logs are JSON lines of ours.
+    direct: Option<LogWriter>,
 }
 
 impl Entry {
@@ -71,6 +74,7 @@ impl Entry {
         request: &http::Request<tonic::body::Body>,
         context: Arc<CallContext>,
         trace_id: Option<String>,
+        direct: Option<LogWriter>,
     ) -> Self {
         Entry {
             method: request.uri().path().to_owned(),
@@ -80,6 +84,7 @@ impl Entry {
                 .unwrap_or_default(),
             context,
             started: Instant::now(),
+            direct,
         }
     }
 
@@ -106,7 +111,7 @@ impl Entry {
             trace_id: &self.trace_id,
             subject: self.context.subject.get().map(String::as_str).unwrap_or(""),
         };
-        match crate::log_json::direct_access_log() {
+        match &self.direct {
             Some(writer) => line.write_to(writer),
             None => tracing::info!(
                 target: "access",

@@ -16,6 +16,7 @@ use super::commit::Standing;
 use super::metrics::{GrpcMetrics, Recorder};
 use super::trace::SpanEnd;
 use super::{FinishOnDrop, MethodTable, ObservedBody, Observer, call_scope, request_id, trace};
+use crate::telemetry::CallTelemetry;
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,13 +28,19 @@ use tracing::Instrument;
 pub struct ObserveLayer {
     metrics: GrpcMetrics,
     methods: Arc<MethodTable>,
+    telemetry: CallTelemetry,
 }
 
 impl ObserveLayer {
     /// `methods` names each call and tells the layers inside how it streams
-    /// and whether the application serves it.
-    pub fn new(metrics: GrpcMetrics, methods: Arc<MethodTable>) -> Self {
-        Self { metrics, methods }
+    /// and whether the platform serves it; `telemetry` says which spans to
+    /// make and where the access log goes.
+    pub fn new(metrics: GrpcMetrics, methods: Arc<MethodTable>, telemetry: CallTelemetry) -> Self {
+        Self {
+            metrics,
+            methods,
+            telemetry,
+        }
     }
 }
 
@@ -44,6 +51,7 @@ impl<S> Layer<S> for ObserveLayer {
             inner,
             metrics: self.metrics.clone(),
             methods: self.methods.clone(),
+            telemetry: self.telemetry.clone(),
         }
     }
 }
@@ -53,6 +61,7 @@ pub struct Observe<S> {
     inner: S,
     metrics: GrpcMetrics,
     methods: Arc<MethodTable>,
+    telemetry: CallTelemetry,
 }
 
 /// How a call ends, told to its span, its metrics and its access-log entry.
@@ -129,8 +138,14 @@ where
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let (context, method) = request_id::assign(&mut request, &self.methods);
-        let (log_span, span, span_end) = trace::spans(&request, &method, &context.request_id);
-        let entry = Entry::start(&request, context.clone(), trace::trace_id_of(&span));
+        let (log_span, span, span_end) =
+            trace::spans(&request, &method, &context.request_id, &self.telemetry);
+        let entry = Entry::start(
+            &request,
+            context.clone(),
+            trace::trace_id_of(&span),
+            self.telemetry.access_log.clone(),
+        );
         let metrics = self.metrics.begin(&mut request, &method);
         let observer: Box<dyn Observer> = Box::new(Observed {
             span: span_end,

@@ -10,6 +10,7 @@
 //! so every log line of the call does.
 
 use super::RpcMethod;
+use crate::telemetry::CallTelemetry;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tonic::Code;
@@ -37,17 +38,18 @@ pub(super) fn spans(
     request: &http::Request<tonic::body::Body>,
     method: &RpcMethod,
     request_id: &str,
+    telemetry: &CallTelemetry,
 ) -> (tracing::Span, tracing::Span, SpanEnd) {
     // `request_id` is a `&str`, so it is recorded as a string (through `%`
     // it went through `Debug` formatting into the log's escaper).
-    let log_span = if crate::telemetry::log_spans_wanted() {
+    let log_span = if telemetry.log_spans {
         tracing::info_span!("rpc", request_id)
     } else {
         // The JSON log format reads the request id from the call's scope
         // (`super::call_scope`) instead.
         tracing::Span::none()
     };
-    if !crate::telemetry::trace_spans_wanted() {
+    if !telemetry.trace_spans {
         return (
             log_span,
             tracing::Span::none(),
