@@ -1,6 +1,7 @@
 //! Client-side health checking for balanced endpoints (gRPC's "client-side
 //! health checking", gRFC A17): each endpoint's `grpc.health.v1.Health/Watch`
-//! for `orders.v1.OrderService` decides whether the balancer sends it calls.
+//! for the service the client calls decides whether the balancer sends it
+//! calls.
 //!
 //! Why: tonic's balancer keeps every endpoint it is given. A replica that is
 //! draining (readiness NOT_SERVING after SIGTERM), restarting (connection
@@ -30,6 +31,7 @@ use super::RetryPolicy;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::Code;
 use tonic::transport::channel::Change;
@@ -37,10 +39,6 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
-
-/// The health name whose status decides rotation: it follows readiness
-/// (database reachable, not draining), README "Ports and probes".
-pub(crate) const SERVICE: &str = "orders.v1.OrderService";
 
 /// What the balancer is told about one endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +93,16 @@ impl<K> Members<K> {
 
 /// A balanced channel and the handle that adds and removes its endpoints.
 /// With `health_checks`, endpoints are in rotation only while they report
-/// SERVING (see the module docs); without, every endpoint is. Background
+/// SERVING for the health name `service` (see the module docs); without,
+/// every endpoint is. `service` is the name of the service the client calls
+/// (its generated server's `SERVICE_NAME`): a server reports that name as
+/// it reports readiness, so it follows the name the proto declares. Background
 /// tasks end when the last clone of the channel is dropped.
-pub(super) fn balanced<K>(health_checks: bool, retry: RetryPolicy) -> (Channel, Members<K>)
+pub(super) fn balanced<K>(
+    service: &str,
+    health_checks: bool,
+    retry: RetryPolicy,
+) -> (Channel, Members<K>)
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
 {
@@ -106,6 +111,7 @@ where
     let coordinator = Coordinator {
         changes,
         events: events.clone(),
+        service: service.into(),
         health_checks,
         retry,
         endpoints: HashMap::new(),
@@ -137,6 +143,8 @@ struct Coordinator<K> {
     changes: mpsc::Sender<Change<K, Endpoint>>,
     /// Handed to checkers for their reports.
     events: mpsc::UnboundedSender<Event<K>>,
+    /// The health name the checkers watch.
+    service: Arc<str>,
     health_checks: bool,
     retry: RetryPolicy,
     endpoints: HashMap<K, Entry>,
@@ -168,6 +176,7 @@ where
                             key.clone(),
                             checker,
                             endpoint.clone(),
+                            self.service.clone(),
                             self.events.clone(),
                             self.retry.clone(),
                         ))
@@ -255,6 +264,7 @@ async fn check<K>(
     key: K,
     checker: u64,
     endpoint: Endpoint,
+    service: Arc<str>,
     events: mpsc::UnboundedSender<Event<K>>,
     retry: RetryPolicy,
 ) where
@@ -273,7 +283,7 @@ async fn check<K>(
     let mut failures = 0u32;
     loop {
         let request = HealthCheckRequest {
-            service: SERVICE.into(),
+            service: service.to_string(),
         };
         match client.watch(request).await {
             Ok(response) => {
@@ -324,6 +334,7 @@ mod tests {
             let coordinator = Coordinator {
                 changes: changes_tx,
                 events: events.clone(),
+                service: "things.v1.ThingService".into(),
                 health_checks: false,
                 retry: RetryPolicy::default(),
                 endpoints: HashMap::new(),

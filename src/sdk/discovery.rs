@@ -5,7 +5,7 @@
 //! health checks of [`super::balance`] (an address that resolves is not yet
 //! one that serves: a pod can linger in DNS while it drains).
 
-use super::{ClientBuilder, Error, balance};
+use super::{ClientBuilder, Error, SERVICE_NAME, balance};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,7 +19,7 @@ pub(super) fn balanced(
     every: Duration,
 ) -> Result<Channel, Error> {
     let (channel, members) =
-        balance::balanced::<SocketAddr>(builder.health_checks, builder.retry.clone());
+        balance::balanced::<SocketAddr>(SERVICE_NAME, builder.health_checks, builder.retry.clone());
     let builder = builder.clone();
     let host = host.to_owned();
     // Fail now on a configuration error rather than in the background.

@@ -115,6 +115,11 @@ fn current_traceparent() -> Option<String> {
 
 type Inner = OrderServiceClient<InterceptedService<Channel, CallMetadata>>;
 
+/// The name of the service this client calls, as its proto declares it: the
+/// health name a balancing client watches on each endpoint, which a server
+/// reports for every service it mounts.
+const SERVICE_NAME: &str = pb::order_service_server::SERVICE_NAME;
+
 /// Where the servers are.
 #[derive(Debug, Clone)]
 enum Target {
@@ -439,8 +444,11 @@ impl ClientBuilder {
                         Ok((uri.clone(), self.endpoint_for(&uri, None)?))
                     })
                     .collect::<Result<Vec<_>, Error>>()?;
-                let (channel, members) =
-                    balance::balanced::<String>(self.health_checks, self.retry.clone());
+                let (channel, members) = balance::balanced::<String>(
+                    SERVICE_NAME,
+                    self.health_checks,
+                    self.retry.clone(),
+                );
                 for (uri, endpoint) in endpoints {
                     members.insert(uri, endpoint);
                 }
