@@ -26,10 +26,18 @@
 //! - [`dev`]: development certificates and tokens.
 //! - [`shutdown`]: the signals that start a graceful shutdown.
 //! - [`codes`]: gRPC code names.
+//!
+//! The client side ([`client`], feature `client`): a channel to a service's
+//! endpoints (TLS, balancing with client-side health checks, DNS), the token
+//! and trace context on every call, deadlines and retries, the client's
+//! error. A service's typed client is built on it.
 #![forbid(unsafe_code)]
 
 pub mod codes;
 pub mod methods;
+
+#[cfg(feature = "client")]
+pub mod client;
 
 #[cfg(feature = "server")]
 pub mod admin;

@@ -20,98 +20,32 @@
 //! ```
 //!
 //! Usable without the server: `orders = { default-features = false }`.
+//!
+//! Built on the platform's client side (`grpc_platform::client`): the
+//! channel (TLS, balancing with health checks, DNS), the token on each call,
+//! deadlines, retries and the error type are the platform's, re-exported
+//! here. What is here is what knows the orders service: the typed methods,
+//! which calls are safe to retry, and the streams that resume a watch after
+//! the last version seen ([`OrderWatch`], [`Tracker`]).
 
-mod balance;
-mod discovery;
-mod error;
-mod retry;
 mod streams;
-mod token;
 
 pub use crate::pb;
-pub use error::{Error, code_name};
-pub use retry::{RetryPolicy, TRANSPARENT_RETRIES, never_sent};
+// What users of the SDK name, whichever crate defines it.
+pub use grpc_platform::client::{
+    CallMetadata, Error, FileToken, FnToken, RetryPolicy, StaticToken, TRANSPARENT_RETRIES,
+    TokenProvider, never_sent,
+};
+pub use grpc_platform::codes::code_name;
 pub use streams::{OrderWatch, RESUME_ATTEMPTS, Tracker};
-pub use token::{FileToken, FnToken, StaticToken, TokenProvider};
 
+use grpc_platform::client::{Connection, ConnectionBuilder};
 use pb::order_service_client::OrderServiceClient;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-
-/// Adds the token (and the current trace context) to every call: an
-/// `authorization: Bearer …` from the client's [`TokenProvider`], asked again
-/// for each call (no header when it answers `None`), and the W3C
-/// `traceparent` of the current span when OpenTelemetry is recording it (with
-/// the `server` feature). A token with characters not allowed in metadata
-/// fails the call with UNAUTHENTICATED before it is sent. Every [`Client`]
-/// has one; it is set up with [`ClientBuilder::token`] or
-/// [`ClientBuilder::token_provider`].
-///
-/// ```no_run
-/// # async fn demo() -> Result<(), orders::sdk::Error> {
-/// use orders::sdk::{Client, FnToken};
-/// let client = Client::builder("https://orders.example.com:50051")
-///     .token_provider(FnToken::new(|| std::env::var("ORDERS_TOKEN").ok()))
-///     .connect()
-///     .await?;
-/// # Ok(()) }
-/// ```
-#[derive(Clone)]
-pub struct CallMetadata {
-    token: Option<Arc<dyn TokenProvider>>,
-}
-
-impl Interceptor for CallMetadata {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = self.token.as_ref().and_then(|t| t.token()) {
-            let value: MetadataValue<Ascii> = format!("Bearer {token}").parse().map_err(|_| {
-                tonic::Status::unauthenticated("the token has characters not allowed in metadata")
-            })?;
-            request.metadata_mut().insert("authorization", value);
-        }
-        if let Some(traceparent) = current_traceparent()
-            && let Ok(value) = traceparent.parse()
-        {
-            request.metadata_mut().insert("traceparent", value);
-        }
-        Ok(request)
-    }
-}
-
-/// The W3C `traceparent` of the current tracing span, when OpenTelemetry is
-/// recording it (feature `otel`, on with `server`).
-#[cfg(feature = "server")]
-fn current_traceparent() -> Option<String> {
-    use opentelemetry::trace::TraceContextExt;
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let context = tracing::Span::current().context();
-    let span = context.span();
-    let sc = span.span_context();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
-}
-
-#[cfg(not(feature = "server"))]
-fn current_traceparent() -> Option<String> {
-    None
-}
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 type Inner = OrderServiceClient<InterceptedService<Channel, CallMetadata>>;
 
@@ -119,20 +53,6 @@ type Inner = OrderServiceClient<InterceptedService<Channel, CallMetadata>>;
 /// health name a balancing client watches on each endpoint, which a server
 /// reports for every service it mounts.
 const SERVICE_NAME: &str = pb::order_service_server::SERVICE_NAME;
-
-/// Where the servers are.
-#[derive(Debug, Clone)]
-enum Target {
-    /// One or more endpoints (`https://host:port`), calls balanced across them.
-    Endpoints(Vec<String>),
-    /// A DNS name whose addresses are re-resolved periodically and balanced
-    /// across (a Kubernetes headless Service).
-    Dns {
-        host: String,
-        port: u16,
-        every: Duration,
-    },
-}
 
 /// Configures a [`Client`].
 ///
@@ -150,19 +70,7 @@ enum Target {
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct ClientBuilder {
-    target: Target,
-    ca: Option<Vec<u8>>,
-    domain: Option<String>,
-    identity: Option<(Vec<u8>, Vec<u8>)>,
-    token: Option<Arc<dyn TokenProvider>>,
-    timeout: Duration,
-    connect_timeout: Duration,
-    keepalive: Option<Duration>,
-    gzip: bool,
-    retry: RetryPolicy,
-    health_checks: bool,
-}
+pub struct ClientBuilder(ConnectionBuilder);
 
 impl ClientBuilder {
     /// Verify the server with this CA (PEM) instead of the system roots.
@@ -175,9 +83,8 @@ impl ClientBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.ca = Some(pem.into());
-        self
+    pub fn ca_certificate(self, pem: impl Into<Vec<u8>>) -> Self {
+        Self(self.0.ca_certificate(pem))
     }
 
     /// The name to expect in the server's certificate (default: the host of
@@ -191,9 +98,8 @@ impl ClientBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
-        self.domain = Some(domain.into());
-        self
+    pub fn tls_domain(self, domain: impl Into<String>) -> Self {
+        Self(self.0.tls_domain(domain))
     }
 
     /// A client certificate and key (PEM) for mutual TLS.
@@ -210,12 +116,11 @@ impl ClientBuilder {
     /// # Ok(()) }
     /// ```
     pub fn client_identity(
-        mut self,
+        self,
         cert_pem: impl Into<Vec<u8>>,
         key_pem: impl Into<Vec<u8>>,
     ) -> Self {
-        self.identity = Some((cert_pem.into(), key_pem.into()));
-        self
+        Self(self.0.client_identity(cert_pem, key_pem))
     }
 
     /// A fixed bearer token for every call (a [`StaticToken`]). Replaces any
@@ -231,7 +136,7 @@ impl ClientBuilder {
     /// # Ok(()) }
     /// ```
     pub fn token(self, token: impl Into<String>) -> Self {
-        self.token_provider(StaticToken::new(token))
+        Self(self.0.token(token))
     }
 
     /// Where each call's token comes from (a file, a closure, …). The
@@ -247,9 +152,8 @@ impl ClientBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn token_provider(mut self, provider: impl TokenProvider) -> Self {
-        self.token = Some(Arc::new(provider));
-        self
+    pub fn token_provider(self, provider: impl TokenProvider) -> Self {
+        Self(self.0.token_provider(provider))
     }
 
     /// The deadline of every unary call, retries included (sent as
@@ -265,9 +169,8 @@ impl ClientBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Self(self.0.timeout(timeout))
     }
 
     /// How long establishing a connection may take. Default 5 s.
@@ -280,9 +183,8 @@ impl ClientBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        Self(self.0.connect_timeout(timeout))
     }
 
     /// HTTP/2 keepalive pings at this interval (default 30 s), idle
@@ -298,9 +200,8 @@ impl ClientBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
-        self.keepalive = interval;
-        self
+    pub fn keepalive(self, interval: Option<Duration>) -> Self {
+        Self(self.0.keepalive(interval))
     }
 
     /// Compress requests with gzip and accept gzip responses (default off).
@@ -313,9 +214,8 @@ impl ClientBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn gzip(mut self, on: bool) -> Self {
-        self.gzip = on;
-        self
+    pub fn gzip(self, on: bool) -> Self {
+        Self(self.0.gzip(on))
     }
 
     /// How safe calls are retried (default: [`RetryPolicy::default`]). The
@@ -330,9 +230,8 @@ impl ClientBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = policy;
-        self
+    pub fn retry(self, policy: RetryPolicy) -> Self {
+        Self(self.0.retry(policy))
     }
 
     /// Whether a client balancing over several endpoints (or a DNS name)
@@ -354,9 +253,8 @@ impl ClientBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn health_checks(mut self, on: bool) -> Self {
-        self.health_checks = on;
-        self
+    pub fn health_checks(self, on: bool) -> Self {
+        Self(self.0.health_checks(on))
     }
 
     /// Add another endpoint; calls are balanced across all of them (those
@@ -371,47 +269,8 @@ impl ClientBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        match &mut self.target {
-            Target::Endpoints(list) => list.push(endpoint.into()),
-            Target::Dns { .. } => self.target = Target::Endpoints(vec![endpoint.into()]),
-        }
-        self
-    }
-
-    fn with_scheme(endpoint: &str) -> String {
-        if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("https://{endpoint}")
-        }
-    }
-
-    /// An `Endpoint` with this builder's TLS and connection settings.
-    fn endpoint_for(&self, uri: &str, default_domain: Option<&str>) -> Result<Endpoint, Error> {
-        let mut endpoint = Endpoint::from_shared(uri.to_owned())
-            .map_err(|e| Error::config(format!("invalid endpoint {uri:?}: {e}")))?
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(self.keepalive.unwrap_or(Duration::from_secs(3600)))
-            .keep_alive_while_idle(self.keepalive.is_some());
-        if uri.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new();
-            tls = match &self.ca {
-                Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
-                None => tls.with_enabled_roots(),
-            };
-            if let Some(domain) = self.domain.as_deref().or(default_domain) {
-                tls = tls.domain_name(domain.to_owned());
-            }
-            if let Some((cert, key)) = &self.identity {
-                tls = tls.identity(Identity::from_pem(cert, key));
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| Error::config(format!("TLS configuration: {e}")))?;
-        }
-        Ok(endpoint)
+    pub fn endpoint(self, endpoint: impl Into<String>) -> Self {
+        Self(self.0.endpoint(endpoint))
     }
 
     /// Connects. With one endpoint the connection is made now, so a wrong
@@ -428,42 +287,7 @@ impl ClientBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn connect(self) -> Result<Client, Error> {
-        let channel = match &self.target {
-            Target::Endpoints(list) if list.len() == 1 => {
-                let uri = Self::with_scheme(&list[0]);
-                self.endpoint_for(&uri, None)?
-                    .connect()
-                    .await
-                    .map_err(Error::connect)?
-            }
-            Target::Endpoints(list) => {
-                let endpoints = list
-                    .iter()
-                    .map(|e| {
-                        let uri = Self::with_scheme(e);
-                        Ok((uri.clone(), self.endpoint_for(&uri, None)?))
-                    })
-                    .collect::<Result<Vec<_>, Error>>()?;
-                let (channel, members) = balance::balanced::<String>(
-                    SERVICE_NAME,
-                    self.health_checks,
-                    self.retry.clone(),
-                );
-                for (uri, endpoint) in endpoints {
-                    members.insert(uri, endpoint);
-                }
-                channel
-            }
-            Target::Dns { host, port, every } => discovery::balanced(&self, host, *port, *every)?,
-        };
-        let mut client = Client::from_channel(channel, None, self.timeout)?;
-        client.metadata = CallMetadata {
-            token: self.token.clone(),
-        };
-        client.retry = self.retry.clone();
-        client.gzip = self.gzip;
-        client.inner = client.make_inner();
-        Ok(client)
+        Ok(Client::over(self.0.connect().await?))
     }
 }
 
@@ -484,12 +308,10 @@ impl ClientBuilder {
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    channel: Channel,
-    metadata: CallMetadata,
+    /// The channel, token, deadline, retry policy and gzip setting.
+    conn: Connection,
+    /// The generated client over `conn`'s intercepted channel.
     inner: Inner,
-    timeout: Duration,
-    retry: RetryPolicy,
-    gzip: bool,
 }
 
 impl Client {
@@ -507,19 +329,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
-        ClientBuilder {
-            target: Target::Endpoints(vec![endpoint.into()]),
-            ca: None,
-            domain: None,
-            identity: None,
-            token: None,
-            timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(5),
-            keepalive: Some(Duration::from_secs(30)),
-            gzip: false,
-            retry: RetryPolicy::default(),
-            health_checks: true,
-        }
+        ClientBuilder(Connection::builder(endpoint, SERVICE_NAME))
     }
 
     /// A builder that balances calls across every address of `host`,
@@ -535,14 +345,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn builder_dns(host: impl Into<String>, port: u16, every: Duration) -> ClientBuilder {
-        ClientBuilder {
-            target: Target::Dns {
-                host: host.into(),
-                port,
-                every,
-            },
-            ..Self::builder("")
-        }
+        ClientBuilder(Connection::builder_dns(host, port, every, SERVICE_NAME))
     }
 
     /// A client over an existing channel, with a fixed token (or none) and
@@ -562,35 +365,19 @@ impl Client {
         token: Option<&str>,
         timeout: Duration,
     ) -> Result<Self, Error> {
-        if let Some(t) = token {
-            format!("Bearer {t}")
-                .parse::<MetadataValue<Ascii>>()
-                .map_err(|_| Error::config("the token has characters not allowed in metadata"))?;
-        }
-        let metadata = CallMetadata {
-            token: token.map(|t| Arc::new(StaticToken::new(t)) as Arc<dyn TokenProvider>),
-        };
-        let mut client = Self {
-            inner: OrderServiceClient::with_interceptor(channel.clone(), metadata.clone()),
-            channel,
-            metadata,
-            timeout,
-            retry: RetryPolicy::default(),
-            gzip: false,
-        };
-        client.inner = client.make_inner();
-        Ok(client)
+        Ok(Self::over(Connection::from_channel(
+            channel, token, timeout,
+        )?))
     }
 
-    fn make_inner(&self) -> Inner {
-        let client =
-            OrderServiceClient::with_interceptor(self.channel.clone(), self.metadata.clone());
-        if self.gzip {
-            use tonic::codec::CompressionEncoding::Gzip;
-            client.send_compressed(Gzip).accept_compressed(Gzip)
-        } else {
-            client
-        }
+    /// The typed client over `conn`, compressing as it says.
+    fn over(conn: Connection) -> Self {
+        let inner = OrderServiceClient::new(conn.intercepted());
+        let inner = match conn.compression() {
+            Some(encoding) => inner.send_compressed(encoding).accept_compressed(encoding),
+            None => inner,
+        };
+        Self { conn, inner }
     }
 
     /// The same connection (deadline, retry policy and gzip included) with
@@ -605,11 +392,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn with_token(&self, token: &str) -> Result<Self, Error> {
-        let mut client = Self::from_channel(self.channel.clone(), Some(token), self.timeout)?;
-        client.retry = self.retry.clone();
-        client.gzip = self.gzip;
-        client.inner = client.make_inner();
-        Ok(client)
+        Ok(Self::over(self.conn.with_token(token)?))
     }
 
     /// The same connection with another deadline for its calls.
@@ -621,8 +404,8 @@ impl Client {
     /// ```
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         Self {
-            timeout,
-            ..self.clone()
+            conn: self.conn.with_timeout(timeout),
+            inner: self.inner.clone(),
         }
     }
 
@@ -636,8 +419,8 @@ impl Client {
     /// ```
     pub fn with_retry(&self, policy: RetryPolicy) -> Self {
         Self {
-            retry: policy,
-            ..self.clone()
+            conn: self.conn.with_retry(policy),
+            inner: self.inner.clone(),
         }
     }
 
@@ -653,50 +436,19 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn channel(&self) -> Channel {
-        self.channel.clone()
+        self.conn.channel()
     }
 
     /// Runs a unary call within this client's deadline (retries included),
     /// retrying on UNAVAILABLE when `safe`; a call that never left the client
     /// is sent again whatever it is ([`never_sent`]).
-    async fn unary<T, R, F, Fut>(&self, safe: bool, message: T, mut call: F) -> Result<R, Error>
+    async fn unary<T, R, F, Fut>(&self, safe: bool, message: T, call: F) -> Result<R, Error>
     where
         T: Clone,
         F: FnMut(Inner, tonic::Request<T>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
-        let deadline = Instant::now() + self.timeout;
-        self.retry.record_call();
-        let mut attempt = 1;
-        let mut resent = 0;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(tonic::Status::deadline_exceeded(
-                    "deadline exceeded before the call could be made",
-                )
-                .into());
-            }
-            let mut request = tonic::Request::new(message.clone());
-            request.set_timeout(left);
-            match call(self.inner.clone(), request).await {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status) if resent < TRANSPARENT_RETRIES && never_sent(&status) => {
-                    tracing::debug!(resent, "call never sent (connection closed): sending again");
-                    resent += 1;
-                }
-                Err(status) if safe && self.retry.may_retry(&status, attempt) => {
-                    let pause = self
-                        .retry
-                        .backoff(attempt)
-                        .min(deadline.saturating_duration_since(Instant::now()));
-                    tracing::debug!(attempt, code = ?status.code(), "retrying");
-                    tokio::time::sleep(pause).await;
-                    attempt += 1;
-                }
-                Err(status) => return Err(status.into()),
-            }
-        }
+        self.conn.unary(&self.inner, safe, message, call).await
     }
 
     /// Registers an order and returns it. A `request_id` is generated for it,
@@ -727,7 +479,7 @@ impl Client {
             .await?;
         response
             .order
-            .ok_or_else(|| Error::protocol("RegisterOrder answered without an order"))
+            .ok_or_else(|| Error::Protocol("RegisterOrder answered without an order".into()))
     }
 
     /// Sends a `RegisterOrderRequest`; an empty `request_id` is filled with a
@@ -950,7 +702,7 @@ impl Client {
         messages: impl tokio_stream::Stream<Item = pb::UpdateOrderRequest> + Send + 'static,
     ) -> Result<pb::UpdateOrderResponse, Error> {
         let mut request = tonic::Request::new(messages);
-        request.set_timeout(self.timeout);
+        request.set_timeout(self.conn.timeout());
         Ok(self.inner.clone().update_order(request).await?.into_inner())
     }
 
@@ -1073,13 +825,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn health(&self, service: &str) -> Result<ServingStatus, Error> {
-        let mut client = HealthClient::new(self.channel.clone());
-        let mut request = tonic::Request::new(HealthCheckRequest {
-            service: service.into(),
-        });
-        request.set_timeout(self.timeout);
-        let status = client.check(request).await?.into_inner().status;
-        Ok(ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown))
+        self.conn.health(service).await
     }
 }
 

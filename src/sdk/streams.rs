@@ -45,7 +45,7 @@ fn is_final(order: &pb::Order) -> bool {
 /// A stream error that a reconnect may cure: the server went away (its
 /// UNAVAILABLE when draining, or a broken connection).
 fn resumable(status: &tonic::Status) -> bool {
-    super::retry::retryable(status)
+    grpc_platform::client::retryable(status)
 }
 
 /// Every version of one order, across reconnects. Items are orders, oldest
@@ -85,7 +85,7 @@ impl OrderWatch {
                     // deadline counts as a failed attempt: a connection that
                     // went silent must not hold the watch for ever.
                     None => match tokio::time::timeout(
-                        client.timeout,
+                        client.conn.timeout(),
                         client.watch_order_stream(&order_id, last),
                     )
                     .await
@@ -101,7 +101,7 @@ impl OrderWatch {
                         {
                             failures += 1;
                             tracing::debug!(order_id = %order_id, failures, error = %e, "watch reopen failed");
-                            tokio::time::sleep(client.retry.backoff(failures)).await;
+                            tokio::time::sleep(client.conn.retry().backoff(failures)).await;
                             continue;
                         }
                         Err(e) => {
@@ -150,7 +150,7 @@ impl OrderWatch {
                         .await;
                     return;
                 }
-                tokio::time::sleep(client.retry.backoff(failures)).await;
+                tokio::time::sleep(client.conn.retry().backoff(failures)).await;
             }
         });
         Ok(Self {
@@ -294,7 +294,7 @@ async fn track(
             Ok(s) => s,
             Err(e) if e.status().is_some_and(resumable) && failures < RESUME_ATTEMPTS => {
                 failures += 1;
-                tokio::time::sleep(client.retry.backoff(failures)).await;
+                tokio::time::sleep(client.conn.retry().backoff(failures)).await;
                 continue;
             }
             Err(e) => {
@@ -359,6 +359,6 @@ async fn track(
                 .await;
             return;
         }
-        tokio::time::sleep(client.retry.backoff(failures)).await;
+        tokio::time::sleep(client.conn.retry().backoff(failures)).await;
     }
 }

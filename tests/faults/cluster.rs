@@ -322,7 +322,9 @@ pub fn patient() -> RetryPolicy {
 }
 
 /// Counts the SDK's retries (its `retrying` debug events) and its health
-/// changes of mind, process-wide, through a tracing layer of our own.
+/// changes of mind, process-wide, through a tracing layer of our own. The
+/// SDK's events come from two places: its streams (`orders::sdk`) and the
+/// platform's client under it (`grpc_platform::client`: retries, health).
 pub struct SdkEvents;
 
 static RETRIES: AtomicU64 = AtomicU64::new(0);
@@ -338,7 +340,8 @@ impl SdkEvents {
         ONCE.get_or_init(|| {
             use tracing_subscriber::layer::SubscriberExt;
             let filter = tracing_subscriber::filter::Targets::new()
-                .with_target("orders::sdk", tracing::Level::DEBUG);
+                .with_target("orders::sdk", tracing::Level::DEBUG)
+                .with_target("grpc_platform::client", tracing::Level::DEBUG);
             let subscriber = tracing_subscriber::registry().with(Counter.with_filter(filter));
             tracing::subscriber::set_global_default(subscriber)
                 .expect("no other global subscriber in this test binary");

@@ -1,4 +1,4 @@
-//! The SDK's error: the gRPC status, with the rich details read out.
+//! A client's error: the gRPC status, with the rich details read out.
 
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -11,11 +11,11 @@ use tonic_types::StatusExt;
 /// DEADLINE_EXCEEDED, whether the server or the client noticed it.
 ///
 /// ```
-/// use orders::sdk::Error;
-/// let err = Error::from(tonic::Status::not_found("order not found"));
+/// use grpc_platform::client::Error;
+/// let err = Error::from(tonic::Status::not_found("thing not found"));
 /// assert!(matches!(err, Error::Status(_)));
 /// assert_eq!(err.code(), tonic::Code::NotFound);
-/// assert!(err.to_string().ends_with("order not found"));
+/// assert!(err.to_string().ends_with("thing not found"));
 /// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -39,7 +39,7 @@ impl From<tonic::Status> for Error {
     /// callers get DEADLINE_EXCEEDED, as gRPC specifies.
     ///
     /// ```
-    /// use orders::sdk::Error;
+    /// use grpc_platform::client::Error;
     /// let expired = tonic::Status::cancelled(tonic::TimeoutExpired(()).to_string());
     /// assert_eq!(Error::from(expired).code(), tonic::Code::DeadlineExceeded);
     /// ```
@@ -73,9 +73,6 @@ impl Error {
     pub(crate) fn config(msg: impl Into<String>) -> Self {
         Error::Config(msg.into())
     }
-    pub(crate) fn protocol(msg: impl Into<String>) -> Self {
-        Error::Protocol(msg.into())
-    }
     pub(crate) fn connect(err: tonic::transport::Error) -> Self {
         use std::error::Error as _;
         let mut msg = err.to_string();
@@ -92,7 +89,7 @@ impl Error {
     /// for configuration mistakes, INTERNAL for protocol errors).
     ///
     /// ```
-    /// use orders::sdk::Error;
+    /// use grpc_platform::client::Error;
     /// let err = Error::from(tonic::Status::not_found("x"));
     /// assert_eq!(err.code(), tonic::Code::NotFound);
     /// ```
@@ -109,9 +106,9 @@ impl Error {
     /// error the client raised itself (connecting, configuration, protocol).
     ///
     /// ```
-    /// use orders::sdk::Error;
-    /// let err = Error::from(tonic::Status::aborted("order is at version 3, not the expected 2"));
-    /// assert_eq!(err.status().map(|s| s.message()), Some("order is at version 3, not the expected 2"));
+    /// use grpc_platform::client::Error;
+    /// let err = Error::from(tonic::Status::aborted("the thing is at version 3, not the expected 2"));
+    /// assert_eq!(err.status().map(|s| s.message()), Some("the thing is at version 3, not the expected 2"));
     /// ```
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
@@ -125,12 +122,12 @@ impl Error {
     /// when the error has none.
     ///
     /// ```
-    /// use orders::sdk::Error;
+    /// use grpc_platform::client::Error;
     /// use tonic_types::{ErrorDetails, StatusExt};
-    /// let details = ErrorDetails::with_bad_request_violation("items[0].quantity", "must be positive");
+    /// let details = ErrorDetails::with_bad_request_violation("parts[0].count", "must be positive");
     /// let status = tonic::Status::with_error_details(tonic::Code::InvalidArgument, "invalid request", details);
     /// let violations = Error::from(status).violations();
-    /// assert_eq!(violations, [("items[0].quantity".to_string(), "must be positive".to_string())]);
+    /// assert_eq!(violations, [("parts[0].count".to_string(), "must be positive".to_string())]);
     /// ```
     pub fn violations(&self) -> Vec<(String, String)> {
         self.status()
@@ -148,10 +145,10 @@ impl Error {
     /// which tells authentication failures apart; `None` when there is none.
     ///
     /// ```
-    /// use orders::sdk::Error;
+    /// use grpc_platform::client::Error;
     /// use std::collections::HashMap;
     /// use tonic_types::{ErrorDetails, StatusExt};
-    /// let details = ErrorDetails::with_error_info("TOKEN_EXPIRED", "orders.v1", HashMap::new());
+    /// let details = ErrorDetails::with_error_info("TOKEN_EXPIRED", "things.v1", HashMap::new());
     /// let status = tonic::Status::with_error_details(tonic::Code::Unauthenticated, "token expired", details);
     /// assert_eq!(Error::from(status).reason().as_deref(), Some("TOKEN_EXPIRED"));
     /// ```
@@ -165,13 +162,13 @@ impl Error {
     /// `required_scope`); empty when there is none.
     ///
     /// ```
-    /// use orders::sdk::Error;
+    /// use grpc_platform::client::Error;
     /// use std::collections::HashMap;
     /// use tonic_types::{ErrorDetails, StatusExt};
-    /// let metadata = HashMap::from([("required_scope".to_string(), "orders:write".to_string())]);
-    /// let details = ErrorDetails::with_error_info("MISSING_SCOPE", "orders.v1", metadata);
+    /// let metadata = HashMap::from([("required_scope".to_string(), "things:write".to_string())]);
+    /// let details = ErrorDetails::with_error_info("MISSING_SCOPE", "things.v1", metadata);
     /// let err = Error::from(tonic::Status::with_error_details(tonic::Code::PermissionDenied, "no", details));
-    /// assert_eq!(err.error_metadata()["required_scope"], "orders:write");
+    /// assert_eq!(err.error_metadata()["required_scope"], "things:write");
     /// ```
     pub fn error_metadata(&self) -> std::collections::HashMap<String, String> {
         self.status()
@@ -180,8 +177,6 @@ impl Error {
             .unwrap_or_default()
     }
 }
-
-pub use grpc_platform::codes::code_name;
 
 #[cfg(test)]
 mod tests {

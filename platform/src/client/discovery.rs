@@ -5,7 +5,7 @@
 //! health checks of [`super::balance`] (an address that resolves is not yet
 //! one that serves: a pod can linger in DNS while it drains).
 
-use super::{ClientBuilder, Error, SERVICE_NAME, balance};
+use super::{ConnectionBuilder, Error, balance};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,13 +13,16 @@ use tonic::transport::Channel;
 
 /// A channel balanced over `host`'s addresses, kept up to date every `every`.
 pub(super) fn balanced(
-    builder: &ClientBuilder,
+    builder: &ConnectionBuilder,
     host: &str,
     port: u16,
     every: Duration,
 ) -> Result<Channel, Error> {
-    let (channel, members) =
-        balance::balanced::<SocketAddr>(SERVICE_NAME, builder.health_checks, builder.retry.clone());
+    let (channel, members) = balance::balanced::<SocketAddr>(
+        &builder.service,
+        builder.health_checks,
+        builder.retry.clone(),
+    );
     let builder = builder.clone();
     let host = host.to_owned();
     // Fail now on a configuration error rather than in the background.

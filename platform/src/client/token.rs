@@ -8,7 +8,7 @@ use std::time::SystemTime;
 /// Asked once per call, so it may change at any time (rotation).
 ///
 /// ```
-/// use orders::sdk::TokenProvider;
+/// use grpc_platform::client::TokenProvider;
 /// struct Fixed;
 /// impl TokenProvider for Fixed {
 ///     fn token(&self) -> Option<String> { Some("eyJ...".into()) }
@@ -23,7 +23,7 @@ pub trait TokenProvider: Send + Sync + 'static {
 /// The same token for every call.
 ///
 /// ```
-/// use orders::sdk::{StaticToken, TokenProvider};
+/// use grpc_platform::client::{StaticToken, TokenProvider};
 /// assert_eq!(StaticToken::new("t").token().as_deref(), Some("t"));
 /// ```
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ impl StaticToken {
     /// A provider that answers `token` on every call.
     ///
     /// ```
-    /// use orders::sdk::{StaticToken, TokenProvider};
+    /// use grpc_platform::client::{StaticToken, TokenProvider};
     /// let provider = StaticToken::new("eyJ...");
     /// assert_eq!(provider.token().as_deref(), Some("eyJ..."));
     /// ```
@@ -54,8 +54,8 @@ impl TokenProvider for StaticToken {
 /// when nothing changed); a file that cannot be read keeps the last token.
 ///
 /// ```no_run
-/// use orders::sdk::{FileToken, TokenProvider};
-/// let provider = FileToken::new("/var/run/secrets/tokens/orders");
+/// use grpc_platform::client::{FileToken, TokenProvider};
+/// let provider = FileToken::new("/var/run/secrets/tokens/things");
 /// let token = provider.token();
 /// ```
 #[derive(Debug, Clone)]
@@ -70,8 +70,8 @@ impl FileToken {
     /// exists calls go without a token.
     ///
     /// ```
-    /// use orders::sdk::{FileToken, TokenProvider};
-    /// let path = std::env::temp_dir().join("orders-sdk-file-token-doctest");
+    /// use grpc_platform::client::{FileToken, TokenProvider};
+    /// let path = std::env::temp_dir().join("grpc-platform-file-token-doctest");
     /// std::fs::write(&path, "eyJ...\n").unwrap();
     /// let provider = FileToken::new(&path);
     /// assert_eq!(provider.token().as_deref(), Some("eyJ..."));
@@ -110,7 +110,7 @@ impl TokenProvider for FileToken {
 /// A token from a closure (for example, a cache of an OAuth client).
 ///
 /// ```
-/// use orders::sdk::{FnToken, TokenProvider};
+/// use grpc_platform::client::{FnToken, TokenProvider};
 /// let provider = FnToken::new(|| Some("fresh".to_string()));
 /// assert_eq!(provider.token().as_deref(), Some("fresh"));
 /// ```
@@ -124,9 +124,9 @@ where
     /// a token.
     ///
     /// ```
-    /// use orders::sdk::{FnToken, TokenProvider};
-    /// let provider = FnToken::new(|| std::env::var("ORDERS_TOKEN").ok());
-    /// let token = provider.token(); // None when ORDERS_TOKEN is not set
+    /// use grpc_platform::client::{FnToken, TokenProvider};
+    /// let provider = FnToken::new(|| std::env::var("THINGS_TOKEN").ok());
+    /// let token = provider.token(); // None when THINGS_TOKEN is not set
     /// ```
     pub fn new(f: F) -> Self {
         Self(f)

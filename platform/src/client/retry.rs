@@ -1,11 +1,12 @@
 //! Retries: exponential backoff with full jitter, bounded attempts, and a
 //! retry budget (tower's `TpsBudget`) so a struggling server is not buried
 //! under retries. Only calls that are safe to repeat are retried: reads, and
-//! `RegisterOrder`, whose `request_id` makes a repeat return the first order.
-//! They are retried on UNAVAILABLE (the server or the connection is down), and
-//! on CANCELLED or UNKNOWN when the client's transport produced them (a
-//! connection closed or reset under an in-flight call, as when a server
-//! restarts), never when the caller cancelled or the server answered them.
+//! writes whose request id makes a repeat return the first result; the typed
+//! client says which. They are retried on UNAVAILABLE (the server or the
+//! connection is down), and on CANCELLED or UNKNOWN when the client's
+//! transport produced them (a connection closed or reset under an in-flight
+//! call, as when a server restarts), never when the caller cancelled or the
+//! server answered them.
 
 use rand::Rng;
 use std::sync::Arc;
@@ -13,17 +14,17 @@ use std::time::Duration;
 use tonic::Code;
 use tower::retry::budget::{Budget, TpsBudget};
 
-/// How calls are retried. Which calls is fixed: only those safe to repeat
-/// (reads, and registrations, whose `request_id` makes a repeat return the
-/// first order), on UNAVAILABLE or when the connection broke under them. The
-/// policy sets how often and how patiently, and a budget that stops retry
-/// storms; clones share the budget. The same backoff paces the reconnects of
-/// [`OrderWatch`](super::OrderWatch) and [`Tracker`](super::Tracker), and of
-/// the health checks of a client with several endpoints
-/// ([`ClientBuilder::health_checks`](super::ClientBuilder::health_checks)).
+/// How calls are retried. Which calls is the typed client's choice: only
+/// those safe to repeat (reads, and writes whose request id makes a repeat
+/// return the first result), on UNAVAILABLE or when the connection broke
+/// under them. The policy sets how often and how patiently, and a budget
+/// that stops retry storms; clones share the budget. The same backoff paces
+/// the reconnects of the streams a typed client resumes, and the health
+/// checks of a connection with several endpoints
+/// ([`ConnectionBuilder::health_checks`](super::ConnectionBuilder::health_checks)).
 ///
 /// ```
-/// use orders::sdk::RetryPolicy;
+/// use grpc_platform::client::RetryPolicy;
 /// use std::time::Duration;
 /// let policy = RetryPolicy::default().max_attempts(8).initial_backoff(Duration::from_millis(20));
 /// ```
@@ -40,7 +41,7 @@ impl Default for RetryPolicy {
     /// of 10 retries per second plus 20% of recent calls.
     ///
     /// ```
-    /// use orders::sdk::RetryPolicy;
+    /// use grpc_platform::client::RetryPolicy;
     /// let policy = RetryPolicy::default();
     /// ```
     fn default() -> Self {
@@ -58,7 +59,7 @@ impl RetryPolicy {
     /// reconnect, with this policy's backoff.
     ///
     /// ```
-    /// use orders::sdk::RetryPolicy;
+    /// use grpc_platform::client::RetryPolicy;
     /// let once = RetryPolicy::none();
     /// ```
     pub fn none() -> Self {
@@ -73,7 +74,7 @@ impl RetryPolicy {
     /// left.
     ///
     /// ```
-    /// use orders::sdk::RetryPolicy;
+    /// use grpc_platform::client::RetryPolicy;
     /// let policy = RetryPolicy::default().max_attempts(3);
     /// ```
     pub fn max_attempts(mut self, attempts: u32) -> Self {
@@ -86,7 +87,7 @@ impl RetryPolicy {
     /// each pause is a random time up to it ("full jitter").
     ///
     /// ```
-    /// use orders::sdk::RetryPolicy;
+    /// use grpc_platform::client::RetryPolicy;
     /// use std::time::Duration;
     /// let policy = RetryPolicy::default().initial_backoff(Duration::from_millis(100));
     /// ```
@@ -98,7 +99,7 @@ impl RetryPolicy {
     /// The longest any pause may be (default 2 s).
     ///
     /// ```
-    /// use orders::sdk::RetryPolicy;
+    /// use grpc_platform::client::RetryPolicy;
     /// use std::time::Duration;
     /// let policy = RetryPolicy::default().max_backoff(Duration::from_millis(500));
     /// ```
@@ -108,8 +109,17 @@ impl RetryPolicy {
     }
 
     /// The pause before attempt `attempt` (1 = the first retry): a random
-    /// time up to `initial * 2^(attempt-1)`, capped ("full jitter").
-    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+    /// time up to `initial * 2^(attempt-1)`, capped ("full jitter"). A typed
+    /// client's resuming streams pause this long before their `attempt`th
+    /// reconnect in a row.
+    ///
+    /// ```
+    /// use grpc_platform::client::RetryPolicy;
+    /// use std::time::Duration;
+    /// let policy = RetryPolicy::default().initial_backoff(Duration::from_millis(100));
+    /// assert!(policy.backoff(1) <= Duration::from_millis(100));
+    /// ```
+    pub fn backoff(&self, attempt: u32) -> Duration {
         let ceiling = self
             .initial_backoff
             .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
@@ -137,12 +147,13 @@ pub const TRANSPARENT_RETRIES: u32 = 3;
 /// connection with GOAWAY, or the connection dying), which hyper reports as
 /// a canceled request. The server never saw it, so any call, whatever it
 /// does, can be sent again: what gRPC's own clients do as "transparent
-/// retry" (gRFC A6). The SDK does so up to [`TRANSPARENT_RETRIES`] times
-/// without a pause, outside the retry policy and its budget.
+/// retry" (gRFC A6). [`Connection::unary`](super::Connection::unary) does
+/// so up to [`TRANSPARENT_RETRIES`] times without a pause, outside the retry
+/// policy and its budget.
 ///
 /// ```
 /// let status = tonic::Status::cancelled("the caller gave up");
-/// assert!(!orders::sdk::never_sent(&status));
+/// assert!(!grpc_platform::client::never_sent(&status));
 /// ```
 pub fn never_sent(status: &tonic::Status) -> bool {
     if status.code() != Code::Cancelled && status.code() != Code::Unavailable {
@@ -158,8 +169,17 @@ pub fn never_sent(status: &tonic::Status) -> bool {
     false
 }
 
-/// UNAVAILABLE, or a CANCELLED/UNKNOWN that came from the connection.
-pub(crate) fn retryable(status: &tonic::Status) -> bool {
+/// UNAVAILABLE, or a CANCELLED/UNKNOWN that came from the connection: a
+/// failure a new attempt may cure (the server went away, or the connection
+/// broke), which a safe call is retried on and a broken stream is resumed
+/// on. A status the server answered (other than UNAVAILABLE) is final.
+///
+/// ```
+/// use grpc_platform::client::retryable;
+/// assert!(retryable(&tonic::Status::unavailable("draining")));
+/// assert!(!retryable(&tonic::Status::cancelled("the caller gave up")));
+/// ```
+pub fn retryable(status: &tonic::Status) -> bool {
     match status.code() {
         Code::Unavailable => true,
         // Produced by the client's transport (the error has a transport or
