@@ -406,8 +406,30 @@ pub fn read_layers<S: ServiceSettings>(
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(failed)?;
-    // Each side sees its own sections; a key neither knows is refused by
-    // the service's side (its sections are `deny_unknown_fields` too).
+    // A top-level key neither side declares is refused here, whatever the
+    // service's types would let through; within a section, the section's
+    // `deny_unknown_fields` refuses unknown keys.
+    let mut unknown: Vec<String> = merged
+        .keys()
+        .filter(|key| {
+            !PLATFORM_SECTIONS.contains(&key.as_str()) && !S::SECTIONS.contains(&key.as_str())
+        })
+        .map(|key| {
+            format!(
+                "{key}: unknown section (expected one of {})",
+                known_sections::<S>()
+            )
+        })
+        .collect();
+    if let Some(taken) = S::SECTIONS.iter().find(|s| PLATFORM_SECTIONS.contains(s)) {
+        unknown.push(format!(
+            "{taken}: a service section may not be one of the platform's"
+        ));
+    }
+    if !unknown.is_empty() {
+        unknown.sort();
+        return Err(ConfigError(unknown));
+    }
     let (platform, service): (config::Map<String, Value>, config::Map<String, Value>) = merged
         .into_iter()
         .partition(|(key, _)| PLATFORM_SECTIONS.contains(&key.as_str()));
@@ -415,6 +437,16 @@ pub fn read_layers<S: ServiceSettings>(
     let service: S = Value::from(service).try_deserialize().map_err(failed)?;
     platform.environment = environment;
     Ok((platform, service))
+}
+
+/// The top-level sections a configuration may have, for messages.
+fn known_sections<S: ServiceSettings>() -> String {
+    PLATFORM_SECTIONS
+        .iter()
+        .chain(S::SECTIONS)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl PlatformSettings {
@@ -674,5 +706,54 @@ impl PlatformSettings {
             leeway_secs: self.auth.leeway_secs,
         };
         Ok(Verifier::from_sources(rules, self.key_sources()?, self.verifier_options()).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service whose section type lets unknown keys through: the loader
+    /// must refuse an unknown top-level section on its own.
+    #[derive(Debug, Default, Deserialize, Serialize)]
+    #[serde(default)]
+    struct Things {
+        things: std::collections::BTreeMap<String, String>,
+    }
+
+    impl ServiceSettings for Things {
+        const SECTIONS: &'static [&'static str] = &["things"];
+        fn validate(&self, _: &PlatformSettings, _: &mut Vec<String>) {}
+    }
+
+    fn read(toml: &str) -> Result<(PlatformSettings, Things), ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("default.toml"), toml).unwrap();
+        read_layers::<Things>(
+            "THINGS_TEST",
+            &Sources {
+                config_dir: Some(dir.path().into()),
+                ..Default::default()
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn each_side_reads_its_own_sections() {
+        let (platform, things) =
+            read("[server]\nconcurrency_limit = 7\n[things]\ncolour = \"red\"\n").unwrap();
+        assert_eq!(platform.server.concurrency_limit, 7);
+        assert_eq!(things.things["colour"], "red");
+    }
+
+    #[test]
+    fn an_unknown_section_is_refused_whatever_the_service_types_allow() {
+        let err = read("[databse]\nurl = \"x\"\n").unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].starts_with("databse: unknown section"), "{err}");
+        // Unknown keys inside a platform section are refused too.
+        let err = read("[server]\nadress = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("adress"), "{err}");
     }
 }

@@ -3,24 +3,9 @@
 //! and the method table a server mounting it (with health and reflection)
 //! builds.
 
-use std::path::Path;
-use std::process::Command;
-
-/// The test service: every streaming kind, several scopes, one public method.
-pub const THINGS_PROTO: &str = r#"
-    syntax = "proto3";
-    package things.v1;
-    import "grpc_platform/v1/access.proto";
-    message Thing { string id = 1; }
-    service ThingService {
-      rpc GetThing(Thing) returns (Thing) { option (grpc_platform.v1.access) = { scopes: "things:read" }; }
-      rpc PutThings(stream Thing) returns (Thing) { option (grpc_platform.v1.access) = { scopes: "things:write" }; }
-      rpc WatchThing(Thing) returns (stream Thing) { option (grpc_platform.v1.access) = { scopes: "things:read" }; }
-      rpc SyncThings(stream Thing) returns (stream Thing) { option (grpc_platform.v1.access) = { scopes: "things:read" }; }
-      rpc RemoveThing(Thing) returns (Thing) { option (grpc_platform.v1.access) = { scopes: ["things:write", "things:admin"] }; }
-      rpc Ping(Thing) returns (Thing) { option (grpc_platform.v1.access).public = true; }
-    }
-"#;
+#[path = "../tests/support/protos.rs"]
+mod protos;
+pub use protos::{THINGS_PROTO, descriptors};
 
 pub const SERVICE: &str = "things.v1.ThingService";
 pub const GET: &str = "/things.v1.ThingService/GetThing";
@@ -29,30 +14,6 @@ pub const WATCH: &str = "/things.v1.ThingService/WatchThing";
 pub const SYNC: &str = "/things.v1.ThingService/SyncThings";
 pub const REMOVE: &str = "/things.v1.ThingService/RemoveThing";
 pub const PING: &str = "/things.v1.ThingService/Ping";
-
-/// Compiles `proto` (as the file `test/v1/svc.proto`) into an encoded
-/// descriptor set with imports.
-pub fn descriptors(proto: &str) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("test/v1/svc.proto");
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, proto).unwrap();
-    let out = dir.path().join("set.bin");
-    let status = Command::new(protoc_bin_vendored::protoc_bin_path().unwrap())
-        .arg("-I")
-        .arg(dir.path())
-        .arg("-I")
-        .arg(Path::new(crate::PROTO_INCLUDE_DIR))
-        .arg("-I")
-        .arg(protoc_bin_vendored::include_path().unwrap())
-        .arg("--include_imports")
-        .arg(format!("--descriptor_set_out={}", out.display()))
-        .arg("test/v1/svc.proto")
-        .status()
-        .unwrap();
-    assert!(status.success(), "protoc failed on:\n{proto}");
-    std::fs::read(out).unwrap()
-}
 
 /// The table of a server mounting the test service, health and reflection.
 #[cfg(feature = "server")]

@@ -9,13 +9,16 @@
 //! service only by its `NamedService::NAME` and its descriptors.
 #![cfg(feature = "server")]
 
+#[path = "support/protos.rs"]
+mod protos;
+
 use grpc_platform::config::{Environment, PlatformSettings};
 use grpc_platform::dev::{CA_CERT, DevCerts, DevClaims, JWKS, SERVER_CERT, SERVER_KEY};
 use grpc_platform::server::{ServerBuilder, exit_code};
+use protos::{THINGS_PROTO, descriptors};
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,22 +29,6 @@ use tonic::server::NamedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
-
-/// The test service: every streaming kind, several scopes, one public method.
-const THINGS_PROTO: &str = r#"
-    syntax = "proto3";
-    package things.v1;
-    import "grpc_platform/v1/access.proto";
-    message Thing { string id = 1; }
-    service ThingService {
-      rpc GetThing(Thing) returns (Thing) { option (grpc_platform.v1.access) = { scopes: "things:read" }; }
-      rpc PutThings(stream Thing) returns (Thing) { option (grpc_platform.v1.access) = { scopes: "things:write" }; }
-      rpc WatchThing(Thing) returns (stream Thing) { option (grpc_platform.v1.access) = { scopes: "things:read" }; }
-      rpc SyncThings(stream Thing) returns (stream Thing) { option (grpc_platform.v1.access) = { scopes: "things:read" }; }
-      rpc RemoveThing(Thing) returns (Thing) { option (grpc_platform.v1.access) = { scopes: ["things:write", "things:admin"] }; }
-      rpc Ping(Thing) returns (Thing) { option (grpc_platform.v1.access).public = true; }
-    }
-"#;
 
 /// `RemoveThing`'s declaration in [`THINGS_PROTO`], which the undeclared
 /// variant leaves out (and nothing else).
@@ -87,30 +74,6 @@ impl tower::Service<http::Request<Body>> for Things {
     fn call(&mut self, _: http::Request<Body>) -> Self::Future {
         ready(Ok(Status::not_found("no such thing").into_http()))
     }
-}
-
-/// Compiles `proto` (as the file `test/v1/svc.proto`) into an encoded
-/// descriptor set with imports, as a service's build script would.
-fn descriptors(proto: &str) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("test/v1/svc.proto");
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, proto).unwrap();
-    let out = dir.path().join("set.bin");
-    let status = Command::new(protoc_bin_vendored::protoc_bin_path().unwrap())
-        .arg("-I")
-        .arg(dir.path())
-        .arg("-I")
-        .arg(Path::new(grpc_platform::PROTO_INCLUDE_DIR))
-        .arg("-I")
-        .arg(protoc_bin_vendored::include_path().unwrap())
-        .arg("--include_imports")
-        .arg(format!("--descriptor_set_out={}", out.display()))
-        .arg("test/v1/svc.proto")
-        .status()
-        .unwrap();
-    assert!(status.success(), "protoc failed on:\n{proto}");
-    std::fs::read(out).unwrap()
 }
 
 /// A development CA, server certificate (localhost, 127.0.0.1) and ES256
