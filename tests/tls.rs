@@ -309,7 +309,7 @@ async fn mutual_tls_lets_in_only_clients_with_a_certificate_from_the_configured_
     let text = logs.text();
     assert!(
         text.contains("CN=shop-frontend") && text.contains("client certificate"),
-        "the client's subject is logged per call: {text}"
+        "the client's subject is logged when its connection starts: {text}"
     );
 
     let refused = one_call(base()).await;

@@ -21,6 +21,7 @@
 //! [`crate::goaway_guard`] drops it first.
 
 use crate::goaway_guard::GoawayGuard;
+use crate::tls::PeerIdentity;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -89,6 +90,7 @@ pub async fn serve<I, IO, IE, S, ResBody>(
     I: Stream<Item = Result<IO, IE>>,
     IE: std::fmt::Display,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: PeerIdentity,
     S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError> + Send,
     S::Future: Send + 'static,
@@ -143,21 +145,27 @@ async fn serve_connection<IO, S, ResBody>(
     mut going_away: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: PeerIdentity,
     S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError> + Send,
     S::Future: Send + 'static,
     ResBody: http_body::Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    // What tonic's own server puts in every request: handlers, the access
-    // log and the client-identity layer read the peer address and the
-    // client certificate from it.
+    // What tonic's own server puts in every request: handlers and the
+    // access log read the peer address and the client certificate from it.
     let info = io.connect_info();
+    // The client certificate's subject, read once for the connection's
+    // whole life (a mutual-TLS client cannot change it mid-connection).
+    let identity = crate::tls::identity::of_connection(&info);
     let (recycle, recycled) = watch::channel(false);
     let recycled = ConnectionRecycled(recycled);
     let per_request = hyper::service::service_fn(move |request: http::Request<Incoming>| {
         let mut request = request.map(|body| Body::new(body.map_err(client_went_away)));
         request.extensions_mut().insert(info.clone());
+        if let Some(identity) = &identity {
+            request.extensions_mut().insert(identity.clone());
+        }
         request.extensions_mut().insert(recycled.clone());
         let call = service.clone().oneshot(request);
         async move {

@@ -353,9 +353,6 @@ impl Server {
             // Every error leaves with a google.rpc.Status: details added
             // where the layers below, the handlers or tonic gave none.
             .layer(RescueLayer::new(fallback_domain))
-            // The client certificate's subject (mTLS), for handlers; outside
-            // auth so refused calls carry it too.
-            .layer(tls::ClientIdentityLayer)
             .layer(ConcurrencyLimitLayer::new(
                 s.server.concurrency_limit,
                 methods.fallback_domain(),

@@ -15,6 +15,7 @@ mod protos;
 use grpc_platform::config::{Environment, PlatformSettings};
 use grpc_platform::dev::{CA_CERT, DevCerts, DevClaims, JWKS, SERVER_CERT, SERVER_KEY};
 use grpc_platform::server::{ServerBuilder, exit_code};
+use grpc_platform::tls::client_identity;
 use protos::{THINGS_PROTO, descriptors};
 use std::convert::Infallible;
 use std::future::{Ready, ready};
@@ -26,7 +27,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::body::Body;
 use tonic::server::NamedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
@@ -54,7 +55,8 @@ const NAME: &str = "things";
 const CHILD: &str = "PLATFORM_TEST_CHILD";
 
 /// The handler of every `things.v1.ThingService` method: NOT_FOUND, so a
-/// call answered NOT_FOUND is a call that got through the stack to it.
+/// call answered NOT_FOUND is a call that got through the stack to it. The
+/// message names the caller's client certificate when it showed one.
 #[derive(Clone)]
 struct Things;
 
@@ -71,8 +73,12 @@ impl tower::Service<http::Request<Body>> for Things {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _: http::Request<Body>) -> Self::Future {
-        ready(Ok(Status::not_found("no such thing").into_http()))
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let message = match client_identity(&request) {
+            Some(identity) => format!("no such thing for {}", identity.subject),
+            None => "no such thing".to_owned(),
+        };
+        ready(Ok(Status::not_found(message).into_http()))
     }
 }
 
@@ -148,8 +154,14 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> Self {
-        let certs = Certs::new();
-        let server = ServerBuilder::new(settings(&certs), NAME)
+        Self::start_with(Certs::new(), |_| {}).await
+    }
+
+    /// A server with `certs` and settings changed by `adjust`.
+    async fn start_with(certs: Certs, adjust: impl FnOnce(&mut PlatformSettings)) -> Self {
+        let mut settings = settings(&certs);
+        adjust(&mut settings);
+        let server = ServerBuilder::new(settings, NAME)
             .await
             .expect("the builder prepares keys and TLS")
             .mount(Things, &descriptors(THINGS_PROTO))
@@ -173,10 +185,19 @@ impl TestServer {
     /// A channel over TLS that trusts only the development CA and checks
     /// the server's certificate for `localhost`.
     async fn channel(&self) -> Channel {
+        self.channel_as(None).await
+    }
+
+    /// [`channel`](Self::channel), presenting `identity` (certificate and
+    /// key) when given.
+    async fn channel_as(&self, identity: Option<Identity>) -> Channel {
         let ca = std::fs::read(self.certs.dev.path(CA_CERT)).unwrap();
-        let tls = ClientTlsConfig::new()
+        let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca))
             .domain_name("localhost");
+        if let Some(identity) = identity {
+            tls = tls.identity(identity);
+        }
         Endpoint::from_shared(format!("https://127.0.0.1:{}", self.addr.port()))
             .unwrap()
             .tls_config(tls)
@@ -265,6 +286,80 @@ fn required_scope(status: &Status) -> String {
         .get("required_scope")
         .unwrap_or_else(|| panic!("no required_scope in {info:?}"))
         .clone()
+}
+
+/// With `tls.client_ca` set, the verified client certificate's subject
+/// reaches the handler on every call of a connection, and each connection
+/// carries its own client's subject.
+#[tokio::test]
+async fn a_client_certificate_names_its_caller_to_the_handler_on_every_call() {
+    let certs = Certs::new();
+    let clients = ClientCa::new();
+    let ca_path = certs.dev.path("clients-ca.pem");
+    std::fs::write(&ca_path, clients.cert.pem()).unwrap();
+    let server = TestServer::start_with(certs, |s| s.tls.client_ca = Some(ca_path)).await;
+    let read = server.certs.token("things:read");
+
+    let shop = server
+        .channel_as(Some(clients.issue("shop-frontend")))
+        .await;
+    let till = server.channel_as(Some(clients.issue("till-7"))).await;
+    for _ in 0..2 {
+        let answer = expect_code(
+            unary(&shop, GET, Some(&read)).await,
+            Code::NotFound,
+            "GetThing over the shop's connection",
+        );
+        assert_eq!(answer.message(), "no such thing for CN=shop-frontend");
+    }
+    let answer = expect_code(
+        unary(&till, GET, Some(&read)).await,
+        Code::NotFound,
+        "GetThing over the till's connection",
+    );
+    assert_eq!(answer.message(), "no such thing for CN=till-7");
+
+    drop((shop, till));
+    server.stop().await;
+}
+
+/// A CA for client certificates, as a deployment with mutual TLS has.
+struct ClientCa {
+    cert: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl ClientCa {
+    fn new() -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "things clients");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            cert,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A client certificate and key whose subject is `CN={name}`.
+    fn issue(&self, name: &str) -> Identity {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Identity::from_pem(cert.pem(), key.serialize_pem())
+    }
 }
 
 /// The access each method declares in the proto is what the server

@@ -8,7 +8,7 @@
 //! under the size limit, so a hostile or broken key server can neither make
 //! us trust its keys over plaintext nor exhaust memory.
 
-use super::keys::KeyError;
+use super::key_error::KeyError;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use std::path::Path;

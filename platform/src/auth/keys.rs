@@ -6,6 +6,7 @@
 
 use super::AuthError;
 use super::fetch::JwksUrl;
+use super::key_error::KeyError;
 use jsonwebtoken::{Algorithm, DecodingKey, jwk::Jwk};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -80,25 +81,6 @@ impl KeySource {
             }]),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: not a PEM public key of type EC, RSA or Ed25519")]
-    Pem { path: PathBuf },
-    #[error("{path}: invalid JWKS: {reason}")]
-    Jwks { path: String, reason: String },
-    #[error("cannot fetch the JWKS at {url}: {reason}")]
-    Fetch { url: String, reason: String },
-    #[error("auth.jwks_ca {path}: {reason}")]
-    Ca { path: PathBuf, reason: String },
-    #[error("no verification keys configured")]
-    Empty,
 }
 
 #[derive(Clone)]

@@ -20,11 +20,13 @@
 
 mod cache;
 mod fetch;
+mod key_error;
 mod keys;
 mod layer;
 
 pub use fetch::JwksUrl;
-pub use keys::{KeyError, KeySet, KeySource};
+pub use key_error::KeyError;
+pub use keys::{KeySet, KeySource};
 pub use layer::AuthLayer;
 
 use arc_swap::ArcSwap;

@@ -9,11 +9,14 @@
 //!    trailers, for the [`metrics`] and the [`access_log`].
 //! 2. [`rescue`]: every error leaves with a `google.rpc.Status` (details),
 //!    whichever layer below, handler or tonic itself answered it.
-//! 3. The client certificate's subject (mTLS, `crate::tls`), for handlers.
-//! 4. [`concurrency`]: sheds load before any work is done.
-//! 5. [`deadline`]: the budget covers authentication and the handler.
-//! 6. `auth` (in `crate::auth`): only authenticated calls reach handlers.
-//! 7. [`message_size`] and [`panic_guard`]: closest to the handlers, turns a panic into INTERNAL.
+//! 3. [`concurrency`]: sheds load before any work is done.
+//! 4. [`deadline`]: the budget covers authentication and the handler.
+//! 5. `auth` (in `crate::auth`): only authenticated calls reach handlers.
+//! 6. [`message_size`] and [`panic_guard`]: closest to the handlers, turns a panic into INTERNAL.
+//!
+//! The client certificate's subject (mutual TLS) is no layer: the
+//! connection loop reads it once per connection and puts it in every
+//! request's extensions (`crate::tls::identity`).
 //!
 //! Shared here: the method table (unary or streaming, for labels and
 //! deadlines), the per-call [`CallContext`], and [`ObservedBody`], which
