@@ -191,6 +191,7 @@ impl Settings {
 mod tests {
     use super::*;
     use std::path::Path;
+    use std::time::Duration;
 
     fn write(dir: &Path, name: &str, body: &str) {
         std::fs::write(dir.join(name), body).unwrap();
@@ -230,7 +231,7 @@ mod tests {
             use_env_vars: false,
         })
         .unwrap();
-        assert_eq!(s.server.addr, "127.0.0.1:2");
+        assert_eq!(s.server.addr, "127.0.0.1:2".parse().unwrap());
         assert!(!s.server.reflection);
         assert_eq!(s.database.max_connections, 3);
         assert_eq!(s.environment, Environment::Test);
@@ -289,8 +290,8 @@ mod tests {
         s.server.max_header_list_bytes = 100;
         s.server.http2_max_pending_accept_reset_streams = 0;
         s.server.http2_max_local_error_reset_streams = 0;
-        s.server.handshake_timeout_secs = 0;
-        s.tls.reload_secs = 0;
+        s.server.handshake_timeout = Duration::ZERO;
+        s.tls.reload_interval = Duration::ZERO;
         let text = s.validate().unwrap_err().to_string();
         for key in [
             "server.max_header_list_bytes",
@@ -303,7 +304,7 @@ mod tests {
         }
         let defaults = ServerSettings::default();
         assert_eq!(defaults.max_header_list_bytes, 16 * 1024);
-        assert_eq!(defaults.handshake_timeout_secs, 10);
+        assert_eq!(defaults.handshake_timeout, Duration::from_secs(10));
     }
 
     #[test]
@@ -319,7 +320,7 @@ mod tests {
 
         s.auth.jwks_url = Some("http://login.example.com/keys".into());
         s.auth.jwks_ca = Some(dir.path().join("missing.pem"));
-        s.auth.jwks_timeout_ms = 0;
+        s.auth.jwks_timeout = Duration::ZERO;
         s.auth.jwks_max_bytes = 10;
         let text = s.validate().unwrap_err().to_string();
         for expected in [
@@ -333,11 +334,11 @@ mod tests {
 
         s.auth.jwks_url = None;
         s.auth.jwks_ca = None;
-        s.auth.jwks_timeout_ms = 5_000;
+        s.auth.jwks_timeout = Duration::from_millis(5_000);
         s.auth.jwks_max_bytes = 1024;
         s.auth.jwks_file = Some(dir.path().join("jwks.json"));
         std::fs::write(dir.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
-        s.auth.jwks_min_refresh_secs = 0;
+        s.auth.jwks_min_refresh = Duration::ZERO;
         s.validate()
             .expect("no rate limit is allowed outside production");
         s.environment = Environment::Production;
@@ -390,7 +391,7 @@ mod tests {
         assert_eq!(s.environment, Environment::Production);
         assert_eq!(s.database_url(), "postgres://u:p@db:5432/orders");
         assert_eq!(s.auth.algorithms, ["ES256", "RS256"]);
-        assert_eq!(s.shutdown.drain_secs, 10);
+        assert_eq!(s.shutdown.drain, Duration::from_secs(10));
         assert!(s.validate().is_err());
         let err = Settings::read_with_vars(&sources, vars(&[("ORDERS__DATABASE__URI", "x")]))
             .unwrap_err();

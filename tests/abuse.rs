@@ -108,7 +108,7 @@ async fn plaintext_http2_to_the_tls_port_is_closed_and_the_server_keeps_serving(
 #[tokio::test]
 async fn a_client_that_never_finishes_its_handshake_is_dropped_after_the_handshake_timeout() {
     let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
-        s.server.handshake_timeout_secs = 1;
+        s.server.handshake_timeout = Duration::from_secs(1);
     })
     .await;
     let start = Instant::now();
@@ -144,9 +144,9 @@ async fn many_idle_tcp_connections_do_not_block_a_normal_client() {
 #[tokio::test]
 async fn a_connection_on_which_nothing_moves_is_closed_after_the_idle_timeout() {
     let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
-        s.server.idle_timeout_secs = 1;
+        s.server.idle_timeout = Some(Duration::from_secs(1));
         // Keepalive PINGs count as traffic; without them the connection is idle.
-        s.server.keepalive_interval_secs = 0;
+        s.server.keepalive_interval = None;
     })
     .await;
     let tls = tls_to(&server).await;
@@ -409,8 +409,8 @@ mod raw_h2 {
 async fn streams_sent_after_the_shutdown_ping_are_ignored_and_calls_in_flight_go_on() {
     use raw_h2::*;
     let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
-        s.server.max_connection_age_secs = 1;
-        s.server.max_connection_age_grace_secs = 30;
+        s.server.max_connection_age = Some(Duration::from_secs(1));
+        s.server.max_connection_age_grace = Duration::from_secs(30);
     })
     .await;
     let mut tls = tls_to(&server).await;

@@ -222,7 +222,10 @@ async fn a_key_added_to_the_served_jwks_is_accepted_without_restart() {
     let jwks_server = JwksServer::start(&certs, jwks(&[&first])).await;
     // No rate limit here, to see both sides of the publication; the flood
     // test below checks the limit.
-    let server = server_with_url(certs, &jwks_server, |s| s.auth.jwks_min_refresh_secs = 0).await;
+    let server = server_with_url(certs, &jwks_server, |s| {
+        s.auth.jwks_min_refresh = Duration::ZERO
+    })
+    .await;
     assert_eq!(jwks_server.hits(), 1, "keys are fetched once at start");
 
     // (a) A token from a key in the JWKS works, through the whole stack.
@@ -258,7 +261,10 @@ async fn a_key_removed_from_the_served_jwks_is_refused_after_the_periodic_refres
     let certs = Arc::new(Certs::new());
     let (kept, removed) = (TestKey::new("kept"), TestKey::new("removed"));
     let jwks_server = JwksServer::start(&certs, jwks(&[&kept, &removed])).await;
-    let server = server_with_url(certs, &jwks_server, |s| s.auth.jwks_refresh_secs = 1).await;
+    let server = server_with_url(certs, &jwks_server, |s| {
+        s.auth.jwks_refresh = Some(Duration::from_secs(1))
+    })
+    .await;
     let channel = server.anonymous().await.channel();
     let doomed = removed.token("mallory");
     // Verified, and so cached, while its key is published.
@@ -383,7 +389,7 @@ async fn verified_tokens_are_cached_until_they_expire_and_never_past_exp() {
     let certs = Certs::new();
     let mut s = settings(&certs, &Backend::sqlite());
     s.auth.jwks_file = Some(file.clone());
-    s.auth.leeway_secs = 0;
+    s.auth.leeway = Duration::ZERO;
     let verifier = s.verifier().await.unwrap();
 
     // Valid for two more seconds; verified in full once, then from the cache.
@@ -489,7 +495,10 @@ async fn the_periodic_refresh_stops_with_the_application() {
     let certs = Arc::new(Certs::new());
     let key = TestKey::new("k");
     let jwks_server = JwksServer::start(&certs, jwks(&[&key])).await;
-    let server = server_with_url(certs, &jwks_server, |s| s.auth.jwks_refresh_secs = 1).await;
+    let server = server_with_url(certs, &jwks_server, |s| {
+        s.auth.jwks_refresh = Some(Duration::from_secs(1))
+    })
+    .await;
     assert!(accepted(&server, &key.token("alice")).await);
     assert!(
         eventually(Duration::from_secs(5), || async { jwks_server.hits() >= 3 }).await,

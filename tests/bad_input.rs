@@ -582,8 +582,8 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
 
     // A third with small limits: a short time cap, one call at a time.
     let limits = TestServer::start_with(certs.clone(), Backend::sqlite(), |s| {
-        s.server.default_timeout_ms = LIMITS_MAX_TIMEOUT_MS;
-        s.server.max_timeout_ms = LIMITS_MAX_TIMEOUT_MS;
+        s.server.default_timeout = Duration::from_millis(LIMITS_MAX_TIMEOUT_MS);
+        s.server.max_timeout = Duration::from_millis(LIMITS_MAX_TIMEOUT_MS);
         s.server.concurrency_limit = 1;
         s.validate().unwrap();
     })

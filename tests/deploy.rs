@@ -415,15 +415,16 @@ fn check(overlay: &'static str) -> Option<(Settings, Rendered)> {
         .expect("a preStop pause");
     let longest_call = settings
         .server
-        .max_timeout_ms
+        .max_timeout
+        .as_millis()
         .div_ceil(1000)
-        .max(orders::startup::SHUTDOWN_GRACE.as_secs());
-    let needed = pause + settings.shutdown.drain_secs + longest_call;
+        .max(u128::from(orders::startup::SHUTDOWN_GRACE.as_secs()));
+    let drain = settings.shutdown.drain.as_secs();
+    let needed = u128::from(pause + drain) + longest_call;
     assert!(
-        grace > needed,
+        u128::from(grace) > needed,
         "{overlay}: terminationGracePeriodSeconds {grace} must exceed preStop {pause} + \
-         shutdown.drain_secs {} + the longest call {longest_call}",
-        settings.shutdown.drain_secs
+         shutdown.drain_secs {drain} + the longest call {longest_call}"
     );
     let rolling = &deployment["spec"]["strategy"]["rollingUpdate"];
     assert_eq!(

@@ -179,9 +179,9 @@ async fn python_decodes_the_details_of_internal_and_unavailable() {
     let server =
         TestServer::start_with(Arc::new(Certs::new()), Backend::Postgres(db.clone()), |s| {
             // Streams asking for more are ended at 2 s (STREAM_TIME_LIMIT).
-            s.server.default_timeout_ms = 2_000;
-            s.server.max_timeout_ms = 2_000;
-            s.shutdown.drain_secs = 1;
+            s.server.default_timeout = Duration::from_millis(2_000);
+            s.server.max_timeout = Duration::from_millis(2_000);
+            s.shutdown.drain = Duration::from_secs(1);
         })
         .await;
     // The order the streams follow, registered while the database is whole.

@@ -157,7 +157,7 @@ async fn metrics_count_exactly_the_calls_made_with_codes_read_from_trailers() {
 async fn the_default_deadline_ends_a_slow_unary_call_and_its_work_stops() {
     let backend = Backend::sqlite();
     let server = TestServer::start_with(std::sync::Arc::new(Certs::new()), backend.clone(), |s| {
-        s.server.default_timeout_ms = 300;
+        s.server.default_timeout = Duration::from_millis(300);
     })
     .await;
     // A raw client that sends no grpc-timeout: only the server's default applies.
@@ -198,7 +198,7 @@ async fn the_default_deadline_ends_a_slow_unary_call_and_its_work_stops() {
 async fn a_client_deadline_is_answered_deadline_exceeded_and_caps_apply_to_streams() {
     let backend = Backend::sqlite();
     let server = TestServer::start_with(std::sync::Arc::new(Certs::new()), backend.clone(), |s| {
-        s.server.max_timeout_ms = 400;
+        s.server.max_timeout = Duration::from_millis(400);
     })
     .await;
     let alice = server.alice().await;
@@ -452,8 +452,8 @@ async fn readiness_follows_a_real_database_outage_and_recovery() {
     let server =
         TestServer::start_with(std::sync::Arc::new(Certs::new()), Backend::sqlite(), |s| {
             s.database.url = url.clone().into();
-            s.admin.check_interval_ms = 250;
-            s.admin.check_timeout_ms = 500;
+            s.admin.check_interval = Duration::from_millis(250);
+            s.admin.check_timeout = Duration::from_millis(500);
         })
         .await;
     let alice = server.alice().await;
@@ -593,8 +593,8 @@ async fn a_client_cancel_ends_the_servers_stream_work() {
 #[tokio::test]
 async fn connections_past_their_age_are_recycled_without_failing_a_call() {
     let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
-        s.server.max_connection_age_secs = 1;
-        s.server.max_connection_age_grace_secs = 2;
+        s.server.max_connection_age = Some(Duration::from_secs(1));
+        s.server.max_connection_age_grace = Duration::from_secs(2);
     })
     .await;
     let alice = server.alice().await;

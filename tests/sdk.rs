@@ -16,7 +16,7 @@ use tonic::Code;
 /// A server on a fixed port, so it can be restarted where clients expect it.
 async fn start_on(port: u16, certs: Arc<Certs>, backend: Backend) -> TestServer {
     TestServer::start_with(certs, backend, |s| {
-        s.server.addr = format!("127.0.0.1:{port}")
+        s.server.addr = std::net::SocketAddr::from(([127, 0, 0, 1], port))
     })
     .await
 }

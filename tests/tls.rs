@@ -162,7 +162,7 @@ fn rotating_settings(certs: &Certs, backend: &Backend, vol: &SecretVolume) -> Se
     let mut s = settings(certs, backend);
     s.tls.cert = Some(vol.cert());
     s.tls.key = Some(vol.key());
-    s.tls.reload_secs = 1;
+    s.tls.reload_interval = Duration::from_secs(1);
     s
 }
 
@@ -515,7 +515,7 @@ async fn a_replaced_client_ca_takes_effect_for_new_connections_without_restart()
     let certs = Certs::new();
     let mut s = settings(&certs, &Backend::sqlite());
     s.tls.client_ca = Some(ca_file.clone());
-    s.tls.reload_secs = 1;
+    s.tls.reload_interval = Duration::from_secs(1);
     let server = Running::start(s).await;
     let token = certs.token("alice", READ_WRITE);
     let with = |leaf: &Leaf| {

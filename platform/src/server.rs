@@ -313,11 +313,7 @@ impl Server {
 
         // Without a check of the service's, readiness follows draining only.
         let _readiness_checks = readiness.map(|check| {
-            health.watch_readiness(
-                check,
-                Duration::from_millis(s.admin.check_interval_ms),
-                Duration::from_millis(s.admin.check_timeout_ms),
-            )
+            health.watch_readiness(check, s.admin.check_interval, s.admin.check_timeout)
         });
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = tokio::spawn(admin::serve(
@@ -341,7 +337,7 @@ impl Server {
             routes
         };
 
-        let keepalive = Duration::from_secs(s.server.keepalive_interval_secs);
+        let keepalive = s.server.keepalive_interval;
         // The order of the stack is explained in `crate::middleware`.
         let stack = ServiceBuilder::new()
             // Request id, span, metrics and access log.
@@ -358,8 +354,8 @@ impl Server {
                 methods.fallback_domain(),
             ))
             .layer(DeadlineLayer::new(
-                Duration::from_millis(s.server.default_timeout_ms),
-                Duration::from_millis(s.server.max_timeout_ms),
+                s.server.default_timeout,
+                s.server.max_timeout,
             ))
             // Auth: an unauthenticated call costs a header parse, never a
             // handler or a database query.
@@ -371,18 +367,18 @@ impl Server {
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(s.server.max_concurrent_streams)
-            .keep_alive_interval((!keepalive.is_zero()).then_some(keepalive))
+            .keep_alive_interval(keepalive)
             .keep_alive_timeout(Duration::from_secs(20))
             // Abuse limits: header block size and HTTP/2 reset floods.
             .max_header_list_size(s.server.max_header_list_bytes)
             .max_pending_accept_reset_streams(Some(s.server.http2_max_pending_accept_reset_streams))
             .max_local_error_reset_streams(Some(s.server.http2_max_local_error_reset_streams));
-        let age = (s.server.max_connection_age_secs > 0).then(|| serve::ConnectionAge {
-            max: Duration::from_secs(s.server.max_connection_age_secs),
-            grace: Duration::from_secs(s.server.max_connection_age_grace_secs),
+        let age = s.server.max_connection_age.map(|max| serve::ConnectionAge {
+            max,
+            grace: s.server.max_connection_age_grace,
         });
 
-        let drain = Duration::from_secs(s.shutdown.drain_secs);
+        let drain = s.shutdown.drain;
         let (drained_tx, drained) = tokio::sync::oneshot::channel::<()>();
         let draining = health.clone();
         let signal = async move {
@@ -406,15 +402,14 @@ impl Server {
         // which stops the task.
         let (_reload_guard, reload_stop) = tokio::sync::oneshot::channel::<()>();
         if let Some(state) = &tls {
-            let every = Duration::from_secs(s.tls.reload_secs.max(1));
+            let every = s.tls.reload_interval.max(Duration::from_secs(1));
             tokio::spawn(state.clone().watch(every, async move {
                 let _ = reload_stop.await;
             }));
         }
         let limits = tls::ConnLimits {
-            handshake_timeout: Duration::from_secs(s.server.handshake_timeout_secs),
-            idle_timeout: (s.server.idle_timeout_secs > 0)
-                .then(|| Duration::from_secs(s.server.idle_timeout_secs)),
+            handshake_timeout: s.server.handshake_timeout,
+            idle_timeout: s.server.idle_timeout,
         };
         let serve = async move {
             match tls {

@@ -34,6 +34,25 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: Option<String>,
 }
 
+impl TelemetrySettings {
+    /// Adds this section's problems, each naming its key.
+    pub fn validate(&self, problems: &mut Vec<String>) {
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            problems.push(format!(
+                "telemetry.log_level: {:?} is not a log filter",
+                self.log_level
+            ));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            problems.push(format!(
+                "telemetry.otlp_endpoint: {endpoint:?} is not an http:// or https:// URL"
+            ));
+        }
+    }
+}
+
 impl Default for TelemetrySettings {
     fn default() -> Self {
         Self {

@@ -125,8 +125,8 @@ fn settings(certs: &Certs) -> PlatformSettings {
         environment: Environment::Test,
         ..PlatformSettings::default()
     };
-    s.server.addr = "127.0.0.1:0".into();
-    s.admin.addr = "127.0.0.1:0".into();
+    s.server.addr = "127.0.0.1:0".parse().unwrap();
+    s.admin.addr = "127.0.0.1:0".parse().unwrap();
     s.tls.enabled = true;
     s.tls.cert = Some(certs.dev.path(SERVER_CERT));
     s.tls.key = Some(certs.dev.path(SERVER_KEY));
@@ -134,7 +134,7 @@ fn settings(certs: &Certs) -> PlatformSettings {
     s.auth.audience = AUDIENCE.into();
     s.auth.jwks_file = Some(certs.dev.path(JWKS));
     // Stopping at the end of a test need not wait for load balancers.
-    s.shutdown.drain_secs = 0;
+    s.shutdown.drain = Duration::ZERO;
     let mut problems = Vec::new();
     s.validate(&mut problems);
     assert!(

@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -168,15 +169,15 @@ pub async fn backends() -> Vec<Backend> {
 /// Settings for a test server: port 0, TLS with `certs`, tokens from `certs`.
 pub fn settings(certs: &Certs, backend: &Backend) -> Settings {
     let mut s = Settings::for_environment(Environment::Test);
-    s.server.addr = "127.0.0.1:0".into();
-    s.admin.addr = "127.0.0.1:0".into();
+    s.server.addr = "127.0.0.1:0".parse().unwrap();
+    s.admin.addr = "127.0.0.1:0".parse().unwrap();
     s.tls.cert = Some(certs.dev.path(grpc_platform::dev::SERVER_CERT));
     s.tls.key = Some(certs.dev.path(grpc_platform::dev::SERVER_KEY));
     s.auth.issuer = ISSUER.into();
     s.auth.audience = AUDIENCE.into();
     s.auth.jwks_file = Some(certs.dev.path(grpc_platform::dev::JWKS));
     s.database.url = SecretString::from(backend.url());
-    s.shutdown.drain_secs = 0;
+    s.shutdown.drain = Duration::ZERO;
     s.validate().expect("test settings are valid");
     s
 }

@@ -951,7 +951,7 @@ async fn sdk_sends_calls_only_to_ready_replicas() {
     let port_a = cluster::free_port();
     let start_a = || {
         TestServer::start_with(certs.clone(), Backend::sqlite(), move |s| {
-            s.server.addr = format!("127.0.0.1:{port_a}");
+            s.server.addr = std::net::SocketAddr::from(([127, 0, 0, 1], port_a));
         })
     };
     let a = start_a().await;

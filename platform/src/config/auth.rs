@@ -1,0 +1,231 @@
+//! The `auth` section: who issues the tokens the server accepts, for
+//! which audience, with which algorithms, and where the keys come from.
+
+use super::duration::secs_or_never;
+use super::redact_opt;
+use crate::auth::{JwksUrl, KeyError, KeySource, TokenRules, Verifier, VerifierOptions};
+use jsonwebtoken::Algorithm;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_with::{DurationMilliSeconds, DurationSeconds, serde_as};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[serde_as]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf` (`leeway_secs`).
+    #[serde(rename = "leeway_secs")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub leeway: Duration,
+    pub public_keys: Vec<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    #[serde(serialize_with = "redact_opt")]
+    pub hs256_secret: Option<SecretString>,
+    /// PEM CA certificate(s) trusted for `jwks_url` instead of the public
+    /// (webpki) roots.
+    pub jwks_ca: Option<PathBuf>,
+    /// Re-read every key source this often (`jwks_refresh_secs`; 0: only
+    /// on unknown `kid`s).
+    #[serde(rename = "jwks_refresh_secs", with = "secs_or_never")]
+    pub jwks_refresh: Option<Duration>,
+    /// At most one unknown-`kid` refresh per this many seconds, for all
+    /// callers together, so a flood of made-up `kid`s cannot hammer the
+    /// key source (`jwks_min_refresh_secs`).
+    #[serde(rename = "jwks_min_refresh_secs")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub jwks_min_refresh: Duration,
+    /// Deadline of one JWKS fetch, connect included (`jwks_timeout_ms`).
+    #[serde(rename = "jwks_timeout_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub jwks_timeout: Duration,
+    /// Largest JWKS document accepted from `jwks_url`.
+    pub jwks_max_bytes: usize,
+    /// Verified tokens remembered until their `exp`; 0 turns the cache off.
+    pub token_cache_size: usize,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            algorithms: vec!["ES256".into(), "RS256".into(), "EdDSA".into()],
+            leeway: Duration::from_secs(30),
+            public_keys: Vec::new(),
+            jwks_file: None,
+            jwks_url: None,
+            hs256_secret: None,
+            jwks_ca: None,
+            jwks_refresh: Some(Duration::from_secs(300)),
+            jwks_min_refresh: Duration::from_secs(10),
+            jwks_timeout: Duration::from_millis(5_000),
+            jwks_max_bytes: 256 * 1024,
+            token_cache_size: 10_000,
+        }
+    }
+}
+
+impl AuthSettings {
+    /// Adds this section's problems, each naming its key. `production`:
+    /// HS256 and its shared secret are refused. `generated`: the
+    /// development JWKS is made at start-up, so a missing file is fine.
+    pub fn validate(&self, production: bool, generated: bool, problems: &mut Vec<String>) {
+        if self.issuer.is_empty() {
+            problems.push("auth.issuer: required".into());
+        }
+        if self.audience.is_empty() {
+            problems.push("auth.audience: required".into());
+        }
+        match self.algorithms() {
+            Ok(algs) if algs.is_empty() => {
+                problems.push("auth.algorithms: at least one is required".into())
+            }
+            Ok(algs) => {
+                let hs = algs.contains(&Algorithm::HS256);
+                if hs && production {
+                    problems.push("auth.algorithms: HS256 is refused in production".into());
+                }
+                if hs && self.hs256_secret.is_none() {
+                    problems
+                        .push("auth.hs256_secret: required when auth.algorithms has HS256".into());
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+        if let Some(secret) = &self.hs256_secret {
+            if production {
+                problems.push("auth.hs256_secret: refused in production".into());
+            } else if secret.expose_secret().len() < 32 {
+                problems.push("auth.hs256_secret: must be at least 32 bytes".into());
+            }
+        }
+        if self.public_keys.is_empty()
+            && self.jwks_file.is_none()
+            && self.jwks_url.is_none()
+            && self.hs256_secret.is_none()
+        {
+            problems.push(
+                "auth: no verification keys (set auth.public_keys, auth.jwks_file, auth.jwks_url or auth.hs256_secret)"
+                    .into(),
+            );
+        }
+        for (i, p) in self.public_keys.iter().enumerate() {
+            if !p.is_file() {
+                problems.push(format!(
+                    "auth.public_keys[{i}]: cannot read {}",
+                    p.display()
+                ));
+            }
+        }
+        if let Some(p) = &self.jwks_file
+            && !p.is_file()
+            && !generated
+        {
+            problems.push(format!("auth.jwks_file: cannot read {}", p.display()));
+        }
+        match &self.jwks_url {
+            Some(u) => match url::Url::parse(u) {
+                Ok(parsed) if parsed.scheme() == "https" && parsed.host().is_some() => {}
+                Ok(_) => problems.push("auth.jwks_url: must be an https:// URL".into()),
+                Err(e) => problems.push(format!("auth.jwks_url: not a URL ({e})")),
+            },
+            None if self.jwks_ca.is_some() => {
+                problems.push("auth.jwks_ca: set, but auth.jwks_url is not".into())
+            }
+            None => {}
+        }
+        if let Some(p) = &self.jwks_ca
+            && !p.is_file()
+        {
+            problems.push(format!("auth.jwks_ca: cannot read {}", p.display()));
+        }
+        if production && self.jwks_min_refresh.is_zero() {
+            problems.push(
+                "auth.jwks_min_refresh_secs: must be at least 1 in production (it rate-limits unknown-kid refreshes)"
+                    .into(),
+            );
+        }
+        if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&self.jwks_timeout) {
+            problems.push("auth.jwks_timeout_ms: must be 1 to 60000".into());
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.jwks_max_bytes) {
+            problems.push("auth.jwks_max_bytes: must be 1024 to 16777216".into());
+        }
+    }
+
+    /// `algorithms`, parsed; only ES256, RS256, EdDSA and HS256 are allowed.
+    pub fn algorithms(&self) -> Result<Vec<Algorithm>, String> {
+        self.algorithms
+            .iter()
+            .map(|a| {
+                let alg = Algorithm::from_str(a.trim())
+                    .map_err(|_| format!("auth.algorithms: unknown algorithm {a:?}"))?;
+                match alg {
+                    Algorithm::ES256 | Algorithm::RS256 | Algorithm::EdDSA | Algorithm::HS256 => {
+                        Ok(alg)
+                    }
+                    _ => Err(format!(
+                        "auth.algorithms: {a} is not allowed (ES256, RS256, EdDSA, HS256)"
+                    )),
+                }
+            })
+            .collect()
+    }
+
+    /// The key sources the section names (building the HTTPS client of
+    /// `jwks_url`, which reads `jwks_ca`).
+    pub fn key_sources(&self) -> Result<Vec<KeySource>, KeyError> {
+        let mut sources: Vec<KeySource> = self
+            .public_keys
+            .iter()
+            .cloned()
+            .map(KeySource::PemFile)
+            .collect();
+        if let Some(p) = &self.jwks_file {
+            sources.push(KeySource::JwksFile(p.clone()));
+        }
+        if let Some(url) = &self.jwks_url {
+            sources.push(KeySource::JwksUrl(JwksUrl::new(
+                url,
+                self.jwks_ca.as_deref(),
+                self.jwks_timeout,
+                self.jwks_max_bytes,
+            )?));
+        }
+        if let Some(s) = &self.hs256_secret {
+            sources.push(KeySource::Hs256Secret(
+                s.expose_secret().as_bytes().to_vec(),
+            ));
+        }
+        Ok(sources)
+    }
+
+    /// How the verifier refreshes keys and caches verified tokens.
+    pub fn verifier_options(&self) -> VerifierOptions {
+        VerifierOptions {
+            refresh_interval: self.jwks_refresh,
+            min_refresh_interval: self.jwks_min_refresh,
+            cache_size: self.token_cache_size,
+        }
+    }
+
+    /// The token verifier this section describes, with its keys loaded (a
+    /// JWKS URL fetched: an unreachable one stops the start). Call
+    /// [`Verifier::spawn_refresh`] to keep the keys fresh.
+    pub async fn verifier(&self) -> anyhow::Result<Verifier> {
+        let rules = TokenRules {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            algorithms: self.algorithms().map_err(anyhow::Error::msg)?,
+            leeway_secs: self.leeway.as_secs(),
+        };
+        Ok(Verifier::from_sources(rules, self.key_sources()?, self.verifier_options()).await?)
+    }
+}

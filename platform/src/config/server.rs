@@ -1,0 +1,123 @@
+//! The `server` section: the gRPC port, its limits and its connections.
+
+use super::duration::secs_or_never;
+use serde::{Deserialize, Serialize};
+use serde_with::{DurationMilliSeconds, DurationSeconds, serde_as};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[serde_as]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub addr: SocketAddr,
+    /// Serve gRPC reflection (v1 and v1alpha) so grpcurl works without protos.
+    pub reflection: bool,
+    /// The deadline of a call that sends none (`default_timeout_ms`).
+    #[serde(rename = "default_timeout_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub default_timeout: Duration,
+    /// The longest deadline a call may ask for (`max_timeout_ms`).
+    #[serde(rename = "max_timeout_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub max_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub max_concurrent_streams: u32,
+    pub concurrency_limit: usize,
+    /// Connections are asked to go away (GOAWAY) after this age, ±10% per
+    /// connection (`max_connection_age_secs`; 0: never).
+    #[serde(rename = "max_connection_age_secs", with = "secs_or_never")]
+    pub max_connection_age: Option<Duration>,
+    /// How long a connection past its age may finish the calls and streams
+    /// it carries before it is closed (`max_connection_age_grace_secs`).
+    #[serde(rename = "max_connection_age_grace_secs")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub max_connection_age_grace: Duration,
+    /// HTTP/2 keepalive PINGs this often (`keepalive_interval_secs`; 0: none).
+    #[serde(rename = "keepalive_interval_secs", with = "secs_or_never")]
+    pub keepalive_interval: Option<Duration>,
+    /// Largest request header block (metadata included) a client may send,
+    /// in bytes (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`).
+    pub max_header_list_bytes: u32,
+    /// Streams a client may open and reset before the server accepts them,
+    /// then GOAWAY: the HTTP/2 rapid-reset defence (CVE-2023-44487).
+    pub http2_max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset because of a client's protocol errors,
+    /// then GOAWAY (the "MadeYouReset" defence, CVE-2025-8671).
+    pub http2_max_local_error_reset_streams: usize,
+    /// A client that has not finished its TLS handshake by then is dropped
+    /// (`handshake_timeout_secs`).
+    #[serde(rename = "handshake_timeout_secs")]
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub handshake_timeout: Duration,
+    /// A connection on which no byte moves for this long is closed
+    /// (`idle_timeout_secs`; 0: never). HTTP/2 keepalive PINGs count as
+    /// traffic (see `tls::IdleTimeout`).
+    #[serde(rename = "idle_timeout_secs", with = "secs_or_never")]
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            reflection: true,
+            default_timeout: Duration::from_secs(10),
+            max_timeout: Duration::from_secs(60),
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 200,
+            concurrency_limit: 1_000,
+            max_connection_age: Some(Duration::from_secs(300)),
+            max_connection_age_grace: Duration::from_secs(30),
+            keepalive_interval: Some(Duration::from_secs(30)),
+            max_header_list_bytes: 16 * 1024,
+            http2_max_pending_accept_reset_streams: 20,
+            http2_max_local_error_reset_streams: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(300)),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Adds this section's problems, each naming its key.
+    pub fn validate(&self, problems: &mut Vec<String>) {
+        if self.default_timeout.is_zero() {
+            problems.push("server.default_timeout_ms: must be more than 0".into());
+        }
+        if self.max_timeout < self.default_timeout {
+            problems
+                .push("server.max_timeout_ms: must be at least server.default_timeout_ms".into());
+        }
+        if self.max_message_bytes < 1024 {
+            problems.push("server.max_message_bytes: must be at least 1024".into());
+        }
+        if self.max_concurrent_streams == 0 {
+            problems.push("server.max_concurrent_streams: must be more than 0".into());
+        }
+        if self.concurrency_limit == 0 {
+            problems.push("server.concurrency_limit: must be more than 0".into());
+        }
+        // Abuse limits: zero would disable a defence or refuse every call.
+        if !(4 * 1024..=1024 * 1024).contains(&self.max_header_list_bytes) {
+            problems.push("server.max_header_list_bytes: must be 4096 to 1048576".into());
+        }
+        for (key, value) in [
+            (
+                "server.http2_max_pending_accept_reset_streams",
+                self.http2_max_pending_accept_reset_streams,
+            ),
+            (
+                "server.http2_max_local_error_reset_streams",
+                self.http2_max_local_error_reset_streams,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be more than 0"));
+            }
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.handshake_timeout) {
+            problems.push("server.handshake_timeout_secs: must be 1 to 300".into());
+        }
+    }
+}
