@@ -32,7 +32,7 @@
 use super::cache::OrderCache;
 use super::checkpoint;
 use super::feed::Change;
-use super::sql::{FIND_BY_REQUEST, INSERT_ORDER_ROW, INSERT_VERSION, UPDATE_ORDER, decode};
+use super::schema::{FIND_BY_REQUEST, INSERT_ORDER_ROW, INSERT_VERSION, UPDATE_ORDER, decode};
 use super::{Idempotency, Inserted, Result, StoreError, WriteCounter};
 use crate::domain::Order;
 use grpc_platform::middleware::{CallContext, commit};
@@ -345,7 +345,7 @@ fn run_group(conn: &mut Connection, group: &[Write]) -> Result<Vec<Done>> {
 }
 
 /// A registration: the new order at version 1, or the caller's earlier
-/// order with this key. (The statements are `sql.rs`'s, shared with the
+/// order with this key. (The statements are `schema.rs`'s, shared with the
 /// PostgreSQL store, which runs them through sqlx.)
 fn insert(conn: &Connection, order: &Order, key: Option<Idempotency<'_>>) -> Result<Inserted> {
     let doc = serde_json::to_string(order)?;

@@ -15,6 +15,7 @@ mod checkpoint;
 mod feed;
 mod group_commit;
 mod metrics;
+mod schema;
 mod sql;
 
 pub use metrics::StoreMetrics;

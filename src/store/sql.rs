@@ -6,6 +6,10 @@
 use super::cache::OrderCache;
 use super::feed::{self, Change};
 use super::group_commit::{self, MAX_GROUP, Writer};
+use super::schema::{
+    self, CURSOR_KEY_NAME, FIND_BY_REQUEST, GET_KEY, GET_ORDER, HISTORY, INSERT_KEY, INSERT_ORDER,
+    INSERT_VERSION, UPDATE_ORDER, decode,
+};
 use super::{
     Idempotency, Inserted, ListQuery, PoolStats, Result, Store, StoreError, StoreOptions,
     WriteCounter, WriteStats,
@@ -23,43 +27,12 @@ use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
-/// A new order's row, unless the caller registered its `request_id` before.
-macro_rules! insert_order {
-    () => {
-        "INSERT INTO orders \
-         (id, customer_id, status, version, request_id, request_fingerprint, doc) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (customer_id, request_id) DO NOTHING"
-    };
-}
-/// SQLite's writer tells an insert from a conflict by the rows changed
-/// (`RETURNING` costs SQLite a temporary table per statement).
-pub(super) const INSERT_ORDER_ROW: &str = insert_order!();
-/// sqlx (PostgreSQL) tells them apart by the row returned.
-pub(super) const INSERT_ORDER: &str = concat!(insert_order!(), " RETURNING id");
-pub(super) const FIND_BY_REQUEST: &str = "SELECT doc, request_fingerprint FROM orders \
-     WHERE customer_id = $1 AND request_id = $2";
-pub(super) const INSERT_VERSION: &str =
-    "INSERT INTO order_versions (order_id, version, doc) VALUES ($1, $2, $3)";
-pub(super) const UPDATE_ORDER: &str =
-    "UPDATE orders SET status = $1, version = $2, doc = $3 WHERE id = $4 AND version = $5";
-const GET_ORDER: &str = "SELECT doc FROM orders WHERE id = $1";
-const HISTORY: &str =
-    "SELECT doc FROM order_versions WHERE order_id = $1 AND version > $2 ORDER BY version";
-const INSERT_KEY: &str =
-    "INSERT INTO service_keys (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
-const GET_KEY: &str = "SELECT value FROM service_keys WHERE name = $1";
-const CURSOR_KEY_NAME: &str = "page_token_hmac";
 /// The PostgreSQL NOTIFY channel of the change feed.
 const CHANNEL: &str = "orders_changes";
 /// How long a call waits for a pooled connection before answering
 /// UNAVAILABLE (during an outage, until the readiness check notices it and
 /// calls fail at once).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
-
-pub(super) fn decode(doc: &str) -> Result<Order> {
-    Ok(serde_json::from_str(doc)?)
-}
 
 fn new_cursor_key() -> Vec<u8> {
     use rand::RngCore;
@@ -224,11 +197,7 @@ impl SqliteStore {
             .connect_with(connect.clone())
             .await
             .map_err(StoreError::classify)?;
-        // As on PostgreSQL: a release rolled back starts on the database the
-        // newer one expanded (docs/migrations.md).
-        let mut migrator = sqlx::migrate!("migrations/sqlite");
-        migrator.set_ignore_missing(true);
-        migrator.run(&write).await?;
+        schema::migrate_sqlite(&write).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -325,14 +294,7 @@ impl PostgresStore {
             .connect(url)
             .await
             .map_err(StoreError::classify)?;
-        // sqlx takes an advisory lock, so replicas starting together migrate
-        // once. Migrations only expand the schema (docs/migrations.md), so a
-        // replica of the previous release, restarted during a rolling
-        // upgrade, still starts on a database a newer release has migrated:
-        // migrations it does not know are not an error.
-        let mut migrator = sqlx::migrate!("migrations/postgres");
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
+        schema::migrate_postgres(&pool).await?;
         let cursor_key = Self::load_cursor_key(&pool).await?;
         let feed = feed::channel();
         let mut listener = PgListener::connect_with(&pool)
