@@ -15,13 +15,16 @@ mod checkpoint;
 mod feed;
 mod group_commit;
 mod metrics;
+mod postgres;
 mod schema;
-mod sql;
+mod sql_store;
+mod sqlite;
 
 pub use metrics::StoreMetrics;
 
 pub use feed::Change;
-pub use sql::{PostgresStore, SqliteStore};
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
 
 use crate::domain::{CustomerId, Order, OrderId, Status};
 use async_trait::async_trait;
