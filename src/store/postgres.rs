@@ -2,10 +2,12 @@
 //! on its own connections and hearing the others' changes through
 //! `LISTEN/NOTIFY`.
 
+use super::contract::{Idempotency, Inserted, StoreOptions};
+use super::error::{Result, StoreError};
 use super::feed::{self, Change};
 use super::schema::{self, FIND_BY_REQUEST, INSERT_ORDER, INSERT_VERSION, UPDATE_ORDER, decode};
 use super::sql_store::{ACQUIRE_TIMEOUT, sql_store};
-use super::{Idempotency, Inserted, Result, StoreError, StoreOptions, WriteCounter};
+use super::stats::WriteCounter;
 use crate::domain::{Order, OrderId};
 use grpc_platform::middleware::commit;
 use sqlx::Row;

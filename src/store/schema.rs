@@ -6,7 +6,7 @@
 //! placeholders on SQLite too, and so does rusqlite (the SQLite writer
 //! thread, `group_commit.rs`).
 
-use super::Result;
+use super::error::Result;
 use crate::domain::Order;
 
 /// A new order's row, unless the caller registered its `request_id` before.

@@ -34,14 +34,14 @@ macro_rules! sql_store {
             use sqlx::Row;
             use tokio::sync::broadcast;
             use $crate::domain::{Order, OrderId};
+            use $crate::store::contract::{Idempotency, Inserted, ListQuery, Store};
+            use $crate::store::error::{Result, StoreError};
             use $crate::store::feed::Change;
             use $crate::store::schema::{
                 CURSOR_KEY_NAME, GET_KEY, GET_ORDER, HISTORY, INSERT_KEY, decode,
             };
             use $crate::store::sql_store::new_cursor_key;
-            use $crate::store::{
-                Idempotency, Inserted, ListQuery, PoolStats, Result, Store, StoreError, WriteStats,
-            };
+            use $crate::store::stats::{PoolStats, WriteStats};
 
             impl $store {
                 /// Makes the shared page-token key once (the first replica to get
