@@ -145,7 +145,7 @@ impl Order {
 
     /// The customer moved: a new delivery address, refused once the order has
     /// shipped (or ended).
-    pub fn relocate(&self, address: Address, now: DateTime<Utc>) -> Result<Self, RuleError> {
+    fn relocate(&self, address: Address, now: DateTime<Utc>) -> Result<Self, RuleError> {
         match self.status {
             Status::Pending | Status::Confirmed => Ok(self.next(self.status, address, now)),
             status => Err(RuleError::Transition {

@@ -41,7 +41,7 @@ impl Status {
         })
     }
 
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Status::Pending => "PENDING",
             Status::Confirmed => "CONFIRMED",

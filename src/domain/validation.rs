@@ -21,7 +21,7 @@ impl Violations {
         });
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.0.len()
     }
 

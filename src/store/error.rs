@@ -49,7 +49,7 @@ impl StoreError {
     }
 
     /// Splits transient connection trouble (UNAVAILABLE, retryable) from bugs.
-    pub(crate) fn classify(err: sqlx::Error) -> Self {
+    pub(super) fn classify(err: sqlx::Error) -> Self {
         use sqlx::Error as E;
         let transient = match &err {
             E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => true,

@@ -44,14 +44,14 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// The most writes one transaction takes. Bounded so one group's latency
 /// (and the time the write lock is held) stays short under a flood.
-pub(crate) const MAX_GROUP: usize = 256;
+pub(super) const MAX_GROUP: usize = 256;
 /// Writes waiting for the writer before callers wait to enqueue (the
 /// concurrency limit and deadlines bound the wait).
 const QUEUE: usize = 4 * MAX_GROUP;
 
 /// One write, with the caller's answer channel and the call it is made for
 /// (whose commit point the writer passes).
-pub(crate) enum Write {
+enum Write {
     Insert {
         order: Box<Order>,
         /// `(request_id, fingerprint)`.
@@ -126,7 +126,7 @@ enum Done {
 }
 
 /// The handle the store keeps: sends writes to the writer task.
-pub(crate) struct Writer {
+pub(super) struct Writer {
     /// Dropping it (with the store) ends the writer thread after its group.
     tx: mpsc::Sender<Write>,
 }
@@ -134,7 +134,7 @@ pub(crate) struct Writer {
 impl Writer {
     /// Starts the writer thread on `conn`. With `max_group = 1` every write
     /// is its own transaction (the baseline the benchmarks compare against).
-    pub(crate) fn start(
+    pub(super) fn start(
         conn: Connection,
         checkpoint_conn: Connection,
         feed: broadcast::Sender<Change>,
@@ -158,7 +158,7 @@ impl Writer {
         Ok(Self { tx })
     }
 
-    pub(crate) async fn insert(
+    pub(super) async fn insert(
         &self,
         order: Order,
         idempotency: Option<(String, String)>,
@@ -174,7 +174,7 @@ impl Writer {
         answer.await.map_err(|_| writer_gone())?
     }
 
-    pub(crate) async fn commit(&self, base_version: i64, versions: Vec<Order>) -> Result<()> {
+    pub(super) async fn commit(&self, base_version: i64, versions: Vec<Order>) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         self.submit(Write::Commit {
             base_version,
@@ -413,7 +413,7 @@ fn commit(conn: &Connection, base_version: i64, versions: &[Order]) -> Result<()
 }
 
 /// Opens the writer's connection with the store's durability settings.
-pub(crate) fn open(path: &std::path::Path) -> Result<Connection> {
+pub(super) fn open(path: &std::path::Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // Per connection: every commit is fsynced before it returns.

@@ -27,10 +27,10 @@ pub use contract::{Idempotency, Inserted, ListQuery, Store, StoreOptions};
 pub use error::{Result, StoreError};
 pub use feed::Change;
 pub use metrics::StoreMetrics;
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
 pub use stats::{PoolStats, WriteStats};
 
+use postgres::PostgresStore;
+use sqlite::SqliteStore;
 use std::sync::Arc;
 
 /// Opens the store a `database.url` names and runs its migrations.

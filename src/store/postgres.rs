@@ -21,7 +21,7 @@ const CHANNEL: &str = "orders_changes";
 /// PostgreSQL: one database shared by every replica. Changes are announced
 /// with `pg_notify` inside the writing transaction (delivered on commit, in
 /// commit order) and heard by a `LISTEN` task on every replica.
-pub struct PostgresStore {
+pub(super) struct PostgresStore {
     pool: PgPool,
     written: std::sync::Arc<WriteCounter>,
     feed: broadcast::Sender<Change>,
@@ -31,7 +31,7 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+    pub(super) async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -25,7 +25,7 @@ use tokio::sync::broadcast;
 /// beats BUSY retries), which commits the writes waiting together in one
 /// transaction (group commit, see `group_commit.rs`); reads go through a
 /// pool of many (WAL lets them run beside the writer).
-pub struct SqliteStore {
+pub(super) struct SqliteStore {
     read: SqlitePool,
     writer: Writer,
     written: std::sync::Arc<WriteCounter>,
@@ -36,7 +36,7 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+    pub(super) async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
         let connect = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)

@@ -21,19 +21,19 @@ pub struct WriteStats {
 
 /// Counts committed writes; shared by the stores and the writer task.
 #[derive(Debug, Default)]
-pub(crate) struct WriteCounter {
+pub(super) struct WriteCounter {
     transactions: std::sync::atomic::AtomicU64,
     writes: std::sync::atomic::AtomicU64,
 }
 
 impl WriteCounter {
-    pub(crate) fn committed(&self, writes: u64) {
+    pub(super) fn committed(&self, writes: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         self.transactions.fetch_add(1, Relaxed);
         self.writes.fetch_add(writes, Relaxed);
     }
 
-    pub(crate) fn stats(&self) -> WriteStats {
+    pub(super) fn stats(&self) -> WriteStats {
         use std::sync::atomic::Ordering::Relaxed;
         WriteStats {
             transactions: self.transactions.load(Relaxed),
