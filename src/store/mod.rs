@@ -9,6 +9,14 @@
 //! every other replica's changes. The feed only says *that* an order changed;
 //! watchers read the versions themselves from `order_versions`, so a missed or
 //! coalesced notification can never lose an event.
+//!
+//! Files: `contract.rs` (the trait and its values), `error.rs`, `stats.rs`;
+//! `schema.rs` (migrations and the statements both backends run);
+//! `sql_store.rs` (the trait's implementation both share); `sqlite.rs` with
+//! its writer thread (`group_commit.rs`), checkpointer (`checkpoint.rs`)
+//! and cache (`cache.rs`); `postgres.rs`; `feed.rs`; `metrics.rs`. Imports
+//! run one way: only this file names a backend, the backends name the
+//! shared files, and no shared file names a backend.
 
 mod cache;
 mod checkpoint;

@@ -27,8 +27,8 @@ pub(super) fn new_cursor_key() -> Vec<u8> {
 /// `written`.
 macro_rules! sql_store {
     ($store:ty, $db:ty) => {
-        // An unnamed const: the impls below apply everywhere, and the names
-        // they use are imported here rather than into the backend's file.
+        // The impls in an unnamed const apply to the type as anywhere else;
+        // the const only keeps the names they import out of the backend's file.
         const _: () = {
             use async_trait::async_trait;
             use sqlx::Row;
