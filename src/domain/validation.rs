@@ -21,7 +21,7 @@ impl Violations {
         });
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.0.len()
     }
 
@@ -54,5 +54,41 @@ impl std::fmt::Display for Violations {
             .map(|v| format!("{}: {}", v.field, v.description))
             .collect();
         f.write_str(&parts.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Address, LineItem};
+
+    #[test]
+    fn every_violation_of_a_request_is_reported_with_its_path() {
+        let mut v = Violations::default();
+        assert!(LineItem::parse("bad sku".into(), 0, -5, "items[2]", &mut v).is_none());
+        assert!(
+            Address::parse(
+                String::new(),
+                0,
+                "x".repeat(201),
+                "!!".into(),
+                "address",
+                &mut v
+            )
+            .is_none()
+        );
+        let fields: Vec<&str> = v.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "items[2].sku",
+                "items[2].quantity",
+                "items[2].unit_price_cents",
+                "address.street",
+                "address.number",
+                "address.city",
+                "address.postal_code",
+            ]
+        );
     }
 }

@@ -21,7 +21,7 @@ use quick_cache::sync::Cache;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub(crate) struct OrderCache {
+pub(super) struct OrderCache {
     orders: Cache<OrderId, Order>,
     generation: AtomicU64,
     fill: Mutex<()>,
@@ -30,10 +30,10 @@ pub(crate) struct OrderCache {
 /// Taken before a database read; lets the read fill the cache only if no
 /// write committed meanwhile.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Ticket(u64);
+pub(super) struct Ticket(u64);
 
 impl OrderCache {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         Self {
             orders: Cache::new(capacity.max(1)),
             generation: AtomicU64::new(0),
@@ -41,16 +41,16 @@ impl OrderCache {
         }
     }
 
-    pub(crate) fn get(&self, id: &OrderId) -> Option<Order> {
+    pub(super) fn get(&self, id: &OrderId) -> Option<Order> {
         self.orders.get(id)
     }
 
-    pub(crate) fn ticket(&self) -> Ticket {
+    pub(super) fn ticket(&self) -> Ticket {
         Ticket(self.generation.load(Ordering::Acquire))
     }
 
     /// Remembers what a read found, unless a write committed since `ticket`.
-    pub(crate) fn fill(&self, ticket: Ticket, order: &Order) {
+    pub(super) fn fill(&self, ticket: Ticket, order: &Order) {
         let _one = self.lock();
         if self.generation.load(Ordering::Acquire) == ticket.0 {
             self.orders.insert(order.id().clone(), order.clone());
@@ -59,7 +59,7 @@ impl OrderCache {
 
     /// A write group committed these orders (their newest versions); call
     /// before answering the writers, so a caller reads its own write.
-    pub(crate) fn committed<'a>(&self, orders: impl IntoIterator<Item = &'a Order>) {
+    pub(super) fn committed<'a>(&self, orders: impl IntoIterator<Item = &'a Order>) {
         let _one = self.lock();
         self.generation.fetch_add(1, Ordering::AcqRel);
         for order in orders {
@@ -69,7 +69,7 @@ impl OrderCache {
 
     /// A write group failed: what it touched may or may not be on disk (a
     /// failed COMMIT is not proof of nothing), so forget those orders.
-    pub(crate) fn forget<'a>(&self, ids: impl IntoIterator<Item = &'a OrderId>) {
+    pub(super) fn forget<'a>(&self, ids: impl IntoIterator<Item = &'a OrderId>) {
         let _one = self.lock();
         self.generation.fetch_add(1, Ordering::AcqRel);
         for id in ids {

@@ -36,31 +36,31 @@ use std::time::{Duration, Instant};
 /// The least time between two checkpoints while writes go on: long enough
 /// that a hot page is copied once for many commits, short enough that a
 /// passive checkpoint has little to copy.
-pub(crate) const INTERVAL: Duration = Duration::from_millis(1000);
+const INTERVAL: Duration = Duration::from_millis(1000);
 /// The interval once the log is half way to [`WRITER_FRAMES`].
-pub(crate) const NEAR_INTERVAL: Duration = Duration::from_millis(50);
+const NEAR_INTERVAL: Duration = Duration::from_millis(50);
 /// Log pages (4 KiB each) at which the writer checkpoints (and so rewinds
 /// the log) itself.
 #[cfg(not(test))]
-pub(crate) const WRITER_FRAMES: i64 = 16_000;
+pub(super) const WRITER_FRAMES: i64 = 16_000;
 /// Small in unit tests, so a test takes the log past it many times in
 /// seconds (`the_log_stays_bounded_under_continuous_writes`).
 #[cfg(test)]
-pub(crate) const WRITER_FRAMES: i64 = 500;
+pub(super) const WRITER_FRAMES: i64 = 500;
 
 /// Tells the checkpointer that a transaction committed. Dropping it (when
 /// the writer thread ends) ends the checkpointer after a last checkpoint.
-pub(crate) struct Committed(SyncSender<()>);
+pub(super) struct Committed(SyncSender<()>);
 
 impl Committed {
-    pub(crate) fn notify(&self) {
+    pub(super) fn notify(&self) {
         // Full means a notice is already waiting: one is enough.
         let _ = self.0.try_send(());
     }
 }
 
 /// Starts the checkpointer on `conn` (opened like the writer's).
-pub(crate) fn start(conn: Connection) -> std::io::Result<Committed> {
+pub(super) fn start(conn: Connection) -> std::io::Result<Committed> {
     let (tx, rx) = sync_channel(1);
     std::thread::Builder::new()
         .name("orders-sqlite-ckpt".into())

@@ -6,7 +6,7 @@ use tokio::sync::broadcast;
 /// Capacity of the in-process broadcast. A receiver that falls further behind
 /// gets `Lagged` and re-reads what it follows from the database, so this
 /// bounds memory, never correctness.
-pub(crate) const FEED_CAPACITY: usize = 4096;
+const FEED_CAPACITY: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -19,11 +19,11 @@ pub enum Change {
 
 impl Change {
     /// The NOTIFY payload: `id:version`.
-    pub(crate) fn payload(id: &OrderId, version: i64) -> String {
+    pub(super) fn payload(id: &OrderId, version: i64) -> String {
         format!("{id}:{version}")
     }
 
-    pub(crate) fn parse_payload(payload: &str) -> Option<Change> {
+    pub(super) fn parse_payload(payload: &str) -> Option<Change> {
         let (id, version) = payload.rsplit_once(':')?;
         Some(Change::Order {
             id: OrderId::parse(id)?,
@@ -32,7 +32,7 @@ impl Change {
     }
 }
 
-pub(crate) fn channel() -> broadcast::Sender<Change> {
+pub(super) fn channel() -> broadcast::Sender<Change> {
     broadcast::channel(FEED_CAPACITY).0
 }
 

@@ -31,9 +31,11 @@
 
 use super::cache::OrderCache;
 use super::checkpoint;
+use super::contract::{Idempotency, Inserted};
+use super::error::{Result, StoreError};
 use super::feed::Change;
-use super::sql::{FIND_BY_REQUEST, INSERT_ORDER_ROW, INSERT_VERSION, UPDATE_ORDER, decode};
-use super::{Idempotency, Inserted, Result, StoreError, WriteCounter};
+use super::schema::{FIND_BY_REQUEST, INSERT_ORDER_ROW, INSERT_VERSION, UPDATE_ORDER, decode};
+use super::stats::WriteCounter;
 use crate::domain::Order;
 use grpc_platform::middleware::{CallContext, commit};
 use rusqlite::{Connection, TransactionBehavior, params};
@@ -42,14 +44,14 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// The most writes one transaction takes. Bounded so one group's latency
 /// (and the time the write lock is held) stays short under a flood.
-pub(crate) const MAX_GROUP: usize = 256;
+pub(super) const MAX_GROUP: usize = 256;
 /// Writes waiting for the writer before callers wait to enqueue (the
 /// concurrency limit and deadlines bound the wait).
 const QUEUE: usize = 4 * MAX_GROUP;
 
 /// One write, with the caller's answer channel and the call it is made for
 /// (whose commit point the writer passes).
-pub(crate) enum Write {
+enum Write {
     Insert {
         order: Box<Order>,
         /// `(request_id, fingerprint)`.
@@ -124,7 +126,7 @@ enum Done {
 }
 
 /// The handle the store keeps: sends writes to the writer task.
-pub(crate) struct Writer {
+pub(super) struct Writer {
     /// Dropping it (with the store) ends the writer thread after its group.
     tx: mpsc::Sender<Write>,
 }
@@ -132,7 +134,7 @@ pub(crate) struct Writer {
 impl Writer {
     /// Starts the writer thread on `conn`. With `max_group = 1` every write
     /// is its own transaction (the baseline the benchmarks compare against).
-    pub(crate) fn start(
+    pub(super) fn start(
         conn: Connection,
         checkpoint_conn: Connection,
         feed: broadcast::Sender<Change>,
@@ -156,7 +158,7 @@ impl Writer {
         Ok(Self { tx })
     }
 
-    pub(crate) async fn insert(
+    pub(super) async fn insert(
         &self,
         order: Order,
         idempotency: Option<(String, String)>,
@@ -172,7 +174,7 @@ impl Writer {
         answer.await.map_err(|_| writer_gone())?
     }
 
-    pub(crate) async fn commit(&self, base_version: i64, versions: Vec<Order>) -> Result<()> {
+    pub(super) async fn commit(&self, base_version: i64, versions: Vec<Order>) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         self.submit(Write::Commit {
             base_version,
@@ -345,7 +347,7 @@ fn run_group(conn: &mut Connection, group: &[Write]) -> Result<Vec<Done>> {
 }
 
 /// A registration: the new order at version 1, or the caller's earlier
-/// order with this key. (The statements are `sql.rs`'s, shared with the
+/// order with this key. (The statements are `schema.rs`'s, shared with the
 /// PostgreSQL store, which runs them through sqlx.)
 fn insert(conn: &Connection, order: &Order, key: Option<Idempotency<'_>>) -> Result<Inserted> {
     let doc = serde_json::to_string(order)?;
@@ -411,7 +413,7 @@ fn commit(conn: &Connection, base_version: i64, versions: &[Order]) -> Result<()
 }
 
 /// Opens the writer's connection with the store's durability settings.
-pub(crate) fn open(path: &std::path::Path) -> Result<Connection> {
+pub(super) fn open(path: &std::path::Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // Per connection: every commit is fsynced before it returns.
@@ -432,227 +434,4 @@ pub(crate) fn open(path: &std::path::Path) -> Result<Connection> {
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
     }
     Ok(conn)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{Address, CustomerId, LineItem, NewOrder, OrderId, Violations};
-    use crate::store::{Idempotency, SqliteStore, Store, StoreOptions};
-    use chrono::Utc;
-
-    fn new_order(customer: &str) -> Order {
-        let mut v = Violations::default();
-        let item = LineItem::parse("APPLE".into(), 1, 100, "items[0]", &mut v).unwrap();
-        let address = Address::parse(
-            "Main".into(),
-            1,
-            "Utrecht".into(),
-            "3511 AB".into(),
-            "address",
-            &mut v,
-        )
-        .unwrap();
-        Order::register(
-            OrderId::generate(),
-            CustomerId::new(customer).unwrap(),
-            NewOrder::new(vec![item], address, None).unwrap(),
-            Utc::now(),
-        )
-    }
-
-    async fn store(dir: &tempfile::TempDir, group_commit: bool) -> Arc<SqliteStore> {
-        let url = format!("sqlite://{}", dir.path().join("orders.db").display());
-        let options = StoreOptions {
-            max_connections: 4,
-            group_commit,
-            ..Default::default()
-        };
-        Arc::new(SqliteStore::connect(&url, &options).await.unwrap())
-    }
-
-    /// Registers `n` orders at once; returns them.
-    async fn register_together(store: &Arc<SqliteStore>, n: usize) -> Vec<Order> {
-        let orders: Vec<Order> = (0..n).map(|_| new_order("alice")).collect();
-        let calls = orders.iter().cloned().map(|order| {
-            let store = store.clone();
-            tokio::spawn(async move { store.insert(&order, None).await })
-        });
-        for result in futures::future::join_all(calls).await {
-            assert!(matches!(result.unwrap().unwrap(), Inserted::Created));
-        }
-        orders
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn committed_writes_reach_the_database_file_without_the_writer_checkpointing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir, true).await;
-        let orders = register_together(&store, 200).await;
-        // 200 orders are far fewer log pages than the writer's own
-        // checkpoint waits for: only the checkpoint thread copies them into
-        // the database file. Read that file alone (a copy, without its log).
-        // A copy taken while a checkpoint writes the file can be torn
-        // ("malformed"): that is "not yet", as is a count short of 200.
-        let count =
-            |copy: &std::path::Path| -> std::result::Result<i64, Box<dyn std::error::Error>> {
-                std::fs::copy(dir.path().join("orders.db"), copy)?;
-                let conn = Connection::open(copy)?;
-                Ok(conn.query_row("SELECT count(*) FROM orders", [], |r| r.get(0))?)
-            };
-        let mut found = Err("not read yet".into());
-        for attempt in 0..50 {
-            let copy = dir.path().join(format!("copy-{attempt}.db"));
-            found = count(&copy);
-            if matches!(found, Ok(n) if n == orders.len() as i64) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        assert_eq!(
-            found.ok(),
-            Some(200),
-            "the database file holds every committed order"
-        );
-    }
-
-    /// The log is rewound, not grown for ever, while writes never stop: the
-    /// checkpoint thread's passive checkpoints cannot rewind it under
-    /// continuous commits, so the writer's own checkpoint at
-    /// `WRITER_FRAMES` pages must (500 in tests, 16,000 in the server).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_log_stays_bounded_under_continuous_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir, true).await;
-        let frame = 4096 + 24; // a page and its frame header
-        let threshold = checkpoint::WRITER_FRAMES as u64;
-        let reader = Connection::open(dir.path().join("orders.db")).unwrap();
-        let mut largest_log = 0;
-        let mut batches = 0;
-        // Until the database holds five times the threshold in pages: every
-        // one of them went through the log, so without rewinding the log
-        // would be at least that long.
-        loop {
-            register_together(&store, 200).await;
-            batches += 1;
-            let log = std::fs::metadata(dir.path().join("orders.db-wal"))
-                .map(|m| m.len())
-                .unwrap_or(0);
-            largest_log = largest_log.max(log);
-            let pages: u64 = reader
-                .query_row("PRAGMA page_count", [], |r| r.get(0))
-                .unwrap();
-            if pages >= 5 * threshold {
-                break;
-            }
-            assert!(batches < 500, "the database did not grow: {pages} pages");
-        }
-        assert!(
-            largest_log <= 3 * threshold * frame,
-            "the log grew to {largest_log} bytes, over three times the writer's checkpoint ({threshold} pages)"
-        );
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_writes_share_transactions_and_all_persist() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir, true).await;
-        let orders = register_together(&store, 300).await;
-        let stats = store.write_stats();
-        assert_eq!(stats.writes, 300);
-        assert!(
-            stats.transactions < 300,
-            "300 writes at once were grouped: {stats:?}"
-        );
-        // Every acknowledged write is there, also after reopening the file.
-        drop(store);
-        let reopened = self::store(&dir, true).await;
-        for order in &orders {
-            assert_eq!(
-                reopened.get(order.id()).await.unwrap().as_ref(),
-                Some(order)
-            );
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn without_group_commit_each_write_is_its_own_transaction() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir, false).await;
-        register_together(&store, 50).await;
-        assert_eq!(
-            store.write_stats(),
-            crate::store::WriteStats {
-                transactions: 50,
-                writes: 50
-            }
-        );
-    }
-
-    #[tokio::test]
-    async fn a_failing_write_is_rolled_back_alone_and_later_writes_see_earlier_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir, true).await;
-        let order = new_order("alice");
-        store.insert(&order, None).await.unwrap();
-        let now = Utc::now();
-        let v2 = order.advance(1, now).unwrap();
-        let v3 = v2.advance(2, now).unwrap();
-        let stale = order.cancel(1, now).unwrap();
-        let other = new_order("bob");
-        let retry = new_order("bob");
-        let key = Idempotency {
-            request_id: "7c3e1c2a-0000-4000-8000-000000000001",
-            fingerprint: "f",
-        };
-        // Queued together, so (normally) one group: v2, then a stale write
-        // based on version 1 (a conflict), then v3 on top of v2, then a new
-        // order registered twice under one key.
-        let (a, b, c, d, e) = tokio::join!(
-            store.commit(1, std::slice::from_ref(&v2)),
-            store.commit(1, std::slice::from_ref(&stale)),
-            store.commit(2, std::slice::from_ref(&v3)),
-            store.insert(&other, Some(key)),
-            store.insert(&retry, Some(key)),
-        );
-        a.unwrap();
-        assert!(matches!(b, Err(StoreError::Conflict)), "{b:?}");
-        c.unwrap();
-        assert!(matches!(d.unwrap(), Inserted::Created));
-        match e.unwrap() {
-            Inserted::Existing { order, .. } => assert_eq!(order.id(), other.id()),
-            Inserted::Created => panic!("one request_id made two orders"),
-        }
-        assert_eq!(store.get(order.id()).await.unwrap().unwrap(), v3);
-        let versions: Vec<i64> = store
-            .history(order.id(), 0)
-            .await
-            .unwrap()
-            .iter()
-            .map(Order::version)
-            .collect();
-        assert_eq!(versions, [1, 2, 3], "the conflicting write left nothing");
-    }
-
-    #[tokio::test]
-    async fn every_committed_write_is_announced() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir, true).await;
-        let mut feed = store.changes();
-        let orders = register_together(&store, 20).await;
-        let mut announced = Vec::new();
-        for _ in 0..20 {
-            match feed.recv().await.unwrap() {
-                Change::Order { id, version } => {
-                    assert_eq!(version, 1);
-                    announced.push(id);
-                }
-                Change::Resync => panic!("SQLite's feed never resyncs"),
-            }
-        }
-        announced.sort();
-        let mut ids: Vec<_> = orders.iter().map(|o| o.id().clone()).collect();
-        ids.sort();
-        assert_eq!(announced, ids);
-    }
 }

@@ -1,7 +1,7 @@
 //! The store's metrics on `/metrics`, read from the store at each scrape:
 //! the connection pool's gauges and the writes committed.
 
-use super::Store;
+use super::contract::Store;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
