@@ -165,7 +165,7 @@ impl<T> Stream for Resumed<T> {
 /// subscribed has had its last item.
 pub trait Subscribable: Send + Sync + 'static {
     /// What a subscription is to (an id).
-    type Key: Eq + Hash + Clone + Debug + Send + Sync + 'static;
+    type Key: Eq + Hash + Send + 'static;
     /// What the client sends.
     type Request: Send + 'static;
     /// What the server sends.
@@ -173,7 +173,7 @@ pub trait Subscribable: Send + Sync + 'static {
     /// What the stream passes on.
     type Item: Send + 'static;
     /// Where an item is among its key's items (a version).
-    type Cursor: Ord + Send + Sync + 'static;
+    type Cursor: Ord + Send + 'static;
     /// The server's stream, as the generated client returns it
     /// (`tonic::Streaming<Self::Message>`).
     type Stream: Stream<Item = Result<Self::Message, Status>> + Send + 'static;
