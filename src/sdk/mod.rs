@@ -23,10 +23,12 @@
 //!
 //! Built on the platform's client side (`grpc_platform::client`): the
 //! channel (TLS, balancing with health checks, DNS), the token on each call,
-//! deadlines, retries and the error type are the platform's, re-exported
-//! here. What is here is what knows the orders service: the typed methods,
-//! which calls are safe to retry, and the streams that resume a watch after
-//! the last version seen ([`OrderWatch`], [`Tracker`]).
+//! deadlines, retries, the reconnecting of resumed streams and the error
+//! type are the platform's, re-exported here. What is here is what knows
+//! the orders service: the typed methods, which calls are safe to retry,
+//! and what the resumed streams need to know of it ([`OrderWatch`] resumes
+//! after the last version seen, [`Tracker`] subscribes every followed order
+//! again).
 
 mod streams;
 

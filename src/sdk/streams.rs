@@ -1,21 +1,25 @@
-//! Streams that survive a server going away.
+//! Streams that survive a server going away. The platform's streams
+//! ([`Resumed`], [`Subscriptions`]) reconnect, back off, give each reopen
+//! the client's deadline to be answered, and give up; what is here is what
+//! only the orders service knows: which RPC to open, where a version is,
+//! which statuses are final, and the requests that follow an order.
 //!
 //! [`OrderWatch`] reopens `WatchOrder` after the last version it passed on,
 //! so it misses and repeats nothing. [`Tracker`] reopens `TrackOrders` and
 //! subscribes every followed order again; the server then sends each order's
 //! current version (`TrackOrders` has no per-order resume point), so versions
 //! made while disconnected are coalesced into the current one, and nothing is
-//! repeated. Follow an order with `watch_order` when every version matters. Both back off between
-//! attempts and give up, with the last error, after [`RESUME_ATTEMPTS`]
-//! failed reconnects in a row.
+//! repeated. Follow an order with `watch_order` when every version matters.
+//! Both back off between attempts and give up, with the last error, after
+//! [`RESUME_ATTEMPTS`] failed reconnects in a row.
 
 use super::{Client, Error, pb};
-use std::collections::HashMap;
+use grpc_platform::client::{Requests, Resumable, Resumed, Subscribable, Subscriptions};
+use pb::track_orders_request::Action;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
+use tracing::Instrument;
 
 /// Failed reconnects in a row before a stream gives up. [`OrderWatch`] and
 /// [`Tracker`] then pass on an error (UNAVAILABLE, typically) as their last
@@ -42,12 +46,6 @@ fn is_final(order: &pb::Order) -> bool {
     )
 }
 
-/// A stream error that a reconnect may cure: the server went away (its
-/// UNAVAILABLE when draining, or a broken connection).
-fn resumable(status: &tonic::Status) -> bool {
-    grpc_platform::client::retryable(status)
-}
-
 /// Every version of one order, across reconnects. Items are orders, oldest
 /// first, each version exactly once; the stream ends after a final status.
 ///
@@ -62,7 +60,34 @@ fn resumable(status: &tonic::Status) -> bool {
 /// # Ok(()) }
 /// ```
 pub struct OrderWatch {
-    events: ReceiverStream<Result<pb::Order, Error>>,
+    versions: Resumed<pb::Order>,
+}
+
+/// One order's `WatchOrder`, resumed after a version.
+struct Watch {
+    client: Client,
+    order_id: String,
+}
+
+impl Resumable for Watch {
+    type Message = pb::OrderEvent;
+    type Item = pb::Order;
+    type Cursor = i64;
+    type Stream = tonic::Streaming<pb::OrderEvent>;
+
+    async fn open(&self, after_version: i64) -> Result<Self::Stream, Error> {
+        self.client
+            .watch_order_stream(&self.order_id, after_version)
+            .await
+    }
+
+    fn item(&self, event: pb::OrderEvent) -> Option<(i64, pb::Order)> {
+        event.order.map(|order| (order.version, order))
+    }
+
+    fn is_final(&self, order: &pb::Order) -> bool {
+        is_final(order)
+    }
 }
 
 impl OrderWatch {
@@ -72,103 +97,21 @@ impl OrderWatch {
         after_version: i64,
     ) -> Result<Self, Error> {
         // The first stream is opened here, so refusals surface at once.
-        let first = client.watch_order_stream(&order_id, after_version).await?;
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            let mut last = after_version;
-            let mut stream = Some(first);
-            let mut failures = 0;
-            loop {
-                let mut events = match stream.take() {
-                    Some(s) => s,
-                    // A reopen that gets no answer within the client's
-                    // deadline counts as a failed attempt: a connection that
-                    // went silent must not hold the watch for ever.
-                    None => match tokio::time::timeout(
-                        client.conn.timeout(),
-                        client.watch_order_stream(&order_id, last),
-                    )
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(
-                            tonic::Status::unavailable("no answer to the watch's reopen in time")
-                                .into(),
-                        )
-                    }) {
-                        Ok(s) => s,
-                        Err(e)
-                            if e.status().is_some_and(resumable) && failures < RESUME_ATTEMPTS =>
-                        {
-                            failures += 1;
-                            tracing::debug!(order_id = %order_id, failures, error = %e, "watch reopen failed");
-                            tokio::time::sleep(client.conn.retry().backoff(failures)).await;
-                            continue;
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                    },
-                };
-                loop {
-                    match events.next().await {
-                        Some(Ok(event)) => {
-                            failures = 0;
-                            let Some(order) = event.order else { continue };
-                            if order.version <= last {
-                                continue; // already passed on before a reconnect
-                            }
-                            last = order.version;
-                            let done = is_final(&order);
-                            if tx.send(Ok(order)).await.is_err() || done {
-                                return;
-                            }
-                        }
-                        Some(Err(status)) if resumable(&status) => {
-                            tracing::debug!(order_id = %order_id, last, code = ?status.code(), message = status.message(), "watch broke; reopening");
-                            break;
-                        }
-                        Some(Err(status)) => {
-                            let _ = tx.send(Err(status.into())).await;
-                            return;
-                        }
-                        // Ended without a final version (a connection closed
-                        // cleanly, say at its maximum age): reopen.
-                        None => {
-                            tracing::debug!(order_id = %order_id, last, "watch ended early; reopening");
-                            break;
-                        }
-                    }
-                }
-                failures += 1;
-                if failures > RESUME_ATTEMPTS {
-                    let _ = tx
-                        .send(Err(tonic::Status::unavailable(
-                            "the watch could not be resumed",
-                        )
-                        .into()))
-                        .await;
-                    return;
-                }
-                tokio::time::sleep(client.conn.retry().backoff(failures)).await;
-            }
-        });
-        Ok(Self {
-            events: ReceiverStream::new(rx),
-        })
+        let span = tracing::debug_span!("watch_order", order_id = %order_id);
+        let conn = client.conn.clone();
+        let watch = Watch { client, order_id };
+        let versions = Resumed::start(&conn, watch, after_version, RESUME_ATTEMPTS)
+            .instrument(span)
+            .await?;
+        Ok(Self { versions })
     }
 }
 
 impl Stream for OrderWatch {
     type Item = Result<pb::Order, Error>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.events).poll_next(cx)
+        Pin::new(&mut self.versions).poll_next(cx)
     }
-}
-
-enum Command {
-    Subscribe(String),
-    Unsubscribe(String),
 }
 
 /// Many orders on one stream, across reconnects. Subscribe and unsubscribe
@@ -190,18 +133,58 @@ enum Command {
 /// # Ok(()) }
 /// ```
 pub struct Tracker {
-    commands: Option<mpsc::Sender<Command>>,
-    events: ReceiverStream<Result<pb::Order, Error>>,
+    orders: Subscriptions<String, pb::Order>,
+}
+
+/// `TrackOrders`, with orders as the keys subscribed to.
+struct Track {
+    client: Client,
+}
+
+impl Subscribable for Track {
+    type Key = String;
+    type Request = pb::TrackOrdersRequest;
+    type Message = pb::OrderEvent;
+    type Item = pb::Order;
+    type Cursor = i64;
+    type Stream = tonic::Streaming<pb::OrderEvent>;
+
+    async fn open(
+        &self,
+        requests: Requests<pb::TrackOrdersRequest>,
+    ) -> Result<Self::Stream, Error> {
+        self.client.track_orders_stream(requests).await
+    }
+
+    fn subscribe(&self, order_id: &String) -> pb::TrackOrdersRequest {
+        pb::TrackOrdersRequest {
+            action: Some(Action::Subscribe(order_id.clone())),
+        }
+    }
+
+    fn unsubscribe(&self, order_id: &String) -> pb::TrackOrdersRequest {
+        pb::TrackOrdersRequest {
+            action: Some(Action::Unsubscribe(order_id.clone())),
+        }
+    }
+
+    fn item(&self, event: pb::OrderEvent) -> Option<(String, i64, pb::Order)> {
+        event
+            .order
+            .map(|order| (order.id.clone(), order.version, order))
+    }
+
+    fn is_final(&self, order: &pb::Order) -> bool {
+        is_final(order)
+    }
 }
 
 impl Tracker {
     pub(super) fn start(client: Client) -> Self {
-        let (commands, command_rx) = mpsc::channel(64);
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(track(client, command_rx, tx));
+        let _span = tracing::debug_span!("track_orders").entered();
+        let conn = client.conn.clone();
         Self {
-            commands: Some(commands),
-            events: ReceiverStream::new(rx),
+            orders: Subscriptions::start(&conn, Track { client }, RESUME_ATTEMPTS),
         }
     }
 
@@ -218,9 +201,7 @@ impl Tracker {
     /// # }
     /// ```
     pub async fn subscribe(&self, order_id: &str) {
-        if let Some(c) = &self.commands {
-            let _ = c.send(Command::Subscribe(order_id.to_owned())).await;
-        }
+        self.orders.subscribe(order_id.to_owned()).await;
     }
 
     /// Stop following `order_id`; versions of it still on their way are
@@ -234,9 +215,7 @@ impl Tracker {
     /// # }
     /// ```
     pub async fn unsubscribe(&self, order_id: &str) {
-        if let Some(c) = &self.commands {
-            let _ = c.send(Command::Unsubscribe(order_id.to_owned())).await;
-        }
+        self.orders.unsubscribe(order_id.to_owned()).await;
     }
 
     /// No more subscriptions: the stream ends once every followed order is final.
@@ -251,114 +230,13 @@ impl Tracker {
     /// # Ok(()) }
     /// ```
     pub fn close(&mut self) {
-        self.commands = None;
+        self.orders.close();
     }
 }
 
 impl Stream for Tracker {
     type Item = Result<pb::Order, Error>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.events).poll_next(cx)
-    }
-}
-
-fn subscribe(id: &str) -> pb::TrackOrdersRequest {
-    pb::TrackOrdersRequest {
-        action: Some(pb::track_orders_request::Action::Subscribe(id.to_owned())),
-    }
-}
-
-/// The tracker's task: one `TrackOrders` stream at a time.
-async fn track(
-    client: Client,
-    mut commands: mpsc::Receiver<Command>,
-    tx: mpsc::Sender<Result<pb::Order, Error>>,
-) {
-    // Followed ids and the last version passed on (0: none yet).
-    let mut followed: HashMap<String, i64> = HashMap::new();
-    let mut closed = false;
-    let mut failures = 0;
-    loop {
-        if closed && followed.is_empty() {
-            return;
-        }
-        let (requests, request_rx) = mpsc::channel(64);
-        for id in followed.keys() {
-            let _ = requests.send(subscribe(id)).await;
-        }
-        let mut requests = (!closed).then_some(requests);
-        let mut events = match client
-            .track_orders_stream(ReceiverStream::new(request_rx))
-            .await
-        {
-            Ok(s) => s,
-            Err(e) if e.status().is_some_and(resumable) && failures < RESUME_ATTEMPTS => {
-                failures += 1;
-                tokio::time::sleep(client.conn.retry().backoff(failures)).await;
-                continue;
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                command = commands.recv(), if !closed => match command {
-                    Some(Command::Subscribe(id)) => {
-                        followed.entry(id.clone()).or_insert(0);
-                        if let Some(r) = &requests { let _ = r.send(subscribe(&id)).await; }
-                    }
-                    Some(Command::Unsubscribe(id)) => {
-                        followed.remove(&id);
-                        if let Some(r) = &requests {
-                            let _ = r.send(pb::TrackOrdersRequest {
-                                action: Some(pb::track_orders_request::Action::Unsubscribe(id)),
-                            }).await;
-                        }
-                    }
-                    None => {
-                        closed = true;
-                        requests = None; // half-close: the server ends when all are final
-                    }
-                },
-                event = events.next() => match event {
-                    Some(Ok(event)) => {
-                        failures = 0;
-                        let Some(order) = event.order else { continue };
-                        let Some(last) = followed.get_mut(&order.id) else { continue };
-                        if order.version <= *last {
-                            continue; // seen before a reconnect
-                        }
-                        *last = order.version;
-                        if is_final(&order) {
-                            followed.remove(&order.id);
-                        }
-                        if tx.send(Ok(order)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(Err(status)) if resumable(&status) => break,
-                    Some(Err(status)) => {
-                        let _ = tx.send(Err(status.into())).await;
-                        return;
-                    }
-                    None if closed && followed.is_empty() => return,
-                    None => break,
-                },
-            }
-        }
-        drop(requests);
-        failures += 1;
-        if failures > RESUME_ATTEMPTS {
-            let _ = tx
-                .send(Err(tonic::Status::unavailable(
-                    "tracking could not be resumed",
-                )
-                .into()))
-                .await;
-            return;
-        }
-        tokio::time::sleep(client.conn.retry().backoff(failures)).await;
+        Pin::new(&mut self.orders).poll_next(cx)
     }
 }

@@ -323,8 +323,9 @@ pub fn patient() -> RetryPolicy {
 
 /// Counts the SDK's retries (its `retrying` debug events) and its health
 /// changes of mind, process-wide, through a tracing layer of our own. The
-/// SDK's events come from two places: its streams (`orders::sdk`) and the
-/// platform's client under it (`grpc_platform::client`: retries, health).
+/// SDK's events come from the platform's client under it
+/// (`grpc_platform::client`: retries, health, stream reconnects, these in
+/// spans the SDK names); `orders::sdk` is listened to for its own.
 pub struct SdkEvents;
 
 static RETRIES: AtomicU64 = AtomicU64::new(0);

@@ -410,7 +410,8 @@ impl Connection {
     }
 
     /// How safe calls are retried; its [`backoff`](RetryPolicy::backoff)
-    /// paces a typed client's resuming streams too.
+    /// paces the reconnects of [`Resumed`](super::Resumed) and
+    /// [`Subscriptions`](super::Subscriptions) streams too.
     pub fn retry(&self) -> &RetryPolicy {
         &self.retry
     }

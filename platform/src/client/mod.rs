@@ -15,13 +15,20 @@
 //!   [`Connection::unary`] runs a call within its deadline, retrying it when
 //!   the typed client says it is safe to repeat, and sending again, whatever
 //!   it is, a call that never left the client ([`never_sent`]).
+//! - [`Resumed`] and [`Subscriptions`]: streams that survive a server going
+//!   away. A server stream that can start after a position ([`Resumable`])
+//!   is reopened after the last item passed on; a bidirectional stream of
+//!   subscriptions ([`Subscribable`]) is reopened with every key still
+//!   followed subscribed again. Both back off with the [`RetryPolicy`] and
+//!   give up after a number of failed reconnects in a row.
 //! - [`Error`]: a failed call (its status, with the rich details read out)
 //!   or a client that could not be set up.
 //!
 //! A typed client wraps a `Connection` and its generated client, built over
-//! [`Connection::intercepted`]; the service's name, which the health checks
-//! watch, comes from the generated code (the server module's
-//! `SERVICE_NAME`), so it follows the proto.
+//! [`Connection::intercepted`], and implements [`Resumable`] or
+//! [`Subscribable`] for the streams it resumes. The service's name, which
+//! the health checks watch, comes from the generated code (the server
+//! module's `SERVICE_NAME`), so it follows the proto.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), grpc_platform::client::Error> {
@@ -48,11 +55,13 @@ mod connection;
 mod discovery;
 mod error;
 mod metadata;
+mod resume;
 mod retry;
 mod token;
 
 pub use connection::{Connection, ConnectionBuilder};
 pub use error::Error;
 pub use metadata::CallMetadata;
+pub use resume::{Requests, Resumable, Resumed, Subscribable, Subscriptions};
 pub use retry::{RetryPolicy, TRANSPARENT_RETRIES, never_sent, retryable};
 pub use token::{FileToken, FnToken, StaticToken, TokenProvider};

@@ -19,8 +19,9 @@ use tower::retry::budget::{Budget, TpsBudget};
 /// return the first result), on UNAVAILABLE or when the connection broke
 /// under them. The policy sets how often and how patiently, and a budget
 /// that stops retry storms; clones share the budget. The same backoff paces
-/// the reconnects of the streams a typed client resumes, and the health
-/// checks of a connection with several endpoints
+/// the reconnects of the streams a typed client resumes
+/// ([`Resumed`](super::Resumed), [`Subscriptions`](super::Subscriptions)),
+/// and the health checks of a connection with several endpoints
 /// ([`ConnectionBuilder::health_checks`](super::ConnectionBuilder::health_checks)).
 ///
 /// ```
@@ -55,8 +56,9 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Never retry: each call is made once. The resuming streams still
-    /// reconnect, with this policy's backoff.
+    /// Never retry: each call is made once. [`Resumed`](super::Resumed) and
+    /// [`Subscriptions`](super::Subscriptions) streams still reconnect, with
+    /// this policy's backoff.
     ///
     /// ```
     /// use grpc_platform::client::RetryPolicy;
@@ -110,8 +112,9 @@ impl RetryPolicy {
 
     /// The pause before attempt `attempt` (1 = the first retry): a random
     /// time up to `initial * 2^(attempt-1)`, capped ("full jitter"). A typed
-    /// client's resuming streams pause this long before their `attempt`th
-    /// reconnect in a row.
+    /// client's resuming streams ([`Resumed`](super::Resumed),
+    /// [`Subscriptions`](super::Subscriptions)) pause this long before their
+    /// `attempt`th reconnect in a row.
     ///
     /// ```
     /// use grpc_platform::client::RetryPolicy;
