@@ -36,6 +36,17 @@ pub struct MessageTooLarge {
 }
 
 impl MessageTooLarge {
+    /// The error tonic's `message` reports, if it reports an over-limit
+    /// request message.
+    pub(crate) fn from_tonic(message: &str) -> Option<Self> {
+        message
+            .starts_with(TONIC_TOO_LARGE)
+            .then(|| MessageTooLarge {
+                limit: limit_in(message),
+                message: message.to_owned(),
+            })
+    }
+
     /// The limit, as tonic's message names it.
     pub fn limit(&self) -> Option<u64> {
         self.limit
@@ -66,13 +77,11 @@ fn check<E: Into<BoxError>>(
     if super::grpc_status(response.headers()) != Some(Code::OutOfRange) {
         return Ok(response);
     }
-    match Status::from_header_map(response.headers()) {
-        Some(status) if status.message().starts_with(TONIC_TOO_LARGE) => Err(MessageTooLarge {
-            limit: limit_in(status.message()),
-            message: status.message().to_owned(),
-        }
-        .into()),
-        _ => Ok(response),
+    match Status::from_header_map(response.headers())
+        .and_then(|status| MessageTooLarge::from_tonic(status.message()))
+    {
+        Some(too_large) => Err(too_large.into()),
+        None => Ok(response),
     }
 }
 

@@ -33,6 +33,12 @@ pub struct Panicked {
 }
 
 impl Panicked {
+    pub fn new(cause: impl Into<String>) -> Self {
+        Self {
+            cause: cause.into(),
+        }
+    }
+
     /// The panic's message (`panic!`'s text), for the log.
     pub fn cause(&self) -> &str {
         &self.cause
@@ -50,7 +56,7 @@ fn on_panic(panic: Box<dyn Any + Send + 'static>) -> http::Response<tonic::body:
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
     let mut response = http::Response::new(tonic::body::Body::default());
-    response.extensions_mut().insert(Panicked { cause });
+    response.extensions_mut().insert(Panicked::new(cause));
     response
 }
 

@@ -20,7 +20,7 @@
 //! | [`MessageTooLarge`] ([`super::message_size`]) | RESOURCE_EXHAUSTED | `MESSAGE_TOO_LARGE` | `max_message_bytes`, no `RetryInfo` |
 //! | [`Panicked`] ([`super::panic_guard`]) | INTERNAL, opaque | `INTERNAL` | the cause goes to the log |
 //! | a `tonic::Status` | its own | completed as below | |
-//! | anything else | INTERNAL, opaque | `INTERNAL` | logged as unexpected |
+//! | anything else (tonic's UNKNOWN wrapping of it too) | INTERNAL, opaque | `INTERNAL` | logged as unexpected |
 //!
 //! The message is the error's own (its `Display`), except where the table
 //! says opaque and for load shedding. The `ErrorInfo.domain` is the service
@@ -307,7 +307,7 @@ fn answer(error: &(dyn Error + 'static), call: &Call) -> Answer {
                 OPAQUE.into(),
                 info("INTERNAL", HashMap::new()),
             )
-        } else if let Some(status) = cause_ref::<Status>(error) {
+        } else if let Some(status) = cause_ref::<Status>(error).filter(|s| !wraps_unknown(s)) {
             return Answer::Passed(status.clone());
         } else {
             tracing::warn!(
@@ -325,6 +325,14 @@ fn answer(error: &(dyn Error + 'static), call: &Call) -> Answer {
         details.set_request_info(id, "");
     }
     Answer::Made(Status::with_error_details(code, message, details))
+}
+
+/// Whether `status` is tonic's wrapping of an error it does not know (as it
+/// hands on a response body's error): UNKNOWN, the error's own text as the
+/// message, the error as its source. The table answers the error inside
+/// instead, so an unexpected error is opaque however it arrives.
+fn wraps_unknown(status: &Status) -> bool {
+    status.code() == Code::Unknown && status.source().is_some()
 }
 
 /// The table's rows for [`DeadlineExceeded`]: whose limit ended the call
@@ -516,6 +524,7 @@ fn insert(headers: &mut http::HeaderMap, details: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::GET;
     use http_body_util::{BodyExt, StreamBody};
     use std::convert::Infallible;
     use tower::ServiceExt;
@@ -705,6 +714,262 @@ mod tests {
         })
         .await;
         let status = status(response.headers());
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().domain,
+            FALLBACK
+        );
+    }
+
+    // --- The table: each error a layer fails with, as the client gets it.
+
+    /// What a row of the table must answer.
+    struct Row {
+        code: Code,
+        message: &'static str,
+        reason: &'static str,
+        metadata: &'static [(&'static str, &'static str)],
+        retry: Option<Duration>,
+    }
+
+    /// The answer of the layer, over a mock inner service (tower-test),
+    /// to a call to `path` that fails with `error`.
+    async fn answered(path: &str, error: BoxError) -> http::Response<tonic::body::Body> {
+        let (mut svc, mut handle) = tower_test::mock::spawn_layer::<
+            http::Request<()>,
+            http::Response<tonic::body::Body>,
+            _,
+        >(RescueLayer::new(FALLBACK));
+        assert!(svc.poll_ready().is_ready());
+        let response = svc.call(request(path, "req-1"));
+        let Poll::Ready(Some((_, reply))) = handle.poll_request() else {
+            panic!("the call reaches the inner service");
+        };
+        reply.send_error(error);
+        response.await.expect("every error is answered")
+    }
+
+    fn check(what: &str, status: &Status, row: &Row) {
+        assert_eq!(status.code(), row.code, "{what}");
+        assert_eq!(status.message(), row.message, "{what}");
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, row.reason, "{what}");
+        assert_eq!(info.domain, "things.v1.ThingService", "{what}");
+        let metadata: HashMap<String, String> = row
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(info.metadata, metadata, "{what}");
+        assert_eq!(
+            details.retry_info().map(|r| r.retry_delay),
+            row.retry.map(Some),
+            "{what}"
+        );
+        assert_eq!(
+            details.request_info().map(|r| r.request_id.as_str()),
+            Some("req-1"),
+            "{what}"
+        );
+        // The Status inside agrees with grpc-status and grpc-message, as
+        // clients check.
+        let inner = tonic_types::Status::decode(status.details()).unwrap();
+        assert_eq!(inner.code, row.code as i32, "{what}");
+        assert_eq!(inner.message, row.message, "{what}");
+    }
+
+    /// Every error the layers fail with, and what the client must get.
+    fn table() -> Vec<(&'static str, BoxError, Row)> {
+        let minute = Duration::from_secs(60);
+        let expired = |set_by, kind| -> BoxError { Box::new(DeadlineExceeded { set_by, kind }) };
+        let too_large = "Error, decoded message length too large: found 70000 bytes, \
+                         the limit is: 65536 bytes";
+        vec![
+            (
+                "shed",
+                Box::new(Overloaded::new()),
+                Row {
+                    code: Code::ResourceExhausted,
+                    message: "server overloaded; retry with backoff",
+                    reason: "SERVER_OVERLOADED",
+                    metadata: &[],
+                    retry: Some(SHED_RETRY_DELAY),
+                },
+            ),
+            (
+                "the client's deadline",
+                expired(SetBy::Client, RpcKind::Unary),
+                Row {
+                    code: Code::DeadlineExceeded,
+                    message: "deadline exceeded",
+                    reason: "DEADLINE_EXCEEDED",
+                    metadata: &[],
+                    retry: None,
+                },
+            ),
+            (
+                "the server's cap on a stream",
+                expired(SetBy::ServerCap(minute), RpcKind::ServerStream),
+                Row {
+                    code: Code::Unavailable,
+                    message: "the server ends streams after server.max_timeout_ms = 60000 ms; \
+                              open a new stream to continue",
+                    reason: "STREAM_TIME_LIMIT",
+                    metadata: &[("max_timeout_ms", "60000")],
+                    retry: Some(Duration::ZERO),
+                },
+            ),
+            (
+                "the server's cap on a unary call",
+                expired(SetBy::ServerCap(minute), RpcKind::Unary),
+                Row {
+                    code: Code::DeadlineExceeded,
+                    message: "the server ends calls after server.max_timeout_ms = 60000 ms",
+                    reason: "SERVER_TIME_LIMIT",
+                    metadata: &[("max_timeout_ms", "60000")],
+                    retry: None,
+                },
+            ),
+            (
+                "the server's default",
+                expired(
+                    SetBy::ServerDefault(Duration::from_secs(10)),
+                    RpcKind::Unary,
+                ),
+                Row {
+                    code: Code::DeadlineExceeded,
+                    message: "the call sent no deadline and ran past the server's default, \
+                              server.default_timeout_ms = 10000 ms",
+                    reason: "SERVER_TIME_LIMIT",
+                    metadata: &[("default_timeout_ms", "10000")],
+                    retry: None,
+                },
+            ),
+            (
+                "no token",
+                Box::new(AuthError::MissingToken),
+                Row {
+                    code: Code::Unauthenticated,
+                    message: "missing bearer token",
+                    reason: "MISSING_TOKEN",
+                    metadata: &[],
+                    retry: None,
+                },
+            ),
+            (
+                "an expired token",
+                Box::new(AuthError::Expired),
+                Row {
+                    code: Code::Unauthenticated,
+                    message: "token expired",
+                    reason: "TOKEN_EXPIRED",
+                    metadata: &[],
+                    retry: None,
+                },
+            ),
+            (
+                "a missing scope",
+                Box::new(AuthError::MissingScope("things:read".into())),
+                Row {
+                    code: Code::PermissionDenied,
+                    message: "token lacks scope things:read",
+                    reason: "MISSING_SCOPE",
+                    metadata: &[("required_scope", "things:read")],
+                    retry: None,
+                },
+            ),
+            (
+                "a message too large",
+                Box::new(MessageTooLarge::from_tonic(too_large).unwrap()),
+                Row {
+                    code: Code::ResourceExhausted,
+                    message: "Error, decoded message length too large: found 70000 bytes, \
+                              the limit is: 65536 bytes",
+                    reason: "MESSAGE_TOO_LARGE",
+                    metadata: &[("max_message_bytes", "65536")],
+                    retry: None,
+                },
+            ),
+            (
+                "a panic",
+                Box::new(Panicked::new("handler bug")),
+                Row {
+                    code: Code::Internal,
+                    message: "internal error",
+                    reason: "INTERNAL",
+                    metadata: &[],
+                    retry: None,
+                },
+            ),
+            (
+                "an error nobody expected",
+                Box::new(std::io::Error::other("disk on fire")),
+                Row {
+                    code: Code::Internal,
+                    message: "internal error",
+                    reason: "INTERNAL",
+                    metadata: &[],
+                    retry: None,
+                },
+            ),
+            (
+                "a bare status",
+                Box::new(Status::unavailable("gone")),
+                Row {
+                    code: Code::Unavailable,
+                    message: "gone",
+                    reason: "UNAVAILABLE",
+                    metadata: &[],
+                    retry: None,
+                },
+            ),
+        ]
+    }
+
+    #[tokio::test]
+    async fn each_error_a_layer_fails_with_is_answered_from_the_table() {
+        for (what, error, row) in table() {
+            let response = answered(GET, error).await;
+            let status = status(response.headers());
+            check(what, &status, &row);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_body_that_fails_with_a_layers_error_ends_with_its_answer_as_trailers() {
+        // Load shedding fails a call, never a body; and tonic would make a
+        // status of its own of a body's `Overloaded`, with no source.
+        for (what, error, row) in table().into_iter().filter(|(what, ..)| *what != "shed") {
+            // As tonic hands a body's error on: inside a Status whose
+            // source it is (a bare Status stays itself).
+            let status = Status::from_error(error);
+            let response =
+                rescued("/things.v1.ThingService/WatchThing", streamed(Err(status))).await;
+            let trailers = trailers_of(response).await;
+            check(what, &self::status(&trailers), &row);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_is_found_down_its_chain_of_sources() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("while checking the call")]
+        struct Wrapped(#[source] AuthError);
+        let response = answered(GET, Box::new(Wrapped(AuthError::BadSignature))).await;
+        let status = status(response.headers());
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(status.message(), "token signature invalid");
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "BAD_SIGNATURE"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_for_a_path_naming_no_service_gets_the_fallback_domain() {
+        let response = answered("/a..b/x", Box::new(Overloaded::new())).await;
+        let status = status(response.headers());
+        assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(
             status.get_error_details().error_info().unwrap().domain,
             FALLBACK
