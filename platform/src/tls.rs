@@ -622,3 +622,132 @@ mod tests {
         assert_eq!(ClientIdentity::from_der(b"garbage"), None);
     }
 }
+
+#[cfg(test)]
+mod identity_layer_tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    use tokio_stream::StreamExt;
+    use tower_test::mock;
+
+    type Request = http::Request<()>;
+    type Response = http::Response<()>;
+
+    fn call() -> Request {
+        http::Request::builder()
+            .uri("/things.v1.ThingService/GetThing")
+            .body(())
+            .unwrap()
+    }
+
+    /// The connection info of a mutual-TLS connection whose client
+    /// certificate's common name is `client`, as the server sees it.
+    async fn mutual_tls_connection(client: &str) -> TlsConnectInfo<TcpConnectInfo> {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, &ca_key);
+        let signed = |names: Vec<String>, cn: &str, usage| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![usage];
+            (params.signed_by(&key, &issuer).unwrap(), key)
+        };
+        let (server_cert, server_key) = signed(
+            vec!["localhost".into()],
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) = signed(vec![], client, ExtendedKeyUsagePurpose::ClientAuth);
+        let file = |name: &str, pem: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let state = CertState::load(TlsFiles {
+            cert: file("server.pem", server_cert.pem()),
+            key: file("server.key", server_key.serialize_pem()),
+            client_ca: Some(file("ca.pem", ca_cert.pem())),
+        })
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = incoming(
+            listener,
+            state,
+            ConnLimits {
+                handshake_timeout: HANDSHAKE_TIMEOUT,
+                idle_timeout: None,
+            },
+        );
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![client_cert.der().clone()],
+                PrivateKeyDer::try_from(client_key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let client = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            // Held open until the server side has looked.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(tls);
+        });
+        let server = incoming.next().await.unwrap().unwrap();
+        let info = server.connect_info();
+        client.abort();
+        info
+    }
+
+    #[tokio::test]
+    async fn a_mutual_tls_call_carries_the_client_certificates_subject() {
+        let (mut svc, mut handle) = mock::spawn_layer::<Request, Response, _>(ClientIdentityLayer);
+        let mut request = call();
+        request
+            .extensions_mut()
+            .insert(mutual_tls_connection("shop-frontend").await);
+        assert!(svc.poll_ready().is_ready());
+        let response = svc.call(request);
+        let (inner, reply) = handle.next_request().await.unwrap();
+        let identity = client_identity(&inner).expect("an identity");
+        assert!(
+            identity.subject.contains("CN=shop-frontend"),
+            "{}",
+            identity.subject
+        );
+        reply.send_response(http::Response::new(()));
+        response.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_call_without_a_client_certificate_passes_untouched_and_so_do_errors() {
+        let (mut svc, mut handle) = mock::spawn_layer::<Request, Response, _>(ClientIdentityLayer);
+        assert!(svc.poll_ready().is_ready());
+        let response = svc.call(call());
+        let (inner, reply) = handle.next_request().await.unwrap();
+        assert!(client_identity(&inner).is_none());
+        reply.send_error(tonic::Status::unavailable("gone"));
+        let error = response.await.unwrap_err();
+        assert_eq!(
+            error.downcast_ref::<tonic::Status>().unwrap().message(),
+            "gone"
+        );
+    }
+}
