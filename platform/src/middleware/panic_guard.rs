@@ -6,7 +6,7 @@
 //! is made or polled. Its handler for a panic is given the panic alone, not
 //! the call, and must return a response; but the answer needs the call (the
 //! `ErrorInfo.domain` is the service called, the `RequestInfo` its request
-//! id), which the rescue layer has. So the handler ([`on_panic`]) returns
+//! id), which the rescue layer has. So the handler (`on_panic`) returns
 //! an empty response marked with [`Panicked`], which [`PanicGuard`] turns
 //! into that error, and the rescue layer (`super::rescue`) answers it as it
 //! does every layer's error: INTERNAL "internal error", `ErrorInfo` reason
