@@ -19,8 +19,6 @@ use std::sync::Arc;
 
 /// The full name of the method option that declares access.
 pub const ACCESS_OPTION: &str = "grpc_platform.v1.access";
-/// The error domain of a server that mounted nothing of its own.
-const FALLBACK_DOMAIN: &str = "grpc_platform.v1";
 /// The option's message type.
 const ACCESS_MESSAGE: &str = "grpc_platform.v1.Access";
 
@@ -217,16 +215,6 @@ impl MethodTable {
             Some(method) => method.clone(),
             None => Arc::new(Method::unknown(path)),
         }
-    }
-
-    /// The `ErrorInfo.domain` of errors answering a path that names no
-    /// well-formed service: the first service the application mounted (the
-    /// server's own name, as far as a client can tell).
-    pub fn fallback_domain(&self) -> Arc<str> {
-        self.services
-            .first()
-            .cloned()
-            .unwrap_or_else(|| Arc::from(FALLBACK_DOMAIN))
     }
 
     /// The application's services, in the order they were mounted.

@@ -25,7 +25,7 @@ use crate::config::{Environment, PlatformSettings};
 use crate::health::{HealthState, ReadinessCheck};
 use crate::methods::{MethodTable, PolicyError};
 use crate::middleware::{
-    concurrency::ConcurrencyLimitLayer, deadline::DeadlineLayer, message_size::MessageSizeLayer,
+    concurrency::ConcurrencyLimitLayer, deadline::DeadlineLayer, message_size::MessageSize,
     observe::ObserveLayer, panic_guard::PanicGuardLayer, rescue::RescueLayer,
 };
 use crate::telemetry::{CallTelemetry, Metrics};
@@ -44,6 +44,7 @@ use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tower::ServiceBuilder;
+use tower::layer::layer_fn;
 
 /// How long in-flight calls may take to finish once draining is over.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -346,13 +347,12 @@ impl Server {
                 methods.clone(),
                 telemetry,
             ))
-            // Every error leaves with a google.rpc.Status: details added
-            // where the layers below, the handlers or tonic gave none.
+            // The one place errors become answers: each layer below fails
+            // a call with its own typed error, answered here with a
+            // google.rpc.Status; details added where the handlers or tonic
+            // gave none.
             .layer(RescueLayer::new(fallback_domain))
-            .layer(ConcurrencyLimitLayer::new(
-                s.server.concurrency_limit,
-                methods.fallback_domain(),
-            ))
+            .layer(ConcurrencyLimitLayer::new(s.server.concurrency_limit))
             .layer(DeadlineLayer::new(
                 s.server.default_timeout,
                 s.server.max_timeout,
@@ -360,7 +360,7 @@ impl Server {
             // Auth: an unauthenticated call costs a header parse, never a
             // handler or a database query.
             .layer(AuthLayer::new(verifier.clone(), methods.clone()))
-            .layer(MessageSizeLayer)
+            .layer(layer_fn(MessageSize::new))
             .layer(PanicGuardLayer);
         let service = stack.service(routes.prepare());
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

@@ -41,3 +41,28 @@ pub fn table() -> &'static crate::methods::MethodTable {
     });
     &TABLE
 }
+
+/// The `ErrorInfo.domain` the unit tests' rescue layer gives a path that
+/// names no well-formed service.
+#[cfg(feature = "server")]
+pub const FALLBACK: &str = "test.v1.Fallback";
+
+/// The status the rescue layer answers with when a call to `path` (request
+/// id `req-1`) fails with `error`: how a layer's unit tests check what
+/// their typed error becomes on the wire.
+#[cfg(feature = "server")]
+pub fn rescued(error: &(dyn std::error::Error + 'static), path: &str) -> tonic::Status {
+    use crate::middleware::{CallContext, RpcMethod, rescue};
+    let mut request = http::Request::builder().uri(path).body(()).unwrap();
+    request
+        .extensions_mut()
+        .insert(RpcMethod::resolve(table(), path));
+    request
+        .extensions_mut()
+        .insert(std::sync::Arc::new(CallContext {
+            request_id: "req-1".into(),
+            ..Default::default()
+        }));
+    let response = rescue::respond(error, &rescue::Call::of(&request, FALLBACK));
+    tonic::Status::from_header_map(response.headers()).expect("a trailers-only answer")
+}

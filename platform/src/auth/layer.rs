@@ -7,14 +7,18 @@
 //! methods whose proto says `public`. A path the table does not know needs a
 //! valid token too.
 //!
+//! A refused call fails with its [`AuthError`], which the rescue layer
+//! (`crate::middleware::rescue`) answers UNAUTHENTICATED, or
+//! PERMISSION_DENIED naming the missing scope, with the error's reason.
+//!
 //! A layer rather than a tonic interceptor because it must see the method
 //! path, and must let the public methods through untouched.
 
 use super::{AuthError, Principal, Verifier};
 use crate::methods::Access;
-use crate::middleware::rescue::error_domain;
+use crate::middleware::rescue::BoxError;
 use crate::middleware::{CallContext, MethodTable};
-use futures::future::{BoxFuture, Either, Ready, ready};
+use futures::future::{BoxFuture, Either, ErrInto, Ready, TryFutureExt, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
@@ -54,7 +58,10 @@ pub struct Auth<S> {
 
 /// Ready refusal | the inner call (fast path: known key or cached token) |
 /// a refresh of the keys, then the check again (slow path: unknown `kid`).
-type AuthFuture<S, R, E> = Either<Either<Ready<Result<R, E>>, S>, BoxFuture<'static, Result<R, E>>>;
+type AuthFuture<S, R> = Either<
+    Either<Ready<Result<R, BoxError>>, ErrInto<S, BoxError>>,
+    BoxFuture<'static, Result<R, BoxError>>,
+>;
 
 impl<S, ReqBody> Service<http::Request<ReqBody>> for Auth<S>
 where
@@ -63,14 +70,15 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
     ReqBody: Send + 'static,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = AuthFuture<S::Future, S::Response, S::Error>;
+    type Error = BoxError;
+    type Future = AuthFuture<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
@@ -79,12 +87,12 @@ where
             None => Access::any_token(),
         };
         if access == Access::Public {
-            return Either::Left(Either::Right(self.inner.call(request)));
+            return Either::Left(Either::Right(self.inner.call(request).err_into()));
         }
         match check(&self.verifier, request.headers(), &access) {
             Ok(principal) => {
                 admit(&mut request, principal);
-                Either::Left(Either::Right(self.inner.call(request)))
+                Either::Left(Either::Right(self.inner.call(request).err_into()))
             }
             Err(AuthError::UnknownKey) if self.verifier.refreshes() => {
                 // The key may have been published since we last read the
@@ -93,23 +101,18 @@ where
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let verifier = self.verifier.clone();
-                let fallback = self.methods.fallback_domain();
                 Either::Right(Box::pin(async move {
                     verifier.refresh_for_unknown_key().await;
                     match check(&verifier, request.headers(), &access) {
                         Ok(principal) => {
                             admit(&mut request, principal);
-                            inner.call(request).await
+                            inner.call(request).await.map_err(Into::into)
                         }
-                        Err(err) => Ok(refuse(err, request.uri().path(), &fallback)),
+                        Err(err) => Err(refuse(err)),
                     }
                 }))
             }
-            Err(err) => Either::Left(Either::Left(ready(Ok(refuse(
-                err,
-                request.uri().path(),
-                &self.methods.fallback_domain(),
-            ))))),
+            Err(err) => Either::Left(Either::Left(ready(Err(refuse(err))))),
         }
     }
 }
@@ -127,12 +130,10 @@ fn check(
     Ok(principal)
 }
 
-/// The refusal of a call to `path`; its `ErrorInfo` names the service called.
-fn refuse(err: AuthError, path: &str, fallback: &str) -> http::Response<tonic::body::Body> {
+/// The refusal of a call: its error, for the rescue layer to answer.
+fn refuse(err: AuthError) -> BoxError {
     tracing::debug!(reason = err.reason(), "call refused");
-    let path = path.trim_start_matches('/');
-    let service = path.split_once('/').map_or(path, |(service, _)| service);
-    err.status(error_domain(service, fallback)).into_http()
+    err.into()
 }
 
 /// Hands the verified principal to the handlers, and its subject to the
@@ -228,18 +229,24 @@ mod tests {
         Status::from_header_map(response.headers()).expect("a trailers-only gRPC response")
     }
 
-    /// Sends `request` through the layer and expects the layer to answer it
-    /// itself: the inner service never sees the call.
+    /// Sends `request` through the layer and expects the layer to refuse it
+    /// with an [`AuthError`]: the inner service never sees the call. Returns
+    /// the status the rescue layer answers that error with.
     async fn refused(svc: &mut Stack, handle: &mut Handle, request: Request) -> Status {
+        let path = request.uri().path().to_owned();
         assert!(svc.poll_ready().is_ready());
-        let response = svc.call(request).await.unwrap();
+        let error = svc.call(request).await.unwrap_err();
         // The mock hands a call to the handle when it is made, so a call that
         // got through would be waiting here already.
         assert!(
             handle.poll_request().is_pending(),
             "a refused call never reaches the inner service"
         );
-        status(&response)
+        let refusal = error.downcast_ref::<AuthError>().expect("an AuthError");
+        let status = crate::testing::rescued(&*error, &path);
+        assert_eq!(status.code(), refusal.code());
+        assert_eq!(status.message(), refusal.to_string());
+        status
     }
 
     /// Sends `request` through the layer, expects the inner service to get

@@ -114,21 +114,32 @@ impl AuthError {
         }
     }
 
-    /// The refusal as a status: UNAUTHENTICATED (PERMISSION_DENIED for a
-    /// missing scope) with an `ErrorInfo` of `domain`, the service called.
-    pub fn status(&self, domain: &str) -> Status {
-        let (code, metadata) = match self {
-            AuthError::MissingScope(scope) => (
-                Code::PermissionDenied,
-                HashMap::from([("required_scope".to_string(), scope.to_string())]),
-            ),
-            _ => (Code::Unauthenticated, HashMap::new()),
+    /// UNAUTHENTICATED, or PERMISSION_DENIED for a missing scope.
+    pub fn code(&self) -> Code {
+        match self {
+            AuthError::MissingScope(_) => Code::PermissionDenied,
+            _ => Code::Unauthenticated,
+        }
+    }
+
+    /// The refusal's details: an `ErrorInfo` of `domain`, the service
+    /// called, naming the scope that is missing, if one is.
+    pub fn details(&self, domain: &str) -> ErrorDetails {
+        let metadata = match self {
+            AuthError::MissingScope(scope) => {
+                HashMap::from([("required_scope".to_string(), scope.to_string())])
+            }
+            _ => HashMap::new(),
         };
-        Status::with_error_details(
-            code,
-            self.to_string(),
-            ErrorDetails::with_error_info(self.reason(), domain, metadata),
-        )
+        ErrorDetails::with_error_info(self.reason(), domain, metadata)
+    }
+
+    /// The refusal as a status ([`code`](Self::code), the error's message,
+    /// its [`details`](Self::details)), for a handler that refuses a call
+    /// itself; the auth layer's refusals become the same status in the
+    /// server's rescue layer.
+    pub fn status(&self, domain: &str) -> Status {
+        Status::with_error_details(self.code(), self.to_string(), self.details(domain))
     }
 }
 

@@ -1,27 +1,36 @@
 //! Load shedding: at most `server.concurrency_limit` calls are handled at
-//! once; the next one is answered RESOURCE_EXHAUSTED at once instead of
-//! queueing (a queue only turns overload into timeouts for all). The
-//! platform's health and reflection are never shed: probes must answer
-//! under load. Every other call is, whatever service it names.
+//! once; the next one fails at once instead of queueing (a queue only turns
+//! overload into timeouts for all). The platform's health and reflection
+//! are never shed: probes must answer under load. Every other call is,
+//! whatever service it names.
+//!
+//! tower's concurrency limit under tower's load shedding: a call that finds
+//! every slot taken fails with tower's `Overloaded`, which the rescue layer
+//! (`super::rescue`) answers RESOURCE_EXHAUSTED with `ErrorInfo` (reason
+//! `SERVER_OVERLOADED`) and `RetryInfo` ([`SHED_RETRY_DELAY`]): the same
+//! call may well succeed a little later.
+//!
+//! Health and reflection go around the limit ([`Shed`]): tower's limit
+//! takes its slot in `poll_ready`, before it sees the request, so it
+//! cannot spare a call by its method itself. Each other call takes a slot
+//! on a copy of the limited service (reference counts; no allocation
+//! unless it is shed).
 //!
 //! Outside deadlines and auth: a shed call costs nothing but this check.
 //! A streaming call holds its slot until its response starts, not for the
 //! stream's life (open streams are bounded by `max_concurrent_streams`).
-//!
-//! The refusal carries `ErrorInfo` (reason `SERVER_OVERLOADED`) and
-//! `RetryInfo`: the same call may well succeed a little later.
 
 use super::RpcMethod;
-use super::rescue::{error_domain, service_of};
-use futures::future::{BoxFuture, FutureExt};
-use std::collections::HashMap;
+use super::rescue::BoxError;
+use futures::future::{Either, TryFutureExt};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
-use tower::{Layer, Service};
+use tower::limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer};
+use tower::load_shed::{LoadShed, LoadShedLayer};
+use tower::util::Oneshot;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 /// The least a shed client should wait before trying again (`RetryInfo`);
 /// clients add their own backoff and jitter on top.
@@ -29,55 +38,57 @@ pub const SHED_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct ConcurrencyLimitLayer {
+    /// Shared by every service the layer makes, and their clones.
     permits: Arc<Semaphore>,
-    fallback: Arc<str>,
 }
 
 impl ConcurrencyLimitLayer {
-    /// At most `limit` calls at once; `fallback` is the error domain of a
-    /// shed call whose path names no well-formed service.
-    pub fn new(limit: usize, fallback: Arc<str>) -> Self {
+    /// At most `limit` calls at once.
+    pub fn new(limit: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
-            fallback,
         }
     }
 }
 
-impl<S> Layer<S> for ConcurrencyLimitLayer {
-    type Service = ConcurrencyLimit<S>;
+impl<S: Clone> Layer<S> for ConcurrencyLimitLayer {
+    type Service = Shed<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        ConcurrencyLimit {
-            inner,
-            permits: self.permits.clone(),
-            fallback: self.fallback.clone(),
+        Shed {
+            limited: ServiceBuilder::new()
+                .layer(LoadShedLayer::new())
+                .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                    self.permits.clone(),
+                ))
+                .service(inner.clone()),
+            spared: inner,
         }
     }
 }
 
+/// The calls to the platform's own services go to `spared`, the others
+/// through the limit.
 #[derive(Clone)]
-pub struct ConcurrencyLimit<S> {
-    inner: S,
-    permits: Arc<Semaphore>,
-    fallback: Arc<str>,
+pub struct Shed<S> {
+    spared: S,
+    limited: Limited<S>,
 }
 
-impl<S, B> Service<http::Request<B>> for ConcurrencyLimit<S>
+type Limited<S> = LoadShed<ConcurrencyLimit<S>>;
+
+impl<S, B> Service<http::Request<B>> for Shed<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
+    S: Service<http::Request<B>> + Clone,
+    S::Error: Into<BoxError>,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Error = BoxError;
+    type Future = Either<ErrInto<S::Future>, Oneshot<Limited<S>, http::Request<B>>>;
 
+    /// Readiness of the service below, for a spared call. A limited call
+    /// readies its own copy: that is where the slot is taken, or not.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.spared.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
@@ -86,38 +97,23 @@ where
             .get::<RpcMethod>()
             .is_some_and(|method| method.platform)
         {
-            return self.inner.call(request).boxed();
+            return Either::Left(self.spared.call(request).err_into());
         }
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            let service = service_of(&request);
-            let status = shed(error_domain(&service, &self.fallback));
-            return futures::future::ready(Ok(status.into_http())).boxed();
-        };
-        let future = self.inner.call(request);
-        async move {
-            let response = future.await;
-            drop(permit);
-            response
-        }
-        .boxed()
+        // Load shedding readies the limit at once: with a slot free it
+        // takes it (held by the response future until the response starts),
+        // else the call fails with `Overloaded`.
+        Either::Right(self.limited.clone().oneshot(request))
     }
 }
 
-/// The answer to a shed call to `domain` (the service called).
-fn shed(domain: &str) -> Status {
-    let mut details = ErrorDetails::with_error_info("SERVER_OVERLOADED", domain, HashMap::new());
-    details.set_retry_info(Some(SHED_RETRY_DELAY));
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        "server overloaded; retry with backoff",
-        details,
-    )
-}
+type ErrInto<F> = futures::future::ErrInto<F, BoxError>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::ServiceExt;
+    use tonic::{Code, Status};
+    use tonic_types::StatusExt;
+    use tower::load_shed::error::Overloaded;
 
     #[tokio::test]
     async fn a_call_over_the_limit_is_shed_with_retry_info() {
@@ -130,10 +126,12 @@ mod tests {
                 if let Some(released) = released.lock().await.take() {
                     let _ = released.await;
                 }
-                Ok::<_, std::convert::Infallible>(Status::ok("").into_http())
+                Ok::<_, std::convert::Infallible>(Status::ok("").into_http::<tonic::body::Body>())
             }
         });
-        let limited = ConcurrencyLimitLayer::new(1, "things.v1.ThingService".into()).layer(handler);
+        let layer = ConcurrencyLimitLayer::new(1);
+        let permits = layer.permits.clone();
+        let limited = layer.layer(handler);
         let call = || {
             http::Request::builder()
                 .uri("/things.v1.ThingService/GetThing")
@@ -141,14 +139,18 @@ mod tests {
                 .unwrap()
         };
         let holding = tokio::spawn(limited.clone().oneshot(call()));
-        // The first call takes its slot when it is made, before it is polled
-        // to its end; wait until it has.
-        while limited.permits.available_permits() > 0 {
+        // The first call takes its slot when its future is first polled,
+        // before it is polled to its end; wait until it has.
+        while permits.available_permits() > 0 {
             tokio::task::yield_now().await;
         }
-        let response = limited.clone().oneshot(call()).await.unwrap();
-        let status = Status::from_header_map(response.headers()).unwrap();
+        let error = limited.clone().oneshot(call()).await.unwrap_err();
+        assert!(error.is::<Overloaded>(), "{error}");
+
+        // What the client gets.
+        let status = crate::testing::rescued(&*error, "/things.v1.ThingService/GetThing");
         assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), "server overloaded; retry with backoff");
         let details = status.get_error_details();
         let info = details.error_info().expect("ErrorInfo");
         assert_eq!(info.reason, "SERVER_OVERLOADED");
@@ -157,6 +159,7 @@ mod tests {
             details.retry_info().unwrap().retry_delay,
             Some(SHED_RETRY_DELAY)
         );
+
         release.send(()).unwrap();
         holding.await.unwrap().unwrap();
         let response = limited.oneshot(call()).await.unwrap();
@@ -180,18 +183,21 @@ mod tests {
                 .insert(RpcMethod::resolve(&table, path));
             request
         };
-        let (mut limited, mut handle) = tower_test::mock::spawn_layer::<Request, Response, _>(
-            ConcurrencyLimitLayer::new(1, "things.v1.ThingService".into()),
-        );
+        let layer = ConcurrencyLimitLayer::new(1);
+        let permits = layer.permits.clone();
+        let (mut limited, mut handle) =
+            tower_test::mock::spawn_layer::<Request, Response, _>(layer);
 
         // A call takes the only slot and holds it: the mock answers
         // nothing until told to.
         assert!(limited.poll_ready().is_ready());
-        let holding = limited.call(call("/things.v1.ThingService/GetThing"));
+        // The slot is taken when the call's future is first polled.
+        let mut holding = Box::pin(limited.call(call("/things.v1.ThingService/GetThing")));
+        assert!(futures::poll!(&mut holding).is_pending());
         let Poll::Ready(Some((_, release))) = handle.poll_request() else {
             panic!("the first call reaches the handler");
         };
-        assert_eq!(limited.get_ref().permits.available_permits(), 0);
+        assert_eq!(permits.available_permits(), 0);
 
         // Health and reflection still get through.
         for path in [
@@ -216,15 +222,16 @@ mod tests {
         // A path no service serves is shed like any call: only the
         // platform's own methods are spared.
         assert!(limited.poll_ready().is_ready());
-        let response = limited
+        let error = limited
             .call(call("/payments.v1.PaymentService/Pay"))
             .await
-            .unwrap();
+            .unwrap_err();
         assert!(
             handle.poll_request().is_pending(),
             "a shed call never reaches the handler"
         );
-        let status = Status::from_header_map(response.headers()).unwrap();
+        assert!(error.is::<Overloaded>(), "{error}");
+        let status = crate::testing::rescued(&*error, "/payments.v1.PaymentService/Pay");
         assert_eq!(status.code(), Code::ResourceExhausted);
         let info = status
             .get_error_details()
@@ -237,9 +244,34 @@ mod tests {
         release.send_response(Status::ok("").into_http());
         holding.await.unwrap();
         assert_eq!(
-            limited.get_ref().permits.available_permits(),
+            permits.available_permits(),
             1,
             "the slot is given back when the holding call is answered"
         );
+    }
+
+    #[tokio::test]
+    async fn an_error_of_the_service_below_is_not_a_shed() {
+        let (mut limited, mut handle) = tower_test::mock::spawn_layer::<
+            http::Request<()>,
+            http::Response<tonic::body::Body>,
+            _,
+        >(ConcurrencyLimitLayer::new(1));
+        assert!(limited.poll_ready().is_ready());
+        let mut response = Box::pin(
+            limited.call(
+                http::Request::builder()
+                    .uri("/things.v1.ThingService/GetThing")
+                    .body(())
+                    .unwrap(),
+            ),
+        );
+        // A limited call reaches the service below when its future is polled.
+        assert!(futures::poll!(&mut response).is_pending());
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_error(Status::unavailable("gone"));
+        let error = response.await.unwrap_err();
+        assert!(!error.is::<Overloaded>());
+        assert_eq!(error.downcast_ref::<Status>().unwrap().message(), "gone");
     }
 }

@@ -2,14 +2,15 @@
 //! answered. `grpc-timeout` is honoured, capped at `server.max_timeout_ms`;
 //! unary calls that send none get `server.default_timeout_ms`. When the
 //! deadline passes, the handler's future is dropped (so its database work
-//! stops) and the call is answered; a streaming response is ended with
-//! trailers. A call whose change has passed its commit point is the
+//! stops) and the call fails; a streaming response's body fails, and the
+//! rescue layer ends it with trailers. A call whose change has passed its commit point is the
 //! exception: the change stands, so the call finishes and answers as the
 //! change it made (`super::commit`), never DEADLINE_EXCEEDED for a change
 //! that was made. Handlers read the time left from the [`Deadline`] request
 //! extension.
 //!
-//! The answer says whose limit ended the call ([`SetBy`]):
+//! The call fails with [`DeadlineExceeded`], which says whose limit ended it
+//! ([`SetBy`]); the rescue layer (`super::rescue`) answers it:
 //! - the client's own deadline: DEADLINE_EXCEEDED, `ErrorInfo` reason
 //!   `DEADLINE_EXCEEDED`;
 //! - the server's cap on a streaming call: UNAVAILABLE with a message naming
@@ -25,25 +26,25 @@
 //! Outside auth, so authentication counts against the budget; inside load
 //! shedding, so a shed call never starts a timer.
 //!
+//! A `grpc-timeout` that does not parse is ignored, as tonic's own server
+//! does: the call is treated as one that sent none, so it is no error.
+//!
 //! Tonic's own `grpc-timeout` handling sits outside every user layer and
 //! answers CANCELLED; this layer ends a call slightly before the client's
 //! deadline (see [`margin`]) so the caller gets the server's definite
 //! DEADLINE_EXCEEDED, with its details, rather than raising its own.
 
 use super::commit::Standing;
-use super::rescue::service_of;
+use super::rescue::BoxError;
 use super::{CallContext, RpcKind, RpcMethod};
 use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt};
+use futures::future::{BoxFuture, FutureExt, TryFutureExt};
 use http_body::{Body, Frame};
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 /// When the call must be done by.
@@ -129,54 +130,41 @@ pub enum SetBy {
     ServerDefault(Duration),
 }
 
-/// The answer to a call of `kind` to `service` whose deadline passed.
-fn expired(set_by: SetBy, kind: RpcKind, service: &str) -> Status {
-    let info = |reason: &str, metadata: Option<(&str, Duration)>| {
-        let metadata: HashMap<String, String> = metadata
-            .map(|(key, limit)| (key.to_owned(), limit.as_millis().to_string()))
-            .into_iter()
-            .collect();
-        ErrorDetails::with_error_info(reason, service, metadata)
-    };
-    match set_by {
-        SetBy::Client => Status::with_error_details(
-            Code::DeadlineExceeded,
-            "deadline exceeded",
-            info("DEADLINE_EXCEEDED", None),
-        ),
-        SetBy::ServerCap(max) if kind != RpcKind::Unary => {
-            let mut details = info("STREAM_TIME_LIMIT", Some(("max_timeout_ms", max)));
-            // A new stream may start at once.
-            details.set_retry_info(Some(Duration::ZERO));
-            Status::with_error_details(
-                Code::Unavailable,
-                format!(
-                    "the server ends streams after server.max_timeout_ms = {} ms; \
-                     open a new stream to continue",
-                    max.as_millis()
-                ),
-                details,
-            )
-        }
-        SetBy::ServerCap(max) => Status::with_error_details(
-            Code::DeadlineExceeded,
-            format!(
+/// The error a call fails with when its deadline passes: whose limit it
+/// was, and how the call streams (the server's cap ends a stream
+/// differently from a unary call). Its message is the one the client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadlineExceeded {
+    pub set_by: SetBy,
+    pub kind: RpcKind,
+}
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.set_by {
+            SetBy::Client => f.write_str("deadline exceeded"),
+            SetBy::ServerCap(max) if self.kind != RpcKind::Unary => write!(
+                f,
+                "the server ends streams after server.max_timeout_ms = {} ms; \
+                 open a new stream to continue",
+                max.as_millis()
+            ),
+            SetBy::ServerCap(max) => write!(
+                f,
                 "the server ends calls after server.max_timeout_ms = {} ms",
                 max.as_millis()
             ),
-            info("SERVER_TIME_LIMIT", Some(("max_timeout_ms", max))),
-        ),
-        SetBy::ServerDefault(default) => Status::with_error_details(
-            Code::DeadlineExceeded,
-            format!(
+            SetBy::ServerDefault(default) => write!(
+                f,
                 "the call sent no deadline and ran past the server's default, \
                  server.default_timeout_ms = {} ms",
                 default.as_millis()
             ),
-            info("SERVER_TIME_LIMIT", Some(("default_timeout_ms", default))),
-        ),
+        }
     }
 }
+
+impl std::error::Error for DeadlineExceeded {}
 
 impl<S> Layer<S> for DeadlineLayer {
     type Service = DeadlineService<S>;
@@ -198,14 +186,14 @@ impl<S, B> Service<http::Request<B>> for DeadlineService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<S::Response, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
@@ -220,11 +208,11 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
         let Some((budget, set_by)) = self.layer.budget(client, kind) else {
-            return self.inner.call(request).boxed();
+            return self.inner.call(request).err_into().boxed();
         };
         let deadline = Instant::now() + budget;
         request.extensions_mut().insert(Deadline(deadline));
-        let service = service_of(&request);
+        let expired = DeadlineExceeded { set_by, kind };
         let call = request.extensions().get::<Arc<CallContext>>().cloned();
         let future = self.inner.call(request);
         async move {
@@ -235,12 +223,10 @@ where
                     tonic::body::Body::new(DeadlineBody {
                         inner: Some(body),
                         sleep: Box::pin(tokio::time::sleep_until(deadline)),
-                        set_by,
-                        kind,
-                        service,
+                        expired,
                     })
                 })),
-                Ok(Err(e)) => Err(e),
+                Ok(Err(e)) => Err(e.into()),
                 // A change past its commit point stands: the call finishes
                 // and answers as the change it made, not DEADLINE_EXCEEDED
                 // for a change that was made (`super::commit`).
@@ -249,34 +235,33 @@ where
                         .as_ref()
                         .is_some_and(|call| call.commit.abandon() != Standing::Nothing) =>
                 {
-                    future.await
+                    future.await.map_err(Into::into)
                 }
                 // The handler future is dropped here: its work stops, and
                 // nothing it had not committed will be.
-                Err(_) => Ok(expired(set_by, kind, &service).into_http()),
+                Err(_) => Err(expired.into()),
             }
         }
         .boxed()
     }
 }
 
-/// A streaming response that ends with the [`expired`] status when time is up.
+/// A streaming response that fails with [`DeadlineExceeded`] when time is
+/// up (the rescue layer ends it with that status as trailers).
 struct DeadlineBody {
     inner: Option<tonic::body::Body>,
     sleep: Pin<Box<Sleep>>,
-    set_by: SetBy,
-    kind: RpcKind,
-    service: Arc<str>,
+    expired: DeadlineExceeded,
 }
 
 impl Body for DeadlineBody {
     type Data = Bytes;
-    type Error = Status;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -284,14 +269,12 @@ impl Body for DeadlineBody {
             if frame.is_none() {
                 self.inner = None;
             }
-            return Poll::Ready(frame);
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
         if self.sleep.as_mut().poll(cx).is_ready() {
             // Dropping the stream's body stops the task that feeds it.
             self.inner = None;
-            let mut trailers = http::HeaderMap::new();
-            let _ = expired(self.set_by, self.kind, &self.service).add_header(&mut trailers);
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            return Poll::Ready(Some(Err(self.expired.into())));
         }
         Poll::Pending
     }
@@ -304,6 +287,9 @@ impl Body for DeadlineBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::middleware::rescue;
+    use tonic::{Code, Status};
+    use tonic_types::StatusExt;
 
     #[test]
     fn grpc_timeouts_parse_per_the_spec() {
@@ -431,24 +417,43 @@ mod tests {
         }))
     }
 
-    /// The status a call ends with (trailers-only, or the stream's trailers)
-    /// and how long after the call it came.
-    async fn ends_with(service: Handler, request: http::Request<()>) -> (Status, Duration) {
+    /// How a call ends: the [`DeadlineExceeded`] it fails with (the call
+    /// itself, or its response body), the status the rescue layer answers
+    /// that with, and how long after the call it came.
+    async fn ends_with(
+        service: Handler,
+        request: http::Request<()>,
+    ) -> (DeadlineExceeded, Status, Duration) {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
+        let path = request.uri().path().to_owned();
         let start = Instant::now();
-        let response = layer().layer(service).oneshot(request).await.unwrap();
-        if let Some(status) = Status::from_header_map(response.headers()) {
-            return (status, start.elapsed());
-        }
+        let answered = |error: &(dyn std::error::Error + 'static)| {
+            let expired = *rescue::cause_ref::<DeadlineExceeded>(error)
+                .unwrap_or_else(|| panic!("not a DeadlineExceeded: {error}"));
+            (
+                expired,
+                crate::testing::rescued(error, &path),
+                start.elapsed(),
+            )
+        };
+        let response = match layer().layer(service).oneshot(request).await {
+            Ok(response) => response,
+            Err(error) => return answered(&*error),
+        };
+        assert!(
+            Status::from_header_map(response.headers()).is_none(),
+            "the stream started"
+        );
         let mut body = response.into_body();
         while let Some(frame) = body.frame().await {
-            if let Ok(trailers) = frame.unwrap().into_trailers() {
-                let status = Status::from_header_map(&trailers).expect("grpc-status");
-                return (status, start.elapsed());
+            match frame {
+                // tonic's body hands the error on inside a Status.
+                Err(status) => return answered(&status),
+                Ok(frame) => assert!(frame.is_data(), "the stream ended: {frame:?}"),
             }
         }
-        panic!("the stream ended without trailers");
+        panic!("the stream ended without an error");
     }
 
     #[tokio::test(start_paused = true)]
@@ -479,9 +484,14 @@ mod tests {
         let call = Arc::new(CallContext::default());
         let mut req = request(GET, Some("2S"));
         req.extensions_mut().insert(call.clone());
-        let response = layer().layer(stuck()).oneshot(req).await.unwrap();
-        let status = Status::from_header_map(response.headers()).unwrap();
-        assert_eq!(status.code(), Code::DeadlineExceeded);
+        let error = layer().layer(stuck()).oneshot(req).await.unwrap_err();
+        assert_eq!(
+            error.downcast_ref::<DeadlineExceeded>(),
+            Some(&DeadlineExceeded {
+                set_by: SetBy::Client,
+                kind: RpcKind::Unary
+            })
+        );
         assert!(!call.commit.begin());
     }
 
@@ -494,8 +504,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_clients_deadline_on_a_unary_call_is_deadline_exceeded() {
-        let (status, after) = ends_with(stuck(), request(GET, Some("2S"))).await;
+        let (expired, status, after) = ends_with(stuck(), request(GET, Some("2S"))).await;
+        assert_eq!(expired.set_by, SetBy::Client);
         assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert_eq!(status.message(), "deadline exceeded");
         assert_eq!(reason(&status), "DEADLINE_EXCEEDED");
         assert!(
             after < Duration::from_secs(2),
@@ -505,7 +517,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_clients_deadline_on_a_stream_is_deadline_exceeded() {
-        let (status, after) = ends_with(endless(), request(WATCH, Some("2S"))).await;
+        let (expired, status, after) = ends_with(endless(), request(WATCH, Some("2S"))).await;
+        assert_eq!(
+            expired,
+            DeadlineExceeded {
+                set_by: SetBy::Client,
+                kind: RpcKind::ServerStream
+            }
+        );
         assert_eq!(status.code(), Code::DeadlineExceeded);
         assert_eq!(reason(&status), "DEADLINE_EXCEEDED");
         assert!(status.get_error_details().retry_info().is_none());
@@ -514,7 +533,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_servers_cap_ends_a_stream_with_unavailable_and_retry_info() {
-        let (status, after) = ends_with(endless(), request(WATCH, Some("5M"))).await;
+        let (expired, status, after) = ends_with(endless(), request(WATCH, Some("5M"))).await;
+        assert_eq!(expired.set_by, SetBy::ServerCap(Duration::from_secs(60)));
         assert_eq!(after, Duration::from_secs(60));
         assert_eq!(status.code(), Code::Unavailable);
         assert!(
@@ -540,7 +560,14 @@ mod tests {
     async fn the_servers_cap_ends_a_client_stream_before_its_answer_the_same_way() {
         // A client stream: the handler is still reading when the cap passes; it is
         // dropped, so nothing is committed.
-        let (status, after) = ends_with(stuck(), request(UPDATE, Some("5M"))).await;
+        let (expired, status, after) = ends_with(stuck(), request(UPDATE, Some("5M"))).await;
+        assert_eq!(
+            expired,
+            DeadlineExceeded {
+                set_by: SetBy::ServerCap(Duration::from_secs(60)),
+                kind: RpcKind::ClientStream
+            }
+        );
         assert_eq!(after, Duration::from_secs(60));
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(reason(&status), "STREAM_TIME_LIMIT");
@@ -549,7 +576,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_servers_cap_on_a_unary_call_is_deadline_exceeded_naming_the_limit() {
-        let (status, after) = ends_with(stuck(), request(GET, Some("5M"))).await;
+        let (expired, status, after) = ends_with(stuck(), request(GET, Some("5M"))).await;
+        assert_eq!(
+            expired,
+            DeadlineExceeded {
+                set_by: SetBy::ServerCap(Duration::from_secs(60)),
+                kind: RpcKind::Unary
+            }
+        );
         assert_eq!(after, Duration::from_secs(60));
         assert_eq!(status.code(), Code::DeadlineExceeded);
         assert!(
@@ -568,7 +602,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_servers_default_on_a_unary_call_without_deadline_names_it() {
-        let (status, after) = ends_with(stuck(), request(GET, None)).await;
+        let (expired, status, after) = ends_with(stuck(), request(GET, None)).await;
+        assert_eq!(
+            expired.set_by,
+            SetBy::ServerDefault(Duration::from_secs(10))
+        );
         assert_eq!(after, Duration::from_secs(10));
         assert_eq!(status.code(), Code::DeadlineExceeded);
         assert!(
@@ -581,5 +619,64 @@ mod tests {
             status.get_error_details().error_info().unwrap().metadata["default_timeout_ms"],
             "10000"
         );
+    }
+
+    // --- The layer over a mock handler (tower-test).
+
+    type Request = http::Request<()>;
+    type Response = http::Response<tonic::body::Body>;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_answered_in_time_passes_untouched_and_its_handler_knows_the_deadline() {
+        let (mut svc, mut handle) = tower_test::mock::spawn_layer::<Request, Response, _>(layer());
+        assert!(svc.poll_ready().is_ready());
+        let start = Instant::now();
+        let response = svc.call(request(GET, Some("2S")));
+        let (inner, reply) = handle.next_request().await.expect("the call gets through");
+        let deadline = inner.extensions().get::<Deadline>().expect("a Deadline");
+        // The client's two seconds, less the margin that lets the answer
+        // arrive before the client gives up.
+        assert_eq!(
+            deadline.0 - start,
+            Duration::from_secs(2) - margin(Duration::from_secs(2))
+        );
+        reply.send_response(Status::ok("").into_http());
+        let response = response.await.expect("answered");
+        assert_eq!(
+            Status::from_header_map(response.headers()).map(|s| s.code()),
+            Some(Code::Ok)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_without_a_deadline_gets_none_and_an_inner_error_passes_as_it_is() {
+        let (mut svc, mut handle) = tower_test::mock::spawn_layer::<Request, Response, _>(layer());
+        assert!(svc.poll_ready().is_ready());
+        let response = svc.call(request(WATCH, None));
+        let (inner, reply) = handle.next_request().await.expect("the call gets through");
+        assert!(inner.extensions().get::<Deadline>().is_none());
+        reply.send_error(tower::load_shed::error::Overloaded::new());
+        let error = response.await.unwrap_err();
+        assert!(error.is::<tower::load_shed::error::Overloaded>(), "{error}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_that_never_answers_is_dropped_at_the_default() {
+        let (mut svc, mut handle) = tower_test::mock::spawn_layer::<Request, Response, _>(layer());
+        assert!(svc.poll_ready().is_ready());
+        let start = Instant::now();
+        let response = svc.call(request(GET, None));
+        let (_, reply) = handle.next_request().await.expect("the call gets through");
+        let error = response.await.unwrap_err();
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        assert_eq!(
+            error.downcast_ref::<DeadlineExceeded>(),
+            Some(&DeadlineExceeded {
+                set_by: SetBy::ServerDefault(Duration::from_secs(10)),
+                kind: RpcKind::Unary
+            })
+        );
+        // Too late: nobody waits for the answer any more.
+        reply.send_response(Status::ok("").into_http());
     }
 }

@@ -1,37 +1,55 @@
 //! A message over `server.max_message_bytes` is RESOURCE_EXHAUSTED, as the
 //! contract (and gRPC's own implementations) say. Tonic's decoder enforces the
-//! limit but answers OUT_OF_RANGE; this layer rewrites exactly that answer
-//! (recognised by tonic's message), leaving every other OUT_OF_RANGE alone.
+//! limit but answers OUT_OF_RANGE; this layer turns exactly that answer
+//! (recognised by tonic's message) into a [`MessageTooLarge`] error, leaving
+//! every other OUT_OF_RANGE alone.
 //!
-//! The rewritten status carries `ErrorInfo` reason `MESSAGE_TOO_LARGE` with
-//! the limit in its metadata (`max_message_bytes`, read from tonic's
-//! message), and no `RetryInfo`: the same message is refused again however
-//! long the client waits, and clients that retry on RESOURCE_EXHAUSTED only
-//! when told when to (`RetryInfo`) must not retry this one.
+//! The rescue layer (`super::rescue`) answers it RESOURCE_EXHAUSTED with
+//! tonic's message and `ErrorInfo` reason `MESSAGE_TOO_LARGE`, the limit in
+//! its metadata (`max_message_bytes`, read from tonic's message), and no
+//! `RetryInfo`: the same message is refused again however long the client
+//! waits, and clients that retry on RESOURCE_EXHAUSTED only when told when to
+//! (`RetryInfo`) must not retry this one.
 //!
-//! Inside the other layers, so metrics and logs see the corrected code.
+//! Inside the other layers, so metrics and logs see the corrected code. No
+//! configuration: the layer is `tower::layer::layer_fn(MessageSize::new)`.
+//! Cost on OK responses: one header lookup.
 
-use super::rescue::service_of;
-use futures::future::{FutureExt, Join, Map, Ready, join, ready};
-use std::collections::HashMap;
-use std::sync::Arc;
+use super::rescue::BoxError;
+use futures::future::{FutureExt, Map};
 use std::task::{Context, Poll};
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
-use tower::{Layer, Service};
+use tower::Service;
 
 /// The start of tonic's message for an over-limit request message.
 const TONIC_TOO_LARGE: &str = "Error, decoded message length too large";
 /// What precedes the limit in that message.
 const TONIC_LIMIT: &str = "the limit is: ";
 
-#[derive(Clone, Default)]
-pub struct MessageSizeLayer;
+/// A request message over the limit. Its message is tonic's, which names the
+/// size found and the limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct MessageTooLarge {
+    message: String,
+    limit: Option<u64>,
+}
 
-impl<S> Layer<S> for MessageSizeLayer {
-    type Service = MessageSize<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        MessageSize { inner }
+impl MessageTooLarge {
+    /// The error tonic's `message` reports, if it reports an over-limit
+    /// request message.
+    pub(crate) fn from_tonic(message: &str) -> Option<Self> {
+        message
+            .starts_with(TONIC_TOO_LARGE)
+            .then(|| MessageTooLarge {
+                limit: limit_in(message),
+                message: message.to_owned(),
+            })
+    }
+
+    /// The limit, as tonic's message names it.
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
     }
 }
 
@@ -40,91 +58,92 @@ pub struct MessageSize<S> {
     inner: S,
 }
 
+impl<S> MessageSize<S> {
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
 /// The limit named in tonic's message ("…, the limit is: 65536 bytes").
-fn limit_in(message: &str) -> Option<&str> {
+fn limit_in(message: &str) -> Option<u64> {
     let (_, rest) = message.rsplit_once(TONIC_LIMIT)?;
-    let digits = rest.split(' ').next()?;
-    digits.parse::<u64>().is_ok().then_some(digits)
+    rest.split(' ').next()?.parse().ok()
 }
 
-fn rewrite<E>(
-    (result, service): (Result<http::Response<tonic::body::Body>, E>, Arc<str>),
-) -> Result<http::Response<tonic::body::Body>, E> {
-    let mut response = result?;
-    let headers = response.headers_mut();
-    if super::grpc_status(headers) != Some(Code::OutOfRange) {
+fn check<E: Into<BoxError>>(
+    result: Result<http::Response<tonic::body::Body>, E>,
+) -> Result<http::Response<tonic::body::Body>, BoxError> {
+    let response = result.map_err(Into::into)?;
+    if super::grpc_status(response.headers()) != Some(Code::OutOfRange) {
         return Ok(response);
     }
-    let Some(status) = Status::from_header_map(headers) else {
-        return Ok(response);
-    };
-    if status.message().starts_with(TONIC_TOO_LARGE) {
-        let metadata: HashMap<String, String> = limit_in(status.message())
-            .map(|limit| ("max_message_bytes".to_owned(), limit.to_owned()))
-            .into_iter()
-            .collect();
-        let exhausted = Status::with_error_details(
-            Code::ResourceExhausted,
-            status.message(),
-            ErrorDetails::with_error_info("MESSAGE_TOO_LARGE", &*service, metadata),
-        );
-        headers.remove("grpc-message");
-        headers.remove("grpc-status-details-bin");
-        let _ = exhausted.add_header(headers);
+    match Status::from_header_map(response.headers())
+        .and_then(|status| MessageTooLarge::from_tonic(status.message()))
+    {
+        Some(too_large) => Err(too_large.into()),
+        None => Ok(response),
     }
-    Ok(response)
 }
 
-type Rewrite<R, E> = fn((Result<R, E>, Arc<str>)) -> Result<R, E>;
+type Check<R, E> = fn(Result<R, E>) -> Result<R, BoxError>;
 
 impl<S, B> Service<http::Request<B>> for MessageSize<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Error: Into<BoxError>,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    // Named, not boxed: one allocation fewer per call. The service called
-    // (a reference count) rides along for the ErrorInfo's domain.
-    type Future = Map<Join<S::Future, Ready<Arc<str>>>, Rewrite<S::Response, S::Error>>;
+    type Error = BoxError;
+    // Named, not boxed: no allocation per call.
+    type Future = Map<S::Future, Check<S::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let service = service_of(&request);
-        join(self.inner.call(request), ready(service)).map(rewrite as Rewrite<_, _>)
+        self.inner.call(request).map(check as Check<_, _>)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::ServiceExt;
+    use std::task::Poll;
+    use tonic_types::StatusExt;
+    use tower::layer::layer_fn;
+    use tower_test::mock;
 
-    async fn through_the_layer(status: Status) -> Status {
-        let handler = tower::service_fn(move |_: http::Request<()>| {
-            let status = status.clone();
-            async move { Ok::<_, std::convert::Infallible>(status.into_http()) }
-        });
-        let request = http::Request::builder()
-            .uri("/things.v1.ThingService/GetThing")
-            .body(())
-            .unwrap();
-        let response = MessageSizeLayer
-            .layer(handler)
-            .oneshot(request)
-            .await
-            .unwrap();
-        Status::from_header_map(response.headers()).unwrap()
+    type Request = http::Request<()>;
+    type Response = http::Response<tonic::body::Body>;
+
+    const PATH: &str = "/things.v1.ThingService/GetThing";
+
+    /// The layer's result when the handler answers `status`.
+    async fn through_the_layer(status: Status) -> Result<Response, BoxError> {
+        let (mut svc, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(layer_fn(MessageSize::new));
+        assert!(svc.poll_ready().is_ready());
+        let response = svc.call(http::Request::builder().uri(PATH).body(()).unwrap());
+        let Poll::Ready(Some((_, reply))) = handle.poll_request() else {
+            panic!("the call reaches the handler");
+        };
+        reply.send_response(status.into_http());
+        response.await
     }
 
     #[tokio::test]
     async fn an_over_limit_message_is_resource_exhausted_with_the_limit_and_no_retry() {
         let message = format!("{TONIC_TOO_LARGE}: found 70000 bytes, {TONIC_LIMIT}65536 bytes");
-        let status = through_the_layer(Status::out_of_range(message.clone())).await;
+        let error = through_the_layer(Status::out_of_range(message.clone()))
+            .await
+            .unwrap_err();
+        let too_large = error.downcast_ref::<MessageTooLarge>().expect("typed");
+        assert_eq!(too_large.limit(), Some(65536));
+        assert_eq!(too_large.to_string(), message);
+
+        // What the client gets.
+        let status = crate::testing::rescued(&*error, PATH);
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(status.message(), message);
         let details = status.get_error_details();
@@ -137,8 +156,40 @@ mod tests {
 
     #[tokio::test]
     async fn other_out_of_range_answers_are_left_alone() {
-        let status = through_the_layer(Status::out_of_range("after_version is ahead")).await;
+        let response = through_the_layer(Status::out_of_range("after_version is ahead"))
+            .await
+            .expect("not an error");
+        let status = Status::from_header_map(response.headers()).unwrap();
         assert_eq!(status.code(), Code::OutOfRange);
         assert_eq!(status.message(), "after_version is ahead");
+    }
+
+    #[tokio::test]
+    async fn ok_answers_and_inner_errors_pass_as_they_are() {
+        let response = through_the_layer(Status::ok("")).await.expect("OK");
+        assert_eq!(
+            super::super::grpc_status(response.headers()),
+            Some(Code::Ok)
+        );
+
+        let (mut svc, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(layer_fn(MessageSize::new));
+        assert!(svc.poll_ready().is_ready());
+        let response = svc.call(http::Request::builder().uri(PATH).body(()).unwrap());
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_error(Status::unavailable("gone"));
+        let error = response.await.unwrap_err();
+        assert_eq!(error.downcast_ref::<Status>().unwrap().message(), "gone");
+    }
+
+    #[test]
+    fn the_limit_is_read_from_tonics_message() {
+        assert_eq!(
+            limit_in(
+                "Error, decoded message length too large: found 5 bytes, the limit is: 4 bytes"
+            ),
+            Some(4)
+        );
+        assert_eq!(limit_in("Error, decoded message length too large"), None);
     }
 }

@@ -7,12 +7,23 @@
 //!    every log line below happens inside it, and sees every outcome,
 //!    including refusals by the layers below, with the status read from the
 //!    trailers, for the [`metrics`] and the [`access_log`].
-//! 2. [`rescue`]: every error leaves with a `google.rpc.Status` (details),
-//!    whichever layer below, handler or tonic itself answered it.
-//! 3. [`concurrency`]: sheds load before any work is done.
-//! 4. [`deadline`]: the budget covers authentication and the handler.
-//! 5. `auth` (in `crate::auth`): only authenticated calls reach handlers.
-//! 6. [`message_size`] and [`panic_guard`]: closest to the handlers, turns a panic into INTERNAL.
+//! 2. [`rescue`]: the one place errors become answers. No layer below
+//!    answers a call it refuses: each fails it with its own typed error
+//!    (`Err(BoxError)`, named below), which rescue looks up in its table
+//!    and answers with a `google.rpc.Status` (details). It also completes
+//!    the details of error statuses the handlers or tonic answered with.
+//! 3. [`concurrency`]: sheds load before any work is done (tower's load
+//!    shedding over its concurrency limit; health and reflection go around
+//!    it): tower's `Overloaded`.
+//! 4. [`deadline`]: the budget covers authentication and the handler:
+//!    [`deadline::DeadlineExceeded`], from the call or from its stream.
+//! 5. `auth` (in `crate::auth`): only authenticated calls reach handlers:
+//!    `crate::auth::AuthError`.
+//! 6. [`message_size`]: tonic's answer to an over-limit request message
+//!    becomes [`message_size::MessageTooLarge`].
+//! 7. [`panic_guard`]: closest to the handlers (tower-http's
+//!    `CatchPanic`): a panic becomes [`panic_guard::Panicked`], answered
+//!    INTERNAL.
 //!
 //! The client certificate's subject (mutual TLS) is no layer: the
 //! connection loop reads it once per connection and puts it in every

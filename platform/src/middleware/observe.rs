@@ -182,3 +182,84 @@ where
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::middleware::rescue::{Rescue, RescueLayer};
+    use crate::middleware::{CallContext, grpc_status};
+    use prometheus_client::registry::Registry;
+    use tower_test::mock;
+
+    type Request = http::Request<tonic::body::Body>;
+    type Response = http::Response<tonic::body::Body>;
+    type Stack = mock::Spawn<Observe<Rescue<mock::Mock<Request, Response>>>>;
+
+    /// Observe over rescue, as the server stacks them, over a mock for the
+    /// layers below; the registry holds the call metrics.
+    fn stack() -> (Stack, mock::Handle<Request, Response>, Registry) {
+        let mut registry = Registry::default();
+        let metrics = GrpcMetrics::register(&mut registry);
+        let layer = tower::ServiceBuilder::new()
+            .layer(ObserveLayer::new(
+                metrics,
+                Arc::new(crate::testing::table().clone()),
+                CallTelemetry::default(),
+            ))
+            .layer(RescueLayer::new(crate::testing::FALLBACK));
+        let (svc, handle) = mock::spawn_layer(layer);
+        (svc, handle, registry)
+    }
+
+    fn call(id: &str) -> Request {
+        http::Request::builder()
+            .uri(crate::testing::GET)
+            .header(request_id::HEADER, id)
+            .body(tonic::body::Body::default())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_call_is_named_before_the_layers_inside_see_it_and_its_id_is_echoed() {
+        let (mut svc, mut handle, _) = stack();
+        assert!(svc.poll_ready().is_ready());
+        let response = tokio::spawn(svc.call(call("req-7")));
+        let (inner, reply) = handle.next_request().await.unwrap();
+        let context = inner.extensions().get::<Arc<CallContext>>().unwrap();
+        assert_eq!(context.request_id, "req-7");
+        assert_eq!(
+            &*inner
+                .extensions()
+                .get::<super::super::RpcMethod>()
+                .unwrap()
+                .name,
+            "GetThing"
+        );
+        reply.send_response(tonic::Status::ok("").into_http());
+        let response = response.await.unwrap().unwrap();
+        assert_eq!(response.headers()[request_id::HEADER], "req-7");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_below_is_seen_with_the_code_the_client_gets() {
+        let (mut svc, mut handle, registry) = stack();
+        assert!(svc.poll_ready().is_ready());
+        let response = tokio::spawn(svc.call(call("req-8")));
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_error(tower::load_shed::error::Overloaded::new());
+        let response = response.await.unwrap().unwrap();
+        assert_eq!(
+            grpc_status(response.headers()),
+            Some(Code::ResourceExhausted)
+        );
+        assert_eq!(response.headers()[request_id::HEADER], "req-8");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                r#"grpc_server_handled_total{grpc_type="unary",grpc_service="things.v1.ThingService",grpc_method="GetThing",grpc_code="ResourceExhausted"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}

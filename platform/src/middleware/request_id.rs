@@ -39,3 +39,61 @@ pub(super) fn assign(
     request.extensions_mut().insert(method.clone());
     (context, method)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: Option<&str>) -> http::Request<tonic::body::Body> {
+        let mut builder = http::Request::builder().uri(crate::testing::GET);
+        if let Some(id) = id {
+            builder = builder.header(HEADER, id);
+        }
+        builder.body(tonic::body::Body::default()).unwrap()
+    }
+
+    #[test]
+    fn the_callers_id_is_taken_when_acceptable() {
+        let mut request = request(Some("req-42"));
+        let (context, method) = assign(&mut request, crate::testing::table());
+        assert_eq!(context.request_id, "req-42");
+        assert_eq!(&*method.name, "GetThing");
+        // Both are handed to the layers inside.
+        let handed = request.extensions().get::<Arc<CallContext>>().unwrap();
+        assert!(Arc::ptr_eq(handed, &context));
+        let handed = request.extensions().get::<RpcMethod>().unwrap();
+        assert!(Arc::ptr_eq(&handed.0, &method.0));
+        let longest = "x".repeat(128);
+        let (context, _) = assign(&mut self::request(Some(&longest)), crate::testing::table());
+        assert_eq!(context.request_id, longest);
+    }
+
+    #[test]
+    fn an_unacceptable_or_missing_id_is_replaced_by_a_uuid_v7() {
+        let too_long = "x".repeat(129);
+        for id in [
+            None,
+            Some(""),
+            Some(too_long.as_str()),
+            Some("a b"),
+            Some("é"),
+        ] {
+            let mut request = match id {
+                // Not a valid header value as a str: sent as raw bytes.
+                Some("é") => {
+                    let mut r = request(None);
+                    r.headers_mut().insert(
+                        HEADER,
+                        http::HeaderValue::from_bytes("é".as_bytes()).unwrap(),
+                    );
+                    r
+                }
+                id => request(id),
+            };
+            let (context, _) = assign(&mut request, crate::testing::table());
+            let uuid = uuid::Uuid::parse_str(&context.request_id)
+                .unwrap_or_else(|_| panic!("{id:?} replaced by {:?}", context.request_id));
+            assert_eq!(uuid.get_version_num(), 7, "{id:?}");
+        }
+    }
+}

@@ -1,34 +1,67 @@
-//! The safety net of error details: every non-OK response leaves with a
-//! `google.rpc.Status` in `grpc-status-details-bin`, whoever made it.
+//! The one place an error becomes what the client gets: a gRPC status with
+//! a `google.rpc.Status` (details) in `grpc-status-details-bin`.
 //!
-//! The service and the layers attach their details where the error is made
-//! (`ErrorInfo` with a reason, and `ResourceInfo`, `RetryInfo`,
-//! `PreconditionFailure`… where one fits). What nobody here builds gets none:
-//! tonic's own answers (UNIMPLEMENTED for an unknown method, INTERNAL for an
-//! undecodable message, UNIMPLEMENTED for an unsupported compression, a
-//! response over the size limit), a status some future handler returns
-//! bare. For those this layer adds a Status with the same code and message
-//! and an `ErrorInfo` whose reason is the code's name. To every error it
-//! adds a `google.rpc.RequestInfo` with the call's request id (also in the
+//! # The rescue table
+//!
+//! No layer below answers a call itself: each fails it with its own typed
+//! error (`Err(BoxError)`), which this layer, as linkerd2-proxy's rescue
+//! does, looks up in a table of the errors it knows (`answer`). It looks
+//! at the error and down its chain of `source()`s: tonic hands a response
+//! body's error on inside a `Status` whose source it is, and a layer may
+//! wrap another's error.
+//!
+//! | error (who fails with it) | code | `ErrorInfo.reason` | also |
+//! |---|---|---|---|
+//! | tower's `Overloaded` ([`super::concurrency`]) | RESOURCE_EXHAUSTED | `SERVER_OVERLOADED` | `RetryInfo` |
+//! | [`DeadlineExceeded`] ([`super::deadline`]): the client's deadline | DEADLINE_EXCEEDED | `DEADLINE_EXCEEDED` | |
+//! | the same: the server's cap or default on a unary call | DEADLINE_EXCEEDED | `SERVER_TIME_LIMIT` | the limit in the metadata |
+//! | the same: the server's cap on a stream | UNAVAILABLE | `STREAM_TIME_LIMIT` | the limit in the metadata, `RetryInfo` |
+//! | [`AuthError`] (`crate::auth`) | UNAUTHENTICATED, PERMISSION_DENIED | the error's reason | `required_scope` |
+//! | [`MessageTooLarge`] ([`super::message_size`]) | RESOURCE_EXHAUSTED | `MESSAGE_TOO_LARGE` | `max_message_bytes`, no `RetryInfo` |
+//! | [`Panicked`] ([`super::panic_guard`]) | INTERNAL, opaque | `INTERNAL` | the cause goes to the log |
+//! | a `tonic::Status` | its own | completed as below | |
+//! | anything else (tonic's UNKNOWN wrapping of it too) | INTERNAL, opaque | `INTERNAL` | logged as unexpected |
+//!
+//! The message is the error's own (its `Display`), except where the table
+//! says opaque and for load shedding. The `ErrorInfo.domain` is the service
+//! called ([`error_domain`]), and every answer carries a
+//! `google.rpc.RequestInfo` with the call's request id (also in the
 //! `x-request-id` metadata), so a support request quoting the error names
-//! the call's log lines.
+//! the call's log lines. An error the call's response body fails with (a
+//! stream past its deadline; hyper would answer it with a stream reset, a
+//! bare INTERNAL at the client) ends the body with the table's status as
+//! trailers instead.
 //!
-//! It looks at a trailers-only response's headers, and at the trailers that
-//! end any other response. A body that fails instead of ending (which hyper
-//! would answer with a stream reset, a bare INTERNAL at the client) ends
-//! with that status as trailers instead.
+//! # The safety net
+//!
+//! An answer that is not an error may still carry an error status: the
+//! handlers attach their details where they make the error (`ErrorInfo`
+//! with a reason, and `ResourceInfo`, `PreconditionFailure`… where one
+//! fits). What nobody here builds gets none: tonic's own answers
+//! (UNIMPLEMENTED for an unknown method, INTERNAL for an undecodable
+//! message, UNIMPLEMENTED for an unsupported compression, a response over
+//! the size limit), a status some future handler returns bare. For those
+//! this layer adds a Status with the same code and message and an
+//! `ErrorInfo` whose reason is the code's name, and to every one a
+//! `RequestInfo`. It looks at a trailers-only response's headers, and at the
+//! trailers that end any other response.
 //!
 //! Cost on OK responses: two reference counts taken and dropped, a header
 //! lookup, and the body wrapper that looks at the trailers (one small box,
-//! which `tonic::body::Body` needs for any wrapper). The details are read,
-//! built and encoded only on the error path.
+//! which `tonic::body::Body` needs for any wrapper). The table is read and
+//! the details are built and encoded only on the error path.
 //!
 //! Directly inside [`super::observe`]: the request id and the method are
 //! known (its [`CallContext`] and [`RpcMethod`]), and every layer below is
-//! covered, while the access log and metrics see the same code as before.
-//! Hand-written: no crate completes gRPC error details.
+//! covered, while the access log and metrics see the final code, as the
+//! client does. Hand-written: no crate completes gRPC error details.
 
-use super::{CallContext, RpcMethod, grpc_status};
+use super::concurrency::SHED_RETRY_DELAY;
+use super::deadline::{DeadlineExceeded, SetBy};
+use super::message_size::MessageTooLarge;
+use super::panic_guard::Panicked;
+use super::{CallContext, RpcKind, RpcMethod, grpc_status};
+use crate::auth::AuthError;
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use bytes::Bytes;
@@ -36,15 +69,24 @@ use futures::future::{FutureExt, Join, Map, Ready, join, ready};
 use http::HeaderValue;
 use http_body::{Body, Frame};
 use prost::Message;
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::error::Error;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+use tower::load_shed::error::Overloaded;
 use tower::{Layer, Service};
 
+pub use tower::BoxError;
+
 const DETAILS: &str = "grpc-status-details-bin";
+
+/// The message of the errors whose cause stays in the log.
+const OPAQUE: &str = "internal error";
 
 /// Binary metadata is base64 without padding on the way out (as gRPC
 /// implementations send it), with or without padding on the way in.
@@ -57,15 +99,6 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 
 /// Longest service name taken from a path as an `ErrorInfo.domain`.
 const MAX_DOMAIN_BYTES: usize = 128;
-
-/// The service a request calls: from the [`RpcMethod`] that
-/// [`super::observe`] put in its extensions, else parsed from its path.
-pub fn service_of<B>(request: &http::Request<B>) -> Arc<str> {
-    match request.extensions().get::<RpcMethod>() {
-        Some(method) => method.service.clone(),
-        None => crate::methods::split_path(request.uri().path()).0.into(),
-    }
-}
 
 /// The `ErrorInfo.domain` of an error answering a call to `service`: the
 /// service's gRPC name (`things.v1.ThingService`), so no layer names a
@@ -86,6 +119,19 @@ pub fn error_domain<'a>(service: &'a str, fallback: &'a str) -> &'a str {
 /// code's name.
 pub fn reason_of(code: Code) -> &'static str {
     crate::codes::code_name(code)
+}
+
+/// The first error of type `E` in `error`'s chain: `error` itself, then its
+/// `source()`, and so on.
+pub fn cause_ref<'a, E: Error + 'static>(error: &'a (dyn Error + 'static)) -> Option<&'a E> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<E>() {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
 }
 
 #[derive(Clone)]
@@ -118,17 +164,31 @@ pub struct Rescue<S> {
     fallback: &'static str,
 }
 
-/// What an error of the call needs: its service and request id. Reference
+/// What an error of the call needs: its method and request id. Reference
 /// counts only; nothing is allocated for a call that ends OK.
 pub struct Call {
-    service: Arc<str>,
+    method: RpcMethod,
     context: Option<Arc<CallContext>>,
     fallback: &'static str,
 }
 
 impl Call {
+    /// The call `request` makes; `fallback` as for [`RescueLayer::new`].
+    pub fn of<B>(request: &http::Request<B>, fallback: &'static str) -> Self {
+        Call {
+            // Without observe above (a layer's unit tests), parsed from the
+            // path.
+            method: match request.extensions().get::<RpcMethod>() {
+                Some(method) => method.clone(),
+                None => RpcMethod::from_path(request.uri().path()),
+            },
+            context: request.extensions().get::<Arc<CallContext>>().cloned(),
+            fallback,
+        }
+    }
+
     fn domain(&self) -> &str {
-        error_domain(&self.service, self.fallback)
+        error_domain(&self.method.service, self.fallback)
     }
 
     fn request_id(&self) -> Option<&str> {
@@ -143,9 +203,13 @@ type Finish<R, E> = fn((Result<R, E>, Call)) -> Result<R, E>;
 /// call's state rides along without a hand-written pinned future.
 pub type RescueFuture<F, R, E> = Map<Join<F, Ready<Call>>, Finish<R, E>>;
 
+/// Every call's error is answered; an error of `poll_ready` (a service that
+/// can take no call at all, which none below is) is passed on, for it is
+/// no call's.
 impl<S, B> Service<http::Request<B>> for Rescue<S>
 where
     S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Error: Into<BoxError>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -156,19 +220,21 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let call = Call {
-            service: service_of(&request),
-            context: request.extensions().get::<Arc<CallContext>>().cloned(),
-            fallback: self.fallback,
-        };
+        let call = Call::of(&request, self.fallback);
         join(self.inner.call(request), ready(call)).map(finish as Finish<_, _>)
     }
 }
 
-fn finish<E>(
+fn finish<E: Into<BoxError>>(
     (result, call): (Result<http::Response<tonic::body::Body>, E>, Call),
 ) -> Result<http::Response<tonic::body::Body>, E> {
-    let mut response = result?;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            let error: BoxError = error.into();
+            return Ok(respond(&*error, &call));
+        }
+    };
     match grpc_status(response.headers()) {
         // Trailers-only: the status is in the headers, the body is empty.
         Some(Code::Ok) => Ok(response),
@@ -185,7 +251,163 @@ fn finish<E>(
     }
 }
 
-/// A response body whose non-OK trailers get completed.
+/// What the table answers an error with.
+enum Answer {
+    /// A status made here, its details complete.
+    Made(Status),
+    /// A status an inner service failed with: sent as it is, its details
+    /// completed as a response's are.
+    Passed(Status),
+}
+
+/// The rescue table (see the module documentation): the status a call
+/// that failed with `error` is answered with.
+fn answer(error: &(dyn Error + 'static), call: &Call) -> Answer {
+    let domain = call.domain();
+    let info = |reason: &str, metadata: HashMap<String, String>| {
+        ErrorDetails::with_error_info(reason, domain, metadata)
+    };
+    let (code, message, mut details): (Code, Cow<'_, str>, ErrorDetails) =
+        if cause_ref::<Overloaded>(error).is_some() {
+            // The same call may well succeed a little later.
+            let mut details = info("SERVER_OVERLOADED", HashMap::new());
+            details.set_retry_info(Some(SHED_RETRY_DELAY));
+            (
+                Code::ResourceExhausted,
+                "server overloaded; retry with backoff".into(),
+                details,
+            )
+        } else if let Some(expired) = cause_ref::<DeadlineExceeded>(error) {
+            deadline_exceeded(expired, domain)
+        } else if let Some(refused) = cause_ref::<AuthError>(error) {
+            (
+                refused.code(),
+                refused.to_string().into(),
+                refused.details(domain),
+            )
+        } else if let Some(too_large) = cause_ref::<MessageTooLarge>(error) {
+            // No RetryInfo: the same message is refused again however long
+            // the client waits.
+            let limit = too_large
+                .limit()
+                .map(|limit| ("max_message_bytes".to_owned(), limit.to_string()));
+            (
+                Code::ResourceExhausted,
+                too_large.to_string().into(),
+                info("MESSAGE_TOO_LARGE", limit.into_iter().collect()),
+            )
+        } else if let Some(panicked) = cause_ref::<Panicked>(error) {
+            tracing::error!(
+                method = format_args!("/{}/{}", call.method.service, call.method.name),
+                cause = panicked.cause(),
+                "handler panicked"
+            );
+            (
+                Code::Internal,
+                OPAQUE.into(),
+                info("INTERNAL", HashMap::new()),
+            )
+        } else if let Some(status) = cause_ref::<Status>(error).filter(|s| !wraps_unknown(s)) {
+            return Answer::Passed(status.clone());
+        } else {
+            tracing::warn!(
+                method = format_args!("/{}/{}", call.method.service, call.method.name),
+                error = %error,
+                "unexpected error"
+            );
+            (
+                Code::Internal,
+                OPAQUE.into(),
+                info("INTERNAL", HashMap::new()),
+            )
+        };
+    if let Some(id) = call.request_id() {
+        details.set_request_info(id, "");
+    }
+    Answer::Made(Status::with_error_details(code, message, details))
+}
+
+/// Whether `status` is tonic's wrapping of an error it does not know (as it
+/// hands on a response body's error): UNKNOWN, the error's own text as the
+/// message, the error as its source. The table answers the error inside
+/// instead, so an unexpected error is opaque however it arrives.
+fn wraps_unknown(status: &Status) -> bool {
+    status.code() == Code::Unknown && status.source().is_some()
+}
+
+/// The table's rows for [`DeadlineExceeded`]: whose limit ended the call
+/// decides the code (`super::deadline` says why).
+fn deadline_exceeded(
+    expired: &DeadlineExceeded,
+    domain: &str,
+) -> (Code, Cow<'static, str>, ErrorDetails) {
+    let info = |reason: &str, limit: Option<(&str, Duration)>| {
+        let metadata: HashMap<String, String> = limit
+            .map(|(key, limit)| (key.to_owned(), limit.as_millis().to_string()))
+            .into_iter()
+            .collect();
+        ErrorDetails::with_error_info(reason, domain, metadata)
+    };
+    let message = expired.to_string().into();
+    match expired.set_by {
+        SetBy::Client => (
+            Code::DeadlineExceeded,
+            message,
+            info("DEADLINE_EXCEEDED", None),
+        ),
+        SetBy::ServerCap(max) if expired.kind != RpcKind::Unary => {
+            let mut details = info("STREAM_TIME_LIMIT", Some(("max_timeout_ms", max)));
+            // A new stream may start at once.
+            details.set_retry_info(Some(Duration::ZERO));
+            (Code::Unavailable, message, details)
+        }
+        SetBy::ServerCap(max) => (
+            Code::DeadlineExceeded,
+            message,
+            info("SERVER_TIME_LIMIT", Some(("max_timeout_ms", max))),
+        ),
+        SetBy::ServerDefault(default) => (
+            Code::DeadlineExceeded,
+            message,
+            info("SERVER_TIME_LIMIT", Some(("default_timeout_ms", default))),
+        ),
+    }
+}
+
+/// The trailers-only response answering `call`, which failed with `error`.
+pub fn respond(error: &(dyn Error + 'static), call: &Call) -> http::Response<tonic::body::Body> {
+    match answer(error, call) {
+        Answer::Made(status) => status.into_http(),
+        Answer::Passed(status) => {
+            let code = status.code();
+            let mut response = status.into_http();
+            complete(response.headers_mut(), code, call);
+            response
+        }
+    }
+}
+
+/// The trailers ending the response of `call`, whose body failed with
+/// `error`.
+fn trailers(error: &(dyn Error + 'static), call: &Call) -> http::HeaderMap {
+    let (status, passed) = match answer(error, call) {
+        Answer::Made(status) => (status, false),
+        Answer::Passed(status) => (status, true),
+    };
+    let mut trailers = http::HeaderMap::new();
+    if status.add_header(&mut trailers).is_err() {
+        // The message cannot be a header value: keep the code.
+        trailers.clear();
+        let _ = Status::new(status.code(), "").add_header(&mut trailers);
+    }
+    if passed {
+        complete(&mut trailers, status.code(), call);
+    }
+    trailers
+}
+
+/// A response body whose non-OK trailers get completed, and whose error
+/// becomes trailers.
 struct RescueBody {
     inner: tonic::body::Body,
     /// `None` once the body has ended with trailers made here.
@@ -217,13 +439,7 @@ impl Body for RescueBody {
             Poll::Ready(Some(Err(status))) => {
                 // Answered as trailers: the client gets this status (and
                 // its details) instead of a reset stream.
-                let mut trailers = http::HeaderMap::new();
-                if status.add_header(&mut trailers).is_err() {
-                    // The message cannot be a header value: keep the code.
-                    trailers.clear();
-                    let _ = Status::new(status.code(), "").add_header(&mut trailers);
-                }
-                complete(&mut trailers, status.code(), call);
+                let trailers = trailers(&status, call);
                 this.call = None;
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
@@ -308,6 +524,7 @@ fn insert(headers: &mut http::HeaderMap, details: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::GET;
     use http_body_util::{BodyExt, StreamBody};
     use std::convert::Infallible;
     use tower::ServiceExt;
@@ -497,6 +714,262 @@ mod tests {
         })
         .await;
         let status = status(response.headers());
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().domain,
+            FALLBACK
+        );
+    }
+
+    // --- The table: each error a layer fails with, as the client gets it.
+
+    /// What a row of the table must answer.
+    struct Row {
+        code: Code,
+        message: &'static str,
+        reason: &'static str,
+        metadata: &'static [(&'static str, &'static str)],
+        retry: Option<Duration>,
+    }
+
+    /// The answer of the layer, over a mock inner service (tower-test),
+    /// to a call to `path` that fails with `error`.
+    async fn answered(path: &str, error: BoxError) -> http::Response<tonic::body::Body> {
+        let (mut svc, mut handle) = tower_test::mock::spawn_layer::<
+            http::Request<()>,
+            http::Response<tonic::body::Body>,
+            _,
+        >(RescueLayer::new(FALLBACK));
+        assert!(svc.poll_ready().is_ready());
+        let response = svc.call(request(path, "req-1"));
+        let Poll::Ready(Some((_, reply))) = handle.poll_request() else {
+            panic!("the call reaches the inner service");
+        };
+        reply.send_error(error);
+        response.await.expect("every error is answered")
+    }
+
+    fn check(what: &str, status: &Status, row: &Row) {
+        assert_eq!(status.code(), row.code, "{what}");
+        assert_eq!(status.message(), row.message, "{what}");
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, row.reason, "{what}");
+        assert_eq!(info.domain, "things.v1.ThingService", "{what}");
+        let metadata: HashMap<String, String> = row
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(info.metadata, metadata, "{what}");
+        assert_eq!(
+            details.retry_info().map(|r| r.retry_delay),
+            row.retry.map(Some),
+            "{what}"
+        );
+        assert_eq!(
+            details.request_info().map(|r| r.request_id.as_str()),
+            Some("req-1"),
+            "{what}"
+        );
+        // The Status inside agrees with grpc-status and grpc-message, as
+        // clients check.
+        let inner = tonic_types::Status::decode(status.details()).unwrap();
+        assert_eq!(inner.code, row.code as i32, "{what}");
+        assert_eq!(inner.message, row.message, "{what}");
+    }
+
+    /// Every error the layers fail with, and what the client must get.
+    fn table() -> Vec<(&'static str, BoxError, Row)> {
+        let minute = Duration::from_secs(60);
+        let expired = |set_by, kind| -> BoxError { Box::new(DeadlineExceeded { set_by, kind }) };
+        let too_large = "Error, decoded message length too large: found 70000 bytes, \
+                         the limit is: 65536 bytes";
+        vec![
+            (
+                "shed",
+                Box::new(Overloaded::new()),
+                Row {
+                    code: Code::ResourceExhausted,
+                    message: "server overloaded; retry with backoff",
+                    reason: "SERVER_OVERLOADED",
+                    metadata: &[],
+                    retry: Some(SHED_RETRY_DELAY),
+                },
+            ),
+            (
+                "the client's deadline",
+                expired(SetBy::Client, RpcKind::Unary),
+                Row {
+                    code: Code::DeadlineExceeded,
+                    message: "deadline exceeded",
+                    reason: "DEADLINE_EXCEEDED",
+                    metadata: &[],
+                    retry: None,
+                },
+            ),
+            (
+                "the server's cap on a stream",
+                expired(SetBy::ServerCap(minute), RpcKind::ServerStream),
+                Row {
+                    code: Code::Unavailable,
+                    message: "the server ends streams after server.max_timeout_ms = 60000 ms; \
+                              open a new stream to continue",
+                    reason: "STREAM_TIME_LIMIT",
+                    metadata: &[("max_timeout_ms", "60000")],
+                    retry: Some(Duration::ZERO),
+                },
+            ),
+            (
+                "the server's cap on a unary call",
+                expired(SetBy::ServerCap(minute), RpcKind::Unary),
+                Row {
+                    code: Code::DeadlineExceeded,
+                    message: "the server ends calls after server.max_timeout_ms = 60000 ms",
+                    reason: "SERVER_TIME_LIMIT",
+                    metadata: &[("max_timeout_ms", "60000")],
+                    retry: None,
+                },
+            ),
+            (
+                "the server's default",
+                expired(
+                    SetBy::ServerDefault(Duration::from_secs(10)),
+                    RpcKind::Unary,
+                ),
+                Row {
+                    code: Code::DeadlineExceeded,
+                    message: "the call sent no deadline and ran past the server's default, \
+                              server.default_timeout_ms = 10000 ms",
+                    reason: "SERVER_TIME_LIMIT",
+                    metadata: &[("default_timeout_ms", "10000")],
+                    retry: None,
+                },
+            ),
+            (
+                "no token",
+                Box::new(AuthError::MissingToken),
+                Row {
+                    code: Code::Unauthenticated,
+                    message: "missing bearer token",
+                    reason: "MISSING_TOKEN",
+                    metadata: &[],
+                    retry: None,
+                },
+            ),
+            (
+                "an expired token",
+                Box::new(AuthError::Expired),
+                Row {
+                    code: Code::Unauthenticated,
+                    message: "token expired",
+                    reason: "TOKEN_EXPIRED",
+                    metadata: &[],
+                    retry: None,
+                },
+            ),
+            (
+                "a missing scope",
+                Box::new(AuthError::MissingScope("things:read".into())),
+                Row {
+                    code: Code::PermissionDenied,
+                    message: "token lacks scope things:read",
+                    reason: "MISSING_SCOPE",
+                    metadata: &[("required_scope", "things:read")],
+                    retry: None,
+                },
+            ),
+            (
+                "a message too large",
+                Box::new(MessageTooLarge::from_tonic(too_large).unwrap()),
+                Row {
+                    code: Code::ResourceExhausted,
+                    message: "Error, decoded message length too large: found 70000 bytes, \
+                              the limit is: 65536 bytes",
+                    reason: "MESSAGE_TOO_LARGE",
+                    metadata: &[("max_message_bytes", "65536")],
+                    retry: None,
+                },
+            ),
+            (
+                "a panic",
+                Box::new(Panicked::new("handler bug")),
+                Row {
+                    code: Code::Internal,
+                    message: "internal error",
+                    reason: "INTERNAL",
+                    metadata: &[],
+                    retry: None,
+                },
+            ),
+            (
+                "an error nobody expected",
+                Box::new(std::io::Error::other("disk on fire")),
+                Row {
+                    code: Code::Internal,
+                    message: "internal error",
+                    reason: "INTERNAL",
+                    metadata: &[],
+                    retry: None,
+                },
+            ),
+            (
+                "a bare status",
+                Box::new(Status::unavailable("gone")),
+                Row {
+                    code: Code::Unavailable,
+                    message: "gone",
+                    reason: "UNAVAILABLE",
+                    metadata: &[],
+                    retry: None,
+                },
+            ),
+        ]
+    }
+
+    #[tokio::test]
+    async fn each_error_a_layer_fails_with_is_answered_from_the_table() {
+        for (what, error, row) in table() {
+            let response = answered(GET, error).await;
+            let status = status(response.headers());
+            check(what, &status, &row);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_body_that_fails_with_a_layers_error_ends_with_its_answer_as_trailers() {
+        // Load shedding fails a call, never a body; and tonic would make a
+        // status of its own of a body's `Overloaded`, with no source.
+        for (what, error, row) in table().into_iter().filter(|(what, ..)| *what != "shed") {
+            // As tonic hands a body's error on: inside a Status whose
+            // source it is (a bare Status stays itself).
+            let status = Status::from_error(error);
+            let response =
+                rescued("/things.v1.ThingService/WatchThing", streamed(Err(status))).await;
+            let trailers = trailers_of(response).await;
+            check(what, &self::status(&trailers), &row);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_is_found_down_its_chain_of_sources() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("while checking the call")]
+        struct Wrapped(#[source] AuthError);
+        let response = answered(GET, Box::new(Wrapped(AuthError::BadSignature))).await;
+        let status = status(response.headers());
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(status.message(), "token signature invalid");
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "BAD_SIGNATURE"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_for_a_path_naming_no_service_gets_the_fallback_domain() {
+        let response = answered("/a..b/x", Box::new(Overloaded::new())).await;
+        let status = status(response.headers());
+        assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(
             status.get_error_details().error_info().unwrap().domain,
             FALLBACK
