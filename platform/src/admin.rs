@@ -14,9 +14,10 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 
 /// The content type of prometheus-client's text encoding.
-pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const METRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     health: HealthState,
     metrics: Arc<Metrics>,

@@ -161,7 +161,7 @@ impl State {
 }
 
 /// An HTTP/2 server connection's transport, with the guard in between.
-pub struct GoawayGuard<IO> {
+pub(crate) struct GoawayGuard<IO> {
     io: IO,
     state: State,
     preface_left: usize,
@@ -175,12 +175,10 @@ pub struct GoawayGuard<IO> {
     /// A partial outbound frame header.
     out_header: [u8; HEADER_LEN],
     out_header_len: usize,
-    /// Frames dropped so far, for the connection's debug log.
-    dropped: u64,
 }
 
 impl<IO> GoawayGuard<IO> {
-    pub fn new(io: IO) -> Self {
+    pub(crate) fn new(io: IO) -> Self {
         Self {
             io,
             state: State::default(),
@@ -191,13 +189,7 @@ impl<IO> GoawayGuard<IO> {
             spill: Vec::new(),
             out_header: [0; HEADER_LEN],
             out_header_len: 0,
-            dropped: 0,
         }
-    }
-
-    /// WINDOW_UPDATE frames dropped on this connection.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
     }
 
     /// Judges the inbound bytes `data[..]` in place: what h2 may see is
@@ -251,7 +243,6 @@ impl<IO> GoawayGuard<IO> {
             let header = FrameHeader::parse(bytes);
             let drop = self.state.drops(&header);
             if drop {
-                self.dropped += 1;
                 tracing::debug!(
                     stream = header.stream,
                     "WINDOW_UPDATE for a stream opened after GOAWAY: ignored"

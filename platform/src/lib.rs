@@ -6,7 +6,7 @@
 //! it) is read from there when the server starts.
 //!
 //! A request travels: TLS ([`tls`], between it and HTTP/2 the
-//! [`goaway_guard`]) → the connection loop ([`serve`]: age, GOAWAY, drain)
+//! `goaway_guard`) → the connection loop ([`serve`]: age, GOAWAY, drain)
 //! → the tower layers ([`middleware`], authorization in [`auth`]) → the
 //! service's handlers.
 //!
@@ -18,9 +18,10 @@
 //!   declares no policy stops the start, and a path nobody mounted needs a
 //!   valid token like any other call.
 //! - [`auth`]: bearer JWTs checked against rotating keys; the layer.
-//! - [`health`] and [`admin`]: probes and readiness, and the plaintext
+//! - [`health`] and the admin port (`admin`): probes and readiness, and the plaintext
 //!   admin port (health and `GET /metrics`).
-//! - [`telemetry`], [`log_json`], [`log_writer`]: logs, traces, metrics.
+//! - [`telemetry`] (with `log_json` and `log_writer`): logs, traces,
+//!   metrics.
 //! - [`config`]: the configuration core: the platform's sections, layering
 //!   with the service's environment prefix, validation, redaction, exit 78.
 //! - [`dev`]: development certificates and tokens.
@@ -32,6 +33,10 @@
 //! and trace context on every call, deadlines and retries, the client's
 //! error. A service's typed client is built on it.
 #![forbid(unsafe_code)]
+// Only what a service author or a client's user needs is `pub`; the rest
+// says `pub(crate)`, so this lint keeps the public face from growing by
+// accident.
+#![warn(unreachable_pub)]
 
 pub mod codes;
 pub mod methods;
@@ -40,7 +45,7 @@ pub mod methods;
 pub mod client;
 
 #[cfg(feature = "server")]
-pub mod admin;
+mod admin;
 #[cfg(feature = "server")]
 pub mod auth;
 #[cfg(feature = "server")]
@@ -48,13 +53,13 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod dev;
 #[cfg(feature = "server")]
-pub mod goaway_guard;
+mod goaway_guard;
 #[cfg(feature = "server")]
 pub mod health;
 #[cfg(feature = "server")]
-pub mod log_json;
+mod log_json;
 #[cfg(feature = "server")]
-pub mod log_writer;
+mod log_writer;
 #[cfg(feature = "server")]
 pub mod middleware;
 #[cfg(feature = "server")]

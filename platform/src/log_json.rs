@@ -23,11 +23,11 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFi
 use tracing_subscriber::registry::LookupSpan;
 
 /// Formats events (see the module docs).
-pub struct JsonEvents;
+pub(crate) struct JsonEvents;
 
 /// Formats span fields as `"key":value,…`, without braces, so a line can
 /// splice them in.
-pub struct JsonFields;
+pub(crate) struct JsonFields;
 
 impl<'w> FormatFields<'w> for JsonFields {
     fn format_fields<R: tracing_subscriber::field::RecordFields>(
@@ -117,7 +117,7 @@ where
 /// the registry and a second copy into the writer: about half of the
 /// line's cost, and the line (turned off with `access=off`) was about a
 /// ninth of a small unary call's server CPU in interleaved runs.
-pub struct AccessLine<'a> {
+pub(crate) struct AccessLine<'a> {
     pub method: &'a str,
     pub code: &'static str,
     pub client_gone: bool,
@@ -132,7 +132,7 @@ impl AccessLine<'_> {
     /// Appends the line (newline included) to `out`, as [`JsonEvents`]
     /// formats the `tracing` event `middleware::access_log` emits outside
     /// any span: the message, the fields in the event's order, the target.
-    pub fn format(&self, out: &mut String) -> fmt::Result {
+    pub(crate) fn format(&self, out: &mut String) -> fmt::Result {
         let mut w = Writer::new(out);
         w.write_str("{\"timestamp\":\"")?;
         timestamp(&mut w)?;
@@ -166,7 +166,7 @@ impl AccessLine<'_> {
     }
 
     /// Formats the line in this thread's buffer and appends it to `writer`.
-    pub fn write_to(&self, writer: &crate::log_writer::LogWriter) {
+    pub(crate) fn write_to(&self, writer: &crate::log_writer::LogWriter) {
         use std::cell::RefCell;
         thread_local! {
             static LINE: RefCell<String> = const { RefCell::new(String::new()) };

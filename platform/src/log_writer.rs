@@ -22,10 +22,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How long the writer thread waits for more lines after the first one.
-pub const LINGER: Duration = Duration::from_millis(2);
+pub(crate) const LINGER: Duration = Duration::from_millis(2);
 
 /// Bytes that may wait for the writer thread before writers wait too.
-pub const MAX_PENDING: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_PENDING: usize = 8 * 1024 * 1024;
 
 #[derive(Default)]
 struct Pending {
@@ -53,18 +53,18 @@ impl Shared {
 /// The `MakeWriter` for `tracing_subscriber::fmt`: each event is formatted
 /// into one buffer and handed over in one `write`.
 #[derive(Clone)]
-pub struct LogWriter {
+pub(crate) struct LogWriter {
     shared: Arc<Shared>,
 }
 
 /// Writes out what is buffered and stops the writer thread when dropped.
-pub struct LogGuard {
+pub(crate) struct LogGuard {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// Starts the writer thread writing to `out`.
-pub fn start(out: impl Write + Send + 'static) -> std::io::Result<(LogWriter, LogGuard)> {
+pub(crate) fn start(out: impl Write + Send + 'static) -> std::io::Result<(LogWriter, LogGuard)> {
     let shared = Arc::new(Shared::default());
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
@@ -124,7 +124,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 
 impl LogWriter {
     /// Appends whole lines (one or more, each ending in a newline).
-    pub fn append(&self, line: &[u8]) {
+    pub(crate) fn append(&self, line: &[u8]) {
         let mut pending = self.shared.lock();
         while pending.lines.len() >= MAX_PENDING && !pending.closed {
             pending = self

@@ -157,7 +157,7 @@ async fn serve_connection<IO, S, ResBody>(
     let info = io.connect_info();
     // The client certificate's subject, read once for the connection's
     // whole life (a mutual-TLS client cannot change it mid-connection).
-    let identity = crate::tls::identity::of_connection(&info);
+    let identity = crate::tls::of_connection(&info);
     let (recycle, recycled) = watch::channel(false);
     let recycled = ConnectionRecycled(recycled);
     let per_request = hyper::service::service_fn(move |request: http::Request<Incoming>| {

@@ -5,19 +5,19 @@
 
 #[path = "../tests/support/protos.rs"]
 mod protos;
-pub use protos::{THINGS_PROTO, descriptors};
+pub(crate) use protos::{THINGS_PROTO, descriptors};
 
-pub const SERVICE: &str = "things.v1.ThingService";
-pub const GET: &str = "/things.v1.ThingService/GetThing";
-pub const PUT: &str = "/things.v1.ThingService/PutThings";
-pub const WATCH: &str = "/things.v1.ThingService/WatchThing";
-pub const SYNC: &str = "/things.v1.ThingService/SyncThings";
-pub const REMOVE: &str = "/things.v1.ThingService/RemoveThing";
-pub const PING: &str = "/things.v1.ThingService/Ping";
+pub(crate) const SERVICE: &str = "things.v1.ThingService";
+pub(crate) const GET: &str = "/things.v1.ThingService/GetThing";
+pub(crate) const PUT: &str = "/things.v1.ThingService/PutThings";
+pub(crate) const WATCH: &str = "/things.v1.ThingService/WatchThing";
+pub(crate) const SYNC: &str = "/things.v1.ThingService/SyncThings";
+pub(crate) const REMOVE: &str = "/things.v1.ThingService/RemoveThing";
+pub(crate) const PING: &str = "/things.v1.ThingService/Ping";
 
 /// The table of a server mounting the test service, health and reflection.
 #[cfg(feature = "server")]
-pub fn table() -> &'static crate::methods::MethodTable {
+pub(crate) fn table() -> &'static crate::methods::MethodTable {
     use crate::methods::MethodTable;
     use std::sync::LazyLock;
     use tonic::server::NamedService;
@@ -45,13 +45,13 @@ pub fn table() -> &'static crate::methods::MethodTable {
 /// The `ErrorInfo.domain` the unit tests' rescue layer gives a path that
 /// names no well-formed service.
 #[cfg(feature = "server")]
-pub const FALLBACK: &str = "test.v1.Fallback";
+pub(crate) const FALLBACK: &str = "test.v1.Fallback";
 
 /// The status the rescue layer answers with when a call to `path` (request
 /// id `req-1`) fails with `error`: how a layer's unit tests check what
 /// their typed error becomes on the wire.
 #[cfg(feature = "server")]
-pub fn rescued(error: &(dyn std::error::Error + 'static), path: &str) -> tonic::Status {
+pub(crate) fn rescued(error: &(dyn std::error::Error + 'static), path: &str) -> tonic::Status {
     use crate::middleware::{CallContext, RpcMethod, rescue};
     let mut request = http::Request::builder().uri(path).body(()).unwrap();
     request

@@ -27,7 +27,7 @@ use tonic::Code;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
-pub fn trace_id(headers: &http::HeaderMap) -> Option<String> {
+pub(crate) fn trace_id(headers: &http::HeaderMap) -> Option<String> {
     let value = headers.get("traceparent")?.to_str().ok()?;
     let mut parts = value.split('-');
     let (_version, trace) = (parts.next()?, parts.next()?);
@@ -36,7 +36,7 @@ pub fn trace_id(headers: &http::HeaderMap) -> Option<String> {
 }
 
 /// The remote address, over TLS or plaintext.
-pub fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
+pub(crate) fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
     let ext = request.extensions();
     ext.get::<TlsConnectInfo<TcpConnectInfo>>()
         .and_then(|i| i.get_ref().remote_addr())

@@ -23,18 +23,21 @@ tokio::task_local! {
 }
 
 /// Runs `future` as the call `context` describes.
-pub fn scope<F: Future>(context: Arc<CallContext>, future: F) -> impl Future<Output = F::Output> {
+pub(crate) fn scope<F: Future>(
+    context: Arc<CallContext>,
+    future: F,
+) -> impl Future<Output = F::Output> {
     CALL.scope(context, future)
 }
 
 /// The context of the call being polled on this task, if any.
-pub fn current() -> Option<Arc<CallContext>> {
+pub(crate) fn current() -> Option<Arc<CallContext>> {
     CALL.try_with(Arc::clone).ok()
 }
 
 /// Runs `f` with the request id of the call being polled on this thread, if
 /// any.
-pub fn with_request_id<R>(f: impl FnOnce(Option<&str>) -> R) -> R {
+pub(crate) fn with_request_id<R>(f: impl FnOnce(Option<&str>) -> R) -> R {
     let call = CALL.try_with(Arc::clone).ok();
     f(call.as_deref().map(|c| c.request_id.as_str()))
 }

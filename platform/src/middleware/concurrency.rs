@@ -34,17 +34,17 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 /// The least a shed client should wait before trying again (`RetryInfo`);
 /// clients add their own backoff and jitter on top.
-pub const SHED_RETRY_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const SHED_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
-pub struct ConcurrencyLimitLayer {
+pub(crate) struct ConcurrencyLimitLayer {
     /// Shared by every service the layer makes, and their clones.
     permits: Arc<Semaphore>,
 }
 
 impl ConcurrencyLimitLayer {
     /// At most `limit` calls at once.
-    pub fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
         }
@@ -69,7 +69,7 @@ impl<S: Clone> Layer<S> for ConcurrencyLimitLayer {
 /// The calls to the platform's own services go to `spared`, the others
 /// through the limit.
 #[derive(Clone)]
-pub struct Shed<S> {
+pub(crate) struct Shed<S> {
     spared: S,
     limited: Limited<S>,
 }

@@ -30,7 +30,7 @@ const TONIC_LIMIT: &str = "the limit is: ";
 /// size found and the limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub struct MessageTooLarge {
+pub(crate) struct MessageTooLarge {
     message: String,
     limit: Option<u64>,
 }
@@ -48,18 +48,18 @@ impl MessageTooLarge {
     }
 
     /// The limit, as tonic's message names it.
-    pub fn limit(&self) -> Option<u64> {
+    pub(crate) fn limit(&self) -> Option<u64> {
         self.limit
     }
 }
 
 #[derive(Clone)]
-pub struct MessageSize<S> {
+pub(crate) struct MessageSize<S> {
     inner: S,
 }
 
 impl<S> MessageSize<S> {
-    pub fn new(inner: S) -> Self {
+    pub(crate) fn new(inner: S) -> Self {
         Self { inner }
     }
 }

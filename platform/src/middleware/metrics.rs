@@ -25,14 +25,14 @@ use std::time::Instant;
 use tonic::Code;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MethodLabels {
+pub(crate) struct MethodLabels {
     pub grpc_type: String,
     pub grpc_service: String,
     pub grpc_method: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CodeLabels {
+pub(crate) struct CodeLabels {
     pub grpc_type: String,
     pub grpc_service: String,
     pub grpc_method: String,

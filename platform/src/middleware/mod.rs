@@ -33,18 +33,18 @@
 //! deadlines), the per-call [`CallContext`], and [`ObservedBody`], which
 //! counts gRPC messages and reports the final `grpc-status` of a response.
 
-pub mod access_log;
-pub mod call_scope;
+pub(crate) mod access_log;
+pub(crate) mod call_scope;
 pub mod commit;
-pub mod concurrency;
+pub(crate) mod concurrency;
 pub mod deadline;
-pub mod message_size;
-pub mod metrics;
-pub mod observe;
-pub mod panic_guard;
-pub mod request_id;
-pub mod rescue;
-pub mod trace;
+pub(crate) mod message_size;
+pub(crate) mod metrics;
+pub(crate) mod observe;
+pub(crate) mod panic_guard;
+pub(crate) mod request_id;
+pub(crate) mod rescue;
+pub(crate) mod trace;
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame};

@@ -25,7 +25,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 #[derive(Clone)]
-pub struct ObserveLayer {
+pub(crate) struct ObserveLayer {
     metrics: GrpcMetrics,
     methods: Arc<MethodTable>,
     telemetry: CallTelemetry,
@@ -35,7 +35,11 @@ impl ObserveLayer {
     /// `methods` names each call and tells the layers inside how it streams
     /// and whether the platform serves it; `telemetry` says which spans to
     /// make and where the access log goes.
-    pub fn new(metrics: GrpcMetrics, methods: Arc<MethodTable>, telemetry: CallTelemetry) -> Self {
+    pub(crate) fn new(
+        metrics: GrpcMetrics,
+        methods: Arc<MethodTable>,
+        telemetry: CallTelemetry,
+    ) -> Self {
         Self {
             metrics,
             methods,
@@ -57,7 +61,7 @@ impl<S> Layer<S> for ObserveLayer {
 }
 
 #[derive(Clone)]
-pub struct Observe<S> {
+pub(crate) struct Observe<S> {
     inner: S,
     metrics: GrpcMetrics,
     methods: Arc<MethodTable>,

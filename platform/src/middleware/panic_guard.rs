@@ -28,19 +28,19 @@ use tower_http::catch_panic::{self, CatchPanic};
 /// A handler panicked; `cause` is the panic's message, for the log only.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("handler panicked: {cause}")]
-pub struct Panicked {
+pub(crate) struct Panicked {
     cause: String,
 }
 
 impl Panicked {
-    pub fn new(cause: impl Into<String>) -> Self {
+    pub(crate) fn new(cause: impl Into<String>) -> Self {
         Self {
             cause: cause.into(),
         }
     }
 
     /// The panic's message (`panic!`'s text), for the log.
-    pub fn cause(&self) -> &str {
+    pub(crate) fn cause(&self) -> &str {
         &self.cause
     }
 }
@@ -61,7 +61,7 @@ fn on_panic(panic: Box<dyn Any + Send + 'static>) -> http::Response<tonic::body:
 }
 
 #[derive(Clone, Default)]
-pub struct PanicGuardLayer;
+pub(crate) struct PanicGuardLayer;
 
 impl<S> Layer<S> for PanicGuardLayer {
     type Service = PanicGuard<S>;
@@ -73,7 +73,7 @@ impl<S> Layer<S> for PanicGuardLayer {
 }
 
 #[derive(Clone)]
-pub struct PanicGuard<S> {
+pub(crate) struct PanicGuard<S> {
     inner: CatchPanic<S, OnPanic>,
 }
 

@@ -8,7 +8,7 @@
 use super::{CallContext, MethodTable, RpcMethod};
 use std::sync::Arc;
 
-pub const HEADER: &str = "x-request-id";
+pub(crate) const HEADER: &str = "x-request-id";
 
 /// A caller-supplied id is used when it is 1 to 128 visible ASCII characters.
 fn acceptable(id: &str) -> bool {

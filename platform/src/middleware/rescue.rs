@@ -81,7 +81,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use tower::load_shed::error::Overloaded;
 use tower::{Layer, Service};
 
-pub use tower::BoxError;
+pub(crate) use tower::BoxError;
 
 const DETAILS: &str = "grpc-status-details-bin";
 
@@ -105,7 +105,7 @@ const MAX_DOMAIN_BYTES: usize = 128;
 /// service of its own. A path that names no well-formed service (dotted
 /// identifiers, at most 128 bytes: the path is the client's) gets
 /// `fallback` instead, so nothing unbounded is echoed back.
-pub fn error_domain<'a>(service: &'a str, fallback: &'a str) -> &'a str {
+pub(crate) fn error_domain<'a>(service: &'a str, fallback: &'a str) -> &'a str {
     let well_formed = !service.is_empty()
         && service.len() <= MAX_DOMAIN_BYTES
         && service.split('.').all(|part| {
@@ -117,13 +117,13 @@ pub fn error_domain<'a>(service: &'a str, fallback: &'a str) -> &'a str {
 
 /// The `ErrorInfo.reason` given to an error that came without details: the
 /// code's name.
-pub fn reason_of(code: Code) -> &'static str {
+pub(crate) fn reason_of(code: Code) -> &'static str {
     crate::codes::code_name(code)
 }
 
 /// The first error of type `E` in `error`'s chain: `error` itself, then its
 /// `source()`, and so on.
-pub fn cause_ref<'a, E: Error + 'static>(error: &'a (dyn Error + 'static)) -> Option<&'a E> {
+pub(crate) fn cause_ref<'a, E: Error + 'static>(error: &'a (dyn Error + 'static)) -> Option<&'a E> {
     let mut next = Some(error);
     while let Some(error) = next {
         if let Some(found) = error.downcast_ref::<E>() {
@@ -135,7 +135,7 @@ pub fn cause_ref<'a, E: Error + 'static>(error: &'a (dyn Error + 'static)) -> Op
 }
 
 #[derive(Clone)]
-pub struct RescueLayer {
+pub(crate) struct RescueLayer {
     fallback: &'static str,
 }
 
@@ -143,7 +143,7 @@ impl RescueLayer {
     /// `fallback`: the domain of errors answering a path that names no
     /// well-formed service (see [`error_domain`]); the server's main
     /// service's name (`NamedService::NAME`).
-    pub fn new(fallback: &'static str) -> Self {
+    pub(crate) fn new(fallback: &'static str) -> Self {
         Self { fallback }
     }
 }
@@ -159,14 +159,14 @@ impl<S> Layer<S> for RescueLayer {
 }
 
 #[derive(Clone)]
-pub struct Rescue<S> {
+pub(crate) struct Rescue<S> {
     inner: S,
     fallback: &'static str,
 }
 
 /// What an error of the call needs: its method and request id. Reference
 /// counts only; nothing is allocated for a call that ends OK.
-pub struct Call {
+pub(crate) struct Call {
     method: RpcMethod,
     context: Option<Arc<CallContext>>,
     fallback: &'static str,
@@ -174,7 +174,7 @@ pub struct Call {
 
 impl Call {
     /// The call `request` makes; `fallback` as for [`RescueLayer::new`].
-    pub fn of<B>(request: &http::Request<B>, fallback: &'static str) -> Self {
+    pub(crate) fn of<B>(request: &http::Request<B>, fallback: &'static str) -> Self {
         Call {
             // Without observe above (a layer's unit tests), parsed from the
             // path.
@@ -201,7 +201,7 @@ type Finish<R, E> = fn((Result<R, E>, Call)) -> Result<R, E>;
 /// The inner call's future, then [`finish`]: named (not boxed), so the layer
 /// allocates no future per call. Joining with a ready future is how the
 /// call's state rides along without a hand-written pinned future.
-pub type RescueFuture<F, R, E> = Map<Join<F, Ready<Call>>, Finish<R, E>>;
+pub(crate) type RescueFuture<F, R, E> = Map<Join<F, Ready<Call>>, Finish<R, E>>;
 
 /// Every call's error is answered; an error of `poll_ready` (a service that
 /// can take no call at all, which none below is) is passed on, for it is
@@ -375,7 +375,10 @@ fn deadline_exceeded(
 }
 
 /// The trailers-only response answering `call`, which failed with `error`.
-pub fn respond(error: &(dyn Error + 'static), call: &Call) -> http::Response<tonic::body::Body> {
+pub(crate) fn respond(
+    error: &(dyn Error + 'static),
+    call: &Call,
+) -> http::Response<tonic::body::Body> {
     match answer(error, call) {
         Answer::Made(status) => status.into_http(),
         Answer::Passed(status) => {

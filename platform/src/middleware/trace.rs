@@ -78,16 +78,11 @@ pub(super) fn spans(
 }
 
 /// The trace id of `span`, when OpenTelemetry is recording it.
-pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+pub(crate) fn trace_id_of(span: &tracing::Span) -> Option<String> {
     use opentelemetry::trace::TraceContextExt;
     let context = span.context();
     let span_context = context.span().span_context().clone();
     span_context
         .is_valid()
         .then(|| span_context.trace_id().to_string())
-}
-
-/// The trace id of the current span, when OpenTelemetry is recording.
-pub fn current_trace_id() -> Option<String> {
-    trace_id_of(&tracing::Span::current())
 }

@@ -36,7 +36,7 @@ pub fn client_identity<B>(request: &http::Request<B>) -> Option<&ClientIdentity>
 
 /// The identity of a connection's client, read once when the connection
 /// starts (and logged at debug, with the subject).
-pub fn of_connection(info: &impl PeerIdentity) -> Option<ClientIdentity> {
+pub(crate) fn of_connection(info: &impl PeerIdentity) -> Option<ClientIdentity> {
     let identity = info.peer_identity();
     if let Some(identity) = &identity {
         tracing::debug!(subject = %identity.subject, "client certificate");

@@ -44,18 +44,19 @@
 //! [`ConnLimits::idle_timeout`] ([`IdleTimeout`] says what that does and
 //! does not catch).
 //!
-//! The parts: [`pem`] (reading certificates and keys), [`reload`] (the
-//! configuration in service and its rotation), [`accept`] (the listener and
-//! the handshake), [`idle`] (the idle timeout) and [`identity`] (who the
-//! client is).
+//! The parts: `pem` (reading certificates and keys), `reload` (the
+//! configuration in service and its rotation), `accept` (the listener and
+//! the handshake), `idle` (the idle timeout) and `identity` (who the client
+//! is).
 
-pub mod accept;
-pub mod identity;
-pub mod idle;
-pub mod pem;
-pub mod reload;
+mod accept;
+mod identity;
+mod idle;
+mod pem;
+mod reload;
 
 pub use accept::{ConnLimits, HANDSHAKE_TIMEOUT, incoming, plaintext_incoming};
+pub(crate) use identity::of_connection;
 pub use identity::{ClientIdentity, PeerIdentity, client_identity};
 pub use idle::IdleTimeout;
 pub use pem::{load_certs, load_key, not_after};

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// The test service: every streaming kind, several scopes, one public method.
-pub const THINGS_PROTO: &str = r#"
+pub(crate) const THINGS_PROTO: &str = r#"
     syntax = "proto3";
     package things.v1;
     import "grpc_platform/v1/access.proto";
@@ -23,7 +23,7 @@ pub const THINGS_PROTO: &str = r#"
 
 /// Compiles `proto` (as the file `test/v1/svc.proto`) into an encoded
 /// descriptor set with imports.
-pub fn descriptors(proto: &str) -> Vec<u8> {
+pub(crate) fn descriptors(proto: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("test/v1/svc.proto");
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
