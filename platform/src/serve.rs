@@ -18,7 +18,7 @@
 //! in flight finish; calls the client sent after that are refused without
 //! having been seen, so clients may send them again elsewhere. h2 turns one
 //! frame of those refused calls into a connection error;
-//! [`crate::goaway_guard`] drops it first.
+//! `crate::goaway_guard` drops it first.
 
 use crate::goaway_guard::GoawayGuard;
 use crate::tls::PeerIdentity;

@@ -35,7 +35,7 @@ pub enum ServiceError {
     #[error(transparent)]
     Auth(#[from] AuthError),
     /// Absent, or not the caller's: indistinguishable on purpose. Holds the
-    /// id as the caller sent it, cut to [`MAX_ECHOED_ID_CHARS`].
+    /// id as the caller sent it, cut to `MAX_ECHOED_ID_CHARS`.
     #[error("order not found")]
     NotFound { order_id: String },
     #[error("request_id was already used for a different order")]

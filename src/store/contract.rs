@@ -52,7 +52,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, query: &ListQuery) -> Result<Vec<Order>>;
 
     /// Stores consecutive new versions of one order, atomically, provided the
-    /// order is still at `base_version`; else [`StoreError::Conflict`].
+    /// order is still at `base_version`; else [`StoreError::Conflict`](crate::store::StoreError::Conflict).
     async fn commit(&self, base_version: i64, versions: &[Order]) -> Result<()>;
 
     /// Every stored version after `after_version`, oldest first.

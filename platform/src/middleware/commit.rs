@@ -23,7 +23,7 @@
 //!   recorded as the change it made: OK, never CANCELLED, and the deadline
 //!   layer lets the call finish instead of answering DEADLINE_EXCEEDED.
 //!
-//! The store finds the call through the task-local of [`super::call_scope`]:
+//! The store finds the call through the task-local of `super::call_scope`:
 //! writes made outside a call (tools, tests) have no commit point.
 //!
 //! A client that cancels after the commit point gets CANCELLED from its own

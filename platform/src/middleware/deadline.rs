@@ -31,7 +31,7 @@
 //!
 //! Tonic's own `grpc-timeout` handling sits outside every user layer and
 //! answers CANCELLED; this layer ends a call slightly before the client's
-//! deadline (see [`margin`]) so the caller gets the server's definite
+//! deadline (see `margin`) so the caller gets the server's definite
 //! DEADLINE_EXCEEDED, with its details, rather than raising its own.
 
 use super::commit::Standing;

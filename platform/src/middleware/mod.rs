@@ -2,27 +2,27 @@
 //!
 //! Order, outermost first (each file says why it sits where it does):
 //!
-//! 1. [`observe`]: names the call ([`request_id`]) before anything can log
-//!    about it, opens its span ([`trace`], joining the caller's trace) so
+//! 1. `observe`: names the call (`request_id`) before anything can log
+//!    about it, opens its span (`trace`, joining the caller's trace) so
 //!    every log line below happens inside it, and sees every outcome,
 //!    including refusals by the layers below, with the status read from the
-//!    trailers, for the [`metrics`] and the [`access_log`].
-//! 2. [`rescue`]: the one place errors become answers. No layer below
+//!    trailers, for the `metrics` and the `access_log`.
+//! 2. `rescue`: the one place errors become answers. No layer below
 //!    answers a call it refuses: each fails it with its own typed error
 //!    (`Err(BoxError)`, named below), which rescue looks up in its table
 //!    and answers with a `google.rpc.Status` (details). It also completes
 //!    the details of error statuses the handlers or tonic answered with.
-//! 3. [`concurrency`]: sheds load before any work is done (tower's load
+//! 3. `concurrency`: sheds load before any work is done (tower's load
 //!    shedding over its concurrency limit; health and reflection go around
 //!    it): tower's `Overloaded`.
 //! 4. [`deadline`]: the budget covers authentication and the handler:
 //!    [`deadline::DeadlineExceeded`], from the call or from its stream.
 //! 5. `auth` (in `crate::auth`): only authenticated calls reach handlers:
 //!    `crate::auth::AuthError`.
-//! 6. [`message_size`]: tonic's answer to an over-limit request message
-//!    becomes [`message_size::MessageTooLarge`].
-//! 7. [`panic_guard`]: closest to the handlers (tower-http's
-//!    `CatchPanic`): a panic becomes [`panic_guard::Panicked`], answered
+//! 6. `message_size`: tonic's answer to an over-limit request message
+//!    becomes `message_size::MessageTooLarge`.
+//! 7. `panic_guard`: closest to the handlers (tower-http's
+//!    `CatchPanic`): a panic becomes `panic_guard::Panicked`, answered
 //!    INTERNAL.
 //!
 //! The client certificate's subject (mutual TLS) is no layer: the
@@ -57,7 +57,7 @@ use tonic::Code;
 pub use crate::methods::{Method, MethodTable, RpcKind};
 
 /// The method a call is for, as the [`MethodTable`] knows it: put in the
-/// request's extensions by [`observe`] (the outermost layer), read by the
+/// request's extensions by `observe` (the outermost layer), read by the
 /// layers below. Cheap to clone (one reference count).
 #[derive(Debug, Clone)]
 pub struct RpcMethod(pub Arc<Method>);
@@ -77,7 +77,7 @@ impl RpcMethod {
         RpcMethod(table.resolve(path))
     }
 
-    /// A layer used without [`observe`] above it (its unit tests) knows no
+    /// A layer used without `observe` above it (its unit tests) knows no
     /// table: every path is then an unknown, unary method that needs a token.
     pub fn from_path(path: &str) -> Self {
         RpcMethod(Arc::new(Method::unknown(path)))
