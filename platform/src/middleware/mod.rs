@@ -21,9 +21,8 @@
 //!    `crate::auth::AuthError`.
 //! 6. `message_size`: tonic's answer to an over-limit request message
 //!    becomes `message_size::MessageTooLarge`.
-//! 7. `panic_guard`: closest to the handlers (tower-http's
-//!    `CatchPanic`): a panic becomes `panic_guard::Panicked`, answered
-//!    INTERNAL.
+//! 7. `panic_guard`: closest to the handlers: a panic becomes
+//!    `panic_guard::Panicked`, answered INTERNAL.
 //!
 //! The client certificate's subject (mutual TLS) is no layer: the
 //! connection loop reads it once per connection and puts it in every
