@@ -17,7 +17,7 @@
 use super::{AuthError, Principal, Verifier};
 use crate::methods::Access;
 use crate::middleware::rescue::BoxError;
-use crate::middleware::{CallContext, MethodTable};
+use crate::middleware::{CallContext, MethodTable, RpcMethod};
 use futures::future::{BoxFuture, Either, ErrInto, Ready, TryFutureExt, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -82,9 +82,15 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let access = match self.methods.get(request.uri().path()) {
+        // The method the observe layer resolved from this same table, when
+        // it ran (no second lookup of the path); else the table's own
+        // answer. Either way a path nobody mounted needs a valid token.
+        let access = match request.extensions().get::<RpcMethod>() {
             Some(method) => method.access.clone(),
-            None => Access::any_token(),
+            None => match self.methods.get(request.uri().path()) {
+                Some(method) => method.access.clone(),
+                None => Access::any_token(),
+            },
         };
         if access == Access::Public {
             return Either::Left(Either::Right(self.inner.call(request).err_into()));
@@ -377,6 +383,40 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 0, "the test service's methods were checked");
+    }
+
+    /// Under the observe layer the method arrives resolved in the request's
+    /// extensions; the layer decides from it exactly as from the table.
+    #[tokio::test]
+    async fn a_method_resolved_by_the_observe_layer_is_decided_the_same() {
+        let keys = Keys::new();
+        let (mut svc, mut handle) = stack(&keys);
+        let resolved = |path: &str, token: Option<&str>| {
+            let mut request = call(path, token);
+            let method = RpcMethod::resolve(crate::testing::table(), path);
+            request.extensions_mut().insert(method);
+            request
+        };
+        let denied = refused(&mut svc, &mut handle, resolved(crate::testing::GET, None)).await;
+        assert_eq!(denied.code(), Code::Unauthenticated);
+        let unrelated = keys.token("alice", "other:read");
+        let denied = refused(
+            &mut svc,
+            &mut handle,
+            resolved(crate::testing::GET, Some(&unrelated)),
+        )
+        .await;
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        let unknown = refused(&mut svc, &mut handle, resolved("/nobody.v1.X/Y", None)).await;
+        assert_eq!(unknown.code(), Code::Unauthenticated);
+        passed(&mut svc, &mut handle, resolved(crate::testing::PING, None)).await;
+        let read = keys.token("alice", "things:read");
+        passed(
+            &mut svc,
+            &mut handle,
+            resolved(crate::testing::GET, Some(&read)),
+        )
+        .await;
     }
 
     #[tokio::test]
