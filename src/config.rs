@@ -12,7 +12,7 @@ pub use grpc_platform::config::{
     PlatformSettings, ServerSettings, ShutdownSettings, Sources, TelemetrySettings, TlsSettings,
     mask_password,
 };
-use grpc_platform::config::{ServiceSettings, read_layers, redact_url};
+use grpc_platform::config::{ServiceSettings, redact_url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -56,11 +56,11 @@ impl Default for DatabaseSettings {
     }
 }
 
-/// The orders service's own sections, as the loader reads them.
+/// The orders service's own sections, beside the platform's.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-struct OrdersSections {
-    database: DatabaseSettings,
+pub struct OrdersSections {
+    pub database: DatabaseSettings,
 }
 
 impl ServiceSettings for OrdersSections {
@@ -87,105 +87,17 @@ impl DatabaseSettings {
             problems.push("database.max_connections: must be more than 0".into());
         }
     }
+
+    /// `database.url`, unmasked (it may hold a password: never log it).
+    pub fn url(&self) -> &str {
+        self.url.expose_secret()
+    }
 }
 
 /// Everything the server reads: the platform's sections (reached through
-/// `Deref`, as `settings.server`) and the service's.
-#[derive(Debug, Clone, Serialize)]
-pub struct Settings {
-    #[serde(flatten)]
-    pub platform: PlatformSettings,
-    pub database: DatabaseSettings,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        let mut platform = PlatformSettings::default();
-        platform.dev.token_issuer = "orders-dev".into();
-        platform.dev.token_audience = "orders".into();
-        Self {
-            platform,
-            database: DatabaseSettings::default(),
-        }
-    }
-}
-
-impl std::ops::Deref for Settings {
-    type Target = PlatformSettings;
-
-    fn deref(&self) -> &PlatformSettings {
-        &self.platform
-    }
-}
-
-impl std::ops::DerefMut for Settings {
-    fn deref_mut(&mut self) -> &mut PlatformSettings {
-        &mut self.platform
-    }
-}
-
-impl Settings {
-    /// The built-in defaults, for `environment`.
-    pub fn for_environment(environment: Environment) -> Self {
-        let mut settings = Self::default();
-        settings.platform.environment = environment;
-        settings
-    }
-
-    /// Reads every layer, then validates the result.
-    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
-        let settings = Self::read_layers(sources, None)?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    fn read_layers(
-        sources: &Sources,
-        vars: Option<config::Map<String, String>>,
-    ) -> Result<Settings, ConfigError> {
-        let (platform, orders) = read_layers::<OrdersSections>(ENV_PREFIX, sources, vars)?;
-        Ok(Settings {
-            platform,
-            database: orders.database,
-        })
-    }
-
-    /// Reports every problem at once, each naming its key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        self.platform.validate(&mut problems);
-        self.database.validate(&mut problems);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError(problems))
-        }
-    }
-
-    /// The effective configuration as TOML, secrets redacted.
-    pub fn redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
-    }
-
-    /// `database.url`, unmasked (it may hold a password: never log it).
-    pub fn database_url(&self) -> &str {
-        self.database.url.expose_secret()
-    }
-
-    /// Reads every layer exactly as [`Settings::load`] does (unknown keys
-    /// refused), with the `ORDERS__*` variables taken from `vars` instead of
-    /// this process, and does not validate. For checking a configuration
-    /// meant for another machine: `tests/deploy.rs` loads the Kubernetes
-    /// manifests' ConfigMap and Secret-fed variables with it, points the
-    /// file paths at local copies of what the pod mounts, then calls
-    /// [`Settings::validate`].
-    pub fn read_with_vars(
-        sources: &Sources,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Settings, ConfigError> {
-        Self::read_layers(sources, Some(vars.into_iter().collect()))
-    }
-}
+/// `Deref`, as `settings.server`) and the service's (`settings.service`).
+/// `Settings::load(ENV_PREFIX, &sources)` reads and validates them.
+pub type Settings = grpc_platform::config::Settings<OrdersSections>;
 
 #[cfg(test)]
 mod tests {
@@ -224,16 +136,19 @@ mod tests {
         );
         let extra = dir.path().join("extra.toml");
         std::fs::write(&extra, "[database]\nmax_connections = 3\n").unwrap();
-        let s = Settings::load(&Sources {
-            environment: Some("test".into()),
-            config_dir: Some(dir.path().into()),
-            file: Some(extra),
-            use_env_vars: false,
-        })
+        let s = Settings::load(
+            ENV_PREFIX,
+            &Sources {
+                environment: Some("test".into()),
+                config_dir: Some(dir.path().into()),
+                file: Some(extra),
+                use_env_vars: false,
+            },
+        )
         .unwrap();
         assert_eq!(s.server.addr, "127.0.0.1:2".parse().unwrap());
         assert!(!s.server.reflection);
-        assert_eq!(s.database.max_connections, 3);
+        assert_eq!(s.service.database.max_connections, 3);
         assert_eq!(s.environment, Environment::Test);
     }
 
@@ -245,12 +160,15 @@ mod tests {
             "production.toml",
             "[server]\naddr = \"nowhere\"\n[tls]\nenabled = false\n[auth]\nalgorithms = [\"HS256\", \"none\"]\nhs256_secret = \"short\"\n",
         );
-        let err = Settings::load(&Sources {
-            environment: Some("production".into()),
-            config_dir: Some(dir.path().into()),
-            file: None,
-            use_env_vars: false,
-        })
+        let err = Settings::load(
+            ENV_PREFIX,
+            &Sources {
+                environment: Some("production".into()),
+                config_dir: Some(dir.path().into()),
+                file: None,
+                use_env_vars: false,
+            },
+        )
         .unwrap_err();
         let text = err.to_string();
         for key in [
@@ -268,18 +186,24 @@ mod tests {
 
     #[test]
     fn unknown_environments_and_keys_are_refused() {
-        let err = Settings::load(&Sources {
-            environment: Some("staging".into()),
-            ..Default::default()
-        })
+        let err = Settings::load(
+            ENV_PREFIX,
+            &Sources {
+                environment: Some("staging".into()),
+                ..Default::default()
+            },
+        )
         .unwrap_err();
         assert!(err.to_string().contains("ORDERS_ENV"));
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "default.toml", "[server]\nadress = \"x\"\n");
-        let err = Settings::load(&Sources {
-            config_dir: Some(dir.path().into()),
-            ..Default::default()
-        })
+        let err = Settings::load(
+            ENV_PREFIX,
+            &Sources {
+                config_dir: Some(dir.path().into()),
+                ..Default::default()
+            },
+        )
         .unwrap_err();
         assert!(err.to_string().contains("adress"), "{err}");
     }
@@ -351,7 +275,7 @@ mod tests {
     fn secrets_are_redacted_in_the_rendered_configuration() {
         let mut s = Settings::default();
         s.auth.hs256_secret = Some(SecretString::from("super-secret-value-that-is-long-enough"));
-        s.database.url = SecretString::from("postgres://app:hunter2@db:5432/orders");
+        s.service.database.url = SecretString::from("postgres://app:hunter2@db:5432/orders");
         let text = s.redacted_toml();
         assert!(!text.contains("super-secret"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
@@ -381,6 +305,7 @@ mod tests {
         };
         // Not validated: production without keys or certificates still reads.
         let s = Settings::read_with_vars(
+            ENV_PREFIX,
             &sources,
             vars(&[
                 ("ORDERS__DATABASE__URL", "postgres://u:p@db:5432/orders"),
@@ -389,12 +314,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.environment, Environment::Production);
-        assert_eq!(s.database_url(), "postgres://u:p@db:5432/orders");
+        assert_eq!(s.service.database.url(), "postgres://u:p@db:5432/orders");
         assert_eq!(s.auth.algorithms, ["ES256", "RS256"]);
         assert_eq!(s.shutdown.drain, Duration::from_secs(10));
         assert!(s.validate().is_err());
-        let err = Settings::read_with_vars(&sources, vars(&[("ORDERS__DATABASE__URI", "x")]))
-            .unwrap_err();
+        let err = Settings::read_with_vars(
+            ENV_PREFIX,
+            &sources,
+            vars(&[("ORDERS__DATABASE__URI", "x")]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("uri"), "{err}");
     }
 }

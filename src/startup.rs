@@ -7,14 +7,14 @@
 //! Everything else (TLS, the layers, authorization from the proto's access
 //! options, health, the admin port, draining) is the platform's.
 
-use crate::config::Settings;
+use crate::config::{OrdersSections, Settings, mask_password};
 use crate::pb::order_service_server::OrderServiceServer;
 use crate::service::Orders;
 use crate::store::{self, Store};
 use anyhow::Context;
 use grpc_platform::health::HealthState;
-use grpc_platform::methods::{MethodTable, PolicyError};
-use grpc_platform::server::{Server, ServerBuilder, platform_methods};
+use grpc_platform::program::Service;
+use grpc_platform::server::{Server, ServerBuilder};
 use grpc_platform::telemetry::CallTelemetry;
 use grpc_platform::tls;
 use std::future::Future;
@@ -34,17 +34,58 @@ pub struct Application {
     store: Arc<dyn Store>,
 }
 
-/// Every method the server serves, with its streaming kind and its access
-/// as the protos declare them: the orders service (each method must declare
-/// its access, or this fails naming the method), and the platform's health
-/// and reflection, which need no token. `check-config` checks it.
-pub fn method_table() -> Result<MethodTable, PolicyError> {
-    let mut methods = platform_methods(true);
-    methods.mount(
+/// The orders service as a program of the platform's
+/// (`grpc_platform::program`): `orders-server`'s `main` runs it.
+pub struct OrdersServer;
+
+impl Service for OrdersServer {
+    const PROGRAM: &'static str = "orders-server";
+    const ABOUT: &'static str = "The orders gRPC service";
+    const NAME: &'static str = SERVICE_NAME;
+    const ENV_PREFIX: &'static str = crate::config::ENV_PREFIX;
+    const DEV_SCOPE: &'static str = "orders:read orders:write";
+    const SERVICES: &'static [(&'static str, &'static [u8])] = &[(
         <OrderServiceServer<Orders> as NamedService>::NAME,
         crate::pb::FILE_DESCRIPTOR_SET,
-    )?;
-    Ok(methods)
+    )];
+    type Sections = OrdersSections;
+
+    async fn mount(settings: Settings, server: ServerBuilder) -> anyhow::Result<ServerBuilder> {
+        Ok(mount(&settings, server).await?.0)
+    }
+}
+
+/// Connects the store (migrating it) and mounts the orders service on
+/// `server`, with the store's ping as readiness and its metrics.
+async fn mount(
+    settings: &Settings,
+    server: ServerBuilder,
+) -> anyhow::Result<(ServerBuilder, Arc<dyn Store>)> {
+    let database = &settings.service.database;
+    let store = store::connect(database.url(), &database.store_options())
+        .await
+        .with_context(|| format!("database {}", mask_password(database.url())))?;
+    let max = settings.server.max_message_bytes;
+    let orders = OrderServiceServer::new(Orders::new(
+        store.clone(),
+        server.stopping(),
+        server.health(),
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max)
+    .accept_compressed(CompressionEncoding::Gzip)
+    .accept_compressed(CompressionEncoding::Zstd)
+    .send_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Zstd);
+    let ping = store.clone();
+    let server = server
+        .mount(orders, crate::pb::FILE_DESCRIPTOR_SET)?
+        .readiness(Arc::new(move || {
+            let store = ping.clone();
+            Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+        }))
+        .collector(Box::new(store::StoreMetrics::new(store.clone())));
+    Ok((server, store))
 }
 
 impl Application {
@@ -65,36 +106,8 @@ impl Application {
         let server = ServerBuilder::new(settings.platform.clone(), SERVICE_NAME)
             .await?
             .telemetry(telemetry);
-        let store = store::connect(settings.database_url(), &settings.database.store_options())
-            .await
-            .with_context(|| {
-                format!(
-                    "database {}",
-                    crate::config::mask_password(settings.database_url())
-                )
-            })?;
-        let max = settings.server.max_message_bytes;
-        let orders = OrderServiceServer::new(Orders::new(
-            store.clone(),
-            server.stopping(),
-            server.health(),
-        ))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Zstd);
-        let ping = store.clone();
-        let server = server
-            .mount(orders, crate::pb::FILE_DESCRIPTOR_SET)?
-            .readiness(Arc::new(move || {
-                let store = ping.clone();
-                Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
-            }))
-            .collector(Box::new(store::StoreMetrics::new(store.clone())))
-            .bind()
-            .await?;
+        let (server, store) = mount(&settings, server).await?;
+        let server = server.bind().await?;
         Ok(Self { server, store })
     }
 

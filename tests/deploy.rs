@@ -260,6 +260,7 @@ fn check(overlay: &'static str) -> Option<(Settings, Rendered)> {
         .filter(|(k, _)| k.starts_with("ORDERS__"))
         .map(|(k, v)| (k.clone(), v.clone()));
     let mut settings = Settings::read_with_vars(
+        orders::config::ENV_PREFIX,
         &Sources {
             environment: Some(vars["ORDERS_ENV"].clone()),
             config_dir: Some(repo().join("config")),
@@ -271,9 +272,9 @@ fn check(overlay: &'static str) -> Option<(Settings, Rendered)> {
     .unwrap_or_else(|e| panic!("{overlay}: the ConfigMap's settings do not load: {e}"));
     assert_eq!(settings.environment, Environment::Production);
     assert!(
-        settings.database_url().starts_with("postgres"),
+        settings.service.database.url().starts_with("postgres"),
         "{overlay}: several replicas need PostgreSQL, not {}",
-        orders::config::mask_password(settings.database_url())
+        orders::config::mask_password(settings.service.database.url())
     );
 
     // --- every file the configuration names is mounted; point the settings

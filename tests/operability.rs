@@ -451,7 +451,7 @@ async fn readiness_follows_a_real_database_outage_and_recovery() {
     let url = pg.url();
     let server =
         TestServer::start_with(std::sync::Arc::new(Certs::new()), Backend::sqlite(), |s| {
-            s.database.url = url.clone().into();
+            s.service.database.url = url.clone().into();
             s.admin.check_interval = Duration::from_millis(250);
             s.admin.check_timeout = Duration::from_millis(500);
         })

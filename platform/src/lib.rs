@@ -24,6 +24,9 @@
 //!   metrics.
 //! - [`config`]: the configuration core: the platform's sections, layering
 //!   with the service's environment prefix, validation, redaction, exit 78.
+//! - [`program`]: the command line every service's server binary shares
+//!   (`serve`, `check-config`, `dev-certs`, `dev-token`), so its `main` is
+//!   one line.
 //! - [`dev`]: development certificates and tokens.
 //! - [`shutdown`]: the signals that start a graceful shutdown.
 //! - [`codes`]: gRPC code names.
@@ -41,6 +44,8 @@
 pub mod codes;
 pub mod methods;
 
+#[cfg(feature = "build")]
+pub mod build;
 #[cfg(feature = "client")]
 pub mod client;
 
@@ -63,6 +68,8 @@ mod log_writer;
 #[cfg(feature = "server")]
 pub mod middleware;
 #[cfg(feature = "server")]
+pub mod program;
+#[cfg(feature = "server")]
 pub mod serve;
 #[cfg(feature = "server")]
 pub mod server;
@@ -73,9 +80,21 @@ pub mod telemetry;
 #[cfg(feature = "server")]
 pub mod tls;
 
+#[cfg(feature = "test-support")]
+pub mod test_support;
 #[cfg(test)]
 mod testing;
 
 /// The folder holding `grpc_platform/v1/access.proto`: a service's build
 /// script passes it to protoc as an include path, beside its own protos.
 pub const PROTO_INCLUDE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+
+/// The encoded file descriptor set a service's build script wrote with
+/// `build::compile_protos` (feature `build`), as a `&'static [u8]`: what
+/// `ServerBuilder::mount` reads each method's kind and access from.
+#[macro_export]
+macro_rules! descriptor_set {
+    () => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"))
+    };
+}

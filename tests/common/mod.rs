@@ -176,7 +176,7 @@ pub fn settings(certs: &Certs, backend: &Backend) -> Settings {
     s.auth.issuer = ISSUER.into();
     s.auth.audience = AUDIENCE.into();
     s.auth.jwks_file = Some(certs.dev.path(grpc_platform::dev::JWKS));
-    s.database.url = SecretString::from(backend.url());
+    s.service.database.url = SecretString::from(backend.url());
     s.shutdown.drain = Duration::ZERO;
     s.validate().expect("test settings are valid");
     s

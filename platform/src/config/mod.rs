@@ -184,6 +184,102 @@ pub trait ServiceSettings: DeserializeOwned + Serialize + Default {
     fn validate(&self, platform: &PlatformSettings, problems: &mut Vec<String>);
 }
 
+/// A service with no sections of its own: its settings are the platform's.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSections {}
+
+impl ServiceSettings for NoSections {
+    const SECTIONS: &'static [&'static str] = &[];
+
+    fn validate(&self, _platform: &PlatformSettings, _problems: &mut Vec<String>) {}
+}
+
+/// Everything a service's server reads: the platform's sections (reached
+/// through `Deref`, as `settings.server`) and the service's own (`service`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Settings<S> {
+    #[serde(flatten)]
+    pub platform: PlatformSettings,
+    #[serde(flatten)]
+    pub service: S,
+}
+
+impl<S> std::ops::Deref for Settings<S> {
+    type Target = PlatformSettings;
+
+    fn deref(&self) -> &PlatformSettings {
+        &self.platform
+    }
+}
+
+impl<S> std::ops::DerefMut for Settings<S> {
+    fn deref_mut(&mut self) -> &mut PlatformSettings {
+        &mut self.platform
+    }
+}
+
+impl<S: ServiceSettings> Settings<S> {
+    /// The built-in defaults, for `environment`.
+    pub fn for_environment(environment: Environment) -> Self {
+        Self {
+            platform: PlatformSettings {
+                environment,
+                ..PlatformSettings::default()
+            },
+            service: S::default(),
+        }
+    }
+
+    /// Reads every layer for the environment prefix `prefix`, then
+    /// validates the result: every problem at once, each naming its key.
+    pub fn load(prefix: &str, sources: &Sources) -> Result<Self, ConfigError> {
+        let settings = Self::read(prefix, sources, None)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Reads every layer exactly as [`load`](Self::load) does (unknown keys
+    /// refused), with the `{prefix}__*` variables taken from `vars` instead
+    /// of this process, and does not validate: for checking a configuration
+    /// meant for another machine (a Kubernetes manifest's, say) after
+    /// pointing its file paths at local copies.
+    pub fn read_with_vars(
+        prefix: &str,
+        sources: &Sources,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        Self::read(prefix, sources, Some(vars.into_iter().collect()))
+    }
+
+    fn read(
+        prefix: &str,
+        sources: &Sources,
+        vars: Option<config::Map<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let (platform, service) = read_layers::<S>(prefix, sources, vars)?;
+        Ok(Self { platform, service })
+    }
+
+    /// Every problem of both sides, each naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        self.platform.validate(&mut problems);
+        self.service.validate(&self.platform, &mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// The effective configuration as TOML, secrets redacted
+    /// (`check-config` prints it).
+    pub fn redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
 /// Reads every layer for the environment prefix `prefix`, merged and typed
 /// (unknown keys refused), not validated. `vars`, when given, stand in for
 /// the process's `{prefix}__*` variables.
