@@ -484,7 +484,11 @@ class Bench:
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
         if done.returncode != 0:
             raise Failure(f"orders-load startup failed: {done.stderr.strip()}")
-        return json.loads(done.stdout)
+        result = json.loads(done.stdout)
+        # The results are committed: a binary is named by its file name, not
+        # by where this machine happened to build it.
+        result["command"] = [Path(arg).name if os.path.isabs(arg) else arg for arg in result.get("command", [])]
+        return result
 
     def idle(self, server: Server) -> dict:
         time.sleep(1.0)

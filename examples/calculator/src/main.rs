@@ -1,0 +1,6 @@
+//! `calculator-server`: settings → the platform's server with the
+//! Calculator → serve until SIGTERM or Ctrl-C (`grpc_platform::program`).
+
+fn main() -> std::process::ExitCode {
+    grpc_platform::program::main::<calculator::CalculatorServer>()
+}
