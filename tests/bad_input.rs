@@ -1048,10 +1048,9 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         ));
     }
 
-    // --- Bodies that are not a valid RegisterOrderRequest. The contract is
-    // silent on undecodable messages; tonic answers INTERNAL ("failed to
-    // decode Protobuf message") before any handler runs, and the service
-    // keeps that.
+    // --- Bodies that are not a valid RegisterOrderRequest: tonic answers
+    // INTERNAL ("failed to decode Protobuf message") before any handler
+    // runs, and the service keeps that (docs/reference.md, "Codes").
     let mut with_id = valid_request();
     with_id.request_id = uuid::Uuid::new_v4().to_string();
     let encoded = with_id.encode_to_vec();

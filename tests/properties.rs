@@ -12,9 +12,10 @@
 //! - The committed corpus: `proptest-regressions/properties.txt` (seeds of
 //!   past failures, replayed first on every run; proptest appends new ones
 //!   there) and the hand-written `seed_*` tests at the end of this file.
-//! - Found so far, and fixed: `parse_grpc_timeout` panicked on a string
-//!   ending in a multi-byte character; a signed token whose `iss` was an
-//!   array holding the issuer was accepted. Both have `seed_*` tests.
+//! - Seeds the properties found: a `grpc-timeout` string ending in a
+//!   multi-byte character (must not panic), and a signed token whose `iss`
+//!   is an array holding the issuer (must be refused). Both have `seed_*`
+//!   tests.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -1089,14 +1090,15 @@ fn seed_grpc_timeouts() {
     }
 }
 
-/// Found by `grpc_timeout_never_panics_on_any_string`: used to panic.
+/// Found by `grpc_timeout_never_panics_on_any_string`: a multi-byte last
+/// character is no unit, and splitting it off must not panic.
 #[test]
 fn seed_grpc_timeout_with_a_multibyte_unit() {
     assert_eq!(parse_grpc_timeout("1é"), None);
 }
 
-/// Found by the claims property: jsonwebtoken accepted an `iss` array holding
-/// the issuer; RFC 7519 makes `iss` one string, and now so does the service.
+/// Found by the claims property: jsonwebtoken accepts an `iss` array holding
+/// the issuer; RFC 7519 makes `iss` one string, and so does the service.
 #[test]
 fn seed_an_iss_array_is_refused() {
     let now = unix_now();

@@ -9,8 +9,8 @@
 //! Hand-written rather than that formatter because of what it costs per
 //! line: it keeps each span's fields as JSON text and, on every line, parses
 //! that text back into a map (`serde_json::from_str`) to serialize it again,
-//! and builds the line through serde's map serializer. With an access-log
-//! line per call that was the largest single cost of logging a small unary call.
+//! and builds the line through serde's map serializer; with an access-log
+//! line per call, all of that is paid on every call.
 //! Here span fields are kept as ready-to-splice `"key":value` text and the
 //! line is written directly.
 
@@ -112,11 +112,9 @@ where
 /// (`telemetry::CallTelemetry`); the same bytes the `tracing` event would
 /// give.
 ///
-/// Through `tracing` the line also cost the event's dispatch through the
-/// subscriber stack, its fields visited one by one, its span looked up in
-/// the registry and a second copy into the writer: about half of the
-/// line's cost, and the line (turned off with `access=off`) was about a
-/// ninth of a small unary call's server CPU in interleaved runs.
+/// Through `tracing` the line would also cost the event's dispatch through
+/// the subscriber stack, its fields visited one by one, its span looked up
+/// in the registry and a second copy into the writer, on every call.
 pub(crate) struct AccessLine<'a> {
     pub method: &'a str,
     pub code: &'static str,
@@ -184,7 +182,7 @@ impl AccessLine<'_> {
 /// Writes the time now as RFC 3339 UTC with microseconds
 /// (`2026-11-22T09:30:00.123456Z`). The date and time of day are formatted
 /// once a second per thread; only the microseconds are written every time
-/// (chrono's formatter, run per line, was a sixth of a line's cost).
+/// (chrono's `format` parses its pattern anew each time it is used).
 fn timestamp(writer: &mut Writer<'_>) -> fmt::Result {
     use std::cell::RefCell;
     thread_local! {

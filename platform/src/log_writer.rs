@@ -1,15 +1,14 @@
 //! Where log lines go: every thread appends its lines to one buffer, and one
 //! thread writes the buffer to stdout in batches.
 //!
-//! Hand-written rather than `tracing-appender`'s non-blocking writer (used
-//! before): that one hands each line to its thread through a channel and,
-//! whenever the queue is short (which at moderate load is always), wakes the
-//! thread and makes one `write(2)` per line. With one access-log line per call
-//! that cost a small unary call about as much as all the rest of the logging (the
-//! service answered 15.1k small unary calls/s with its logs, 21.7k/s without). Here a
-//! line costs a copy into the buffer under a lock; the thread is woken only
-//! when the buffer turns non-empty, waits [`LINGER`] for more lines, and
-//! writes them all at once.
+//! Hand-written rather than `tracing-appender`'s non-blocking writer: that
+//! one hands each line to its thread through a channel and, whenever the
+//! queue is short (which at moderate load is always), wakes the thread and
+//! makes one `write(2)` per line; with one access-log line per call, that is
+//! a wake-up and a system call for every call. Here a line costs a copy
+//! into the buffer under a lock; the thread is woken only when the buffer
+//! turns non-empty, waits [`LINGER`] for more lines, and writes them all at
+//! once.
 //!
 //! Lossless: once [`MAX_PENDING`] bytes wait, writers wait for the thread, as
 //! they would wait for stdout itself. What is still buffered is written when

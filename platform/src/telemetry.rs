@@ -104,10 +104,10 @@ const RPC_SPAN_TARGET: &str = "grpc_platform::middleware::trace";
 /// get what they were built with).
 ///
 /// - `trace_spans`: whether a call's trace span may be wanted: only when
-///   [`init`] installed an exporter. Without one, the per-layer filters keep
-///   the span from every layer, but tracing still built, cloned and closed
-///   it in the registry for each call (3% of a small unary call's CPU in a
-///   profile), so it is not made at all.
+///   [`init`] installed an exporter. Without one, the per-layer filters
+///   would keep the span from every layer, but tracing would still build,
+///   clone and close it in the registry for each call, so it is not made at
+///   all.
 /// - `log_spans`: whether a call's log span (the one carrying its request
 ///   id into log lines) is made. Not when [`init`] installed the JSON
 ///   format: that reads the request id from the call's scope
@@ -175,10 +175,10 @@ pub fn init(
     // Lossless and batched: see `crate::log_writer`.
     let (stdout, logs_guard) = crate::log_writer::start(std::io::stdout())?;
     let direct_access = stdout.clone();
-    // Each layer sees only the call span meant for it: formatting the
-    // OpenTelemetry attributes into every log line's span context (and again
-    // when the status is recorded) cost a tenth of a small unary call; and with no
-    // exporter configured, nobody wants the trace span, so tracing skips it.
+    // Each layer sees only the call span meant for it: the logs do not
+    // format the OpenTelemetry attributes into every line's span context (and
+    // again when the status is recorded); and with no exporter configured,
+    // nobody wants the trace span, so tracing skips it.
     let logs = match settings.log_format {
         LogFormat::Json => fmt::layer()
             .fmt_fields(crate::log_json::JsonFields)
@@ -195,9 +195,9 @@ pub fn init(
         None => None,
     };
     // Filtered even when absent: an absent (`None`) layer reports interest
-    // in everything, so the registry made every call's trace span (eight
-    // fields, one formatted) for nobody. With the filter saying no when
-    // there is no exporter, the span is never made.
+    // in everything, so without the filter the registry would make every
+    // call's trace span (eight fields, one formatted) for nobody. With the
+    // filter saying no when there is no exporter, the span is never made.
     let exporting = provider.is_some();
     let traces = provider
         .as_ref()

@@ -67,7 +67,7 @@ impl NewOrder {
         }
         h.update(self.address.number().to_be_bytes());
         let digest = h.finalize();
-        // One string, not a string per byte (was 2% of a RegisterOrder).
+        // One string for the whole digest, not one allocation per byte.
         hex::encode(digest)
     }
 }

@@ -51,11 +51,11 @@ pub struct Orders {
     /// Fails calls fast while the database is known to be down.
     health: HealthState,
     /// Changes to one order take turns within this process (striped by
-    /// order id). Optimistic concurrency alone let concurrent changes to a
-    /// hot order read the same version, and only one of them can commit per
-    /// write group, so under load some ran out of retries (ABORTED although
-    /// the caller set no precondition). Across replicas, the version check
-    /// and retries still decide.
+    /// order id). With optimistic concurrency alone, concurrent changes to a
+    /// hot order read the same version and only one of them can commit per
+    /// write group, so under load some would run out of retries (ABORTED
+    /// although the caller set no precondition). Across replicas, the
+    /// version check and retries decide.
     turns: Arc<[tokio::sync::Mutex<()>]>,
 }
 

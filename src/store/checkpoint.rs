@@ -5,8 +5,9 @@
 //! commit, and every write queued behind it, waits for the copy and for an
 //! `fsync` of the database file, and the hot pages (the tables' last
 //! leaves, the B-tree interiors) are copied once per thousand pages written.
-//! Under `RegisterOrder` load the writer spent a third of its time there
-//! (measured: 2.4 ms per group commit, 1.45 ms with this module).
+//! Under sustained writes that puts a copy and an `fsync` on the path of the
+//! group commits; taking them off the writer shortens the group commits
+//! (the figures are in `bench/results/choices.md`).
 //!
 //! Here a thread with its own connection runs `PASSIVE` checkpoints, at
 //! most every [`INTERVAL`], after writes. A passive checkpoint never takes
@@ -17,17 +18,18 @@
 //! pages, and once the log is half that long this thread checkpoints every
 //! [`NEAR_INTERVAL`], so the writer's own checkpoint finds only the last
 //! few commits to copy, and the next commit starts the log again. (A
-//! `RESTART` checkpoint from this thread would wait for the write lock with
-//! the busy handler's sleeps while the log grows: measured, it then held the
-//! writer for 50,000 pages.)
+//! `RESTART` checkpoint from this thread would wait for the write lock,
+//! sleeping in the busy handler while the writer commits and the log keeps
+//! growing, so this thread never runs one.)
 //!
-//! What stays: a checkpoint's `fsync` of the database file still delays the
-//! writer's `fsync` of the log on the same disk, so a commit now and then
-//! takes 10 to 40 ms (the p99.9 of `RegisterOrder`).
+//! What this does not remove: a checkpoint's `fsync` of the database file
+//! can delay the writer's `fsync` of the log on the same disk, so now and
+//! then a commit is slow; that sets `RegisterOrder`'s tail latency.
 //!
-//! Durability is unchanged: commits are still fsynced by the writer before
-//! anyone is answered (`synchronous = FULL`), and a checkpoint fsyncs the
-//! log before copying and the database after, whichever connection runs it.
+//! Durability does not depend on where checkpoints run: commits are fsynced
+//! by the writer before anyone is answered (`synchronous = FULL`), and a
+//! checkpoint fsyncs the log before copying and the database after,
+//! whichever connection runs it.
 
 use rusqlite::Connection;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};

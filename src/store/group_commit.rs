@@ -22,9 +22,9 @@
 //!
 //! The writer is a plain thread with its own `rusqlite` connection: the
 //! statements of a group run synchronously, so a group costs one hand-off
-//! between threads each way. Through sqlx every statement was a round trip
-//! to its connection thread, and the profile of `RegisterOrder` was half
-//! context switches. No crate merges transactions (a pool hands out
+//! between threads each way, where sqlx's SQLite driver makes every
+//! statement a round trip to its connection thread (under write load, mostly
+//! context switches). No crate merges transactions (a pool hands out
 //! connections), hence this small module. PostgreSQL needs none of it: there
 //! every replica commits on many connections and the server's WAL writer
 //! already flushes concurrent commits together.
@@ -421,9 +421,9 @@ pub(super) fn open(path: &std::path::Path) -> Result<Connection> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // The savepoint around each write keeps the pages it changes in a
     // statement journal, only ever read to roll that write back inside the
-    // open transaction: in memory rather than a temporary file (a profile
-    // showed a sixth of the writer's time writing it). Durability is the
-    // WAL's and the fsync's, unchanged.
+    // open transaction: in memory rather than a temporary file, so the
+    // writer does no file I/O for it. Durability is the WAL's and the
+    // fsync's.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     // Checkpoints mostly run on their own thread; the writer's own, rarer,
     // copies the rest and rewinds the log (see `checkpoint`).

@@ -1,6 +1,6 @@
 //! One access-log event per finished call (target `access`), with the
-//! contract's fields: `method`, `code`, `latency_ms`, `peer`, `request_id`,
-//! `trace_id`, `subject`, and `client_gone`. Never the token: only the
+//! fields `method`, `code`, `latency_ms`, `peer`, `request_id`, `trace_id`,
+//! `subject` and `client_gone`. Never the token: only the
 //! subject auth verified.
 //!
 //! `code` is the code the client was sent. When the client left before its

@@ -4,15 +4,14 @@
 //! written meanwhile, as `"span":{"request_id":"…","name":"rpc"}`, the shape
 //! a `tracing` span named `rpc` gives.
 //!
-//! In production (JSON logs installed by `telemetry::init`) this replaces
-//! the call's `tracing` span, which only carried that one field: making,
+//! In production (JSON logs installed by `telemetry::init`) this stands in
+//! for a `tracing` span that would carry only that one field: making,
 //! entering, leaving and closing a span in `tracing_subscriber`'s registry
-//! (a slab slot, an extension map, the field formatted into a string, the
-//! per-layer filter bookkeeping) cost about 5,000 instructions a call
-//! (callgrind), a twenty-fifth of a small unary call. A task-local moves the context
-//! in and out of a thread-local on each poll. Anywhere else (the development format, a
-//! test's or an embedding program's own subscriber) the span is made as
-//! before (`middleware::trace`).
+//! takes a slab slot, an extension map, the field formatted into a string
+//! and the per-layer filter bookkeeping on every call, where a task-local
+//! only moves the context in and out of a thread-local on each poll.
+//! Anywhere else (the development format, a test's or an embedding
+//! program's own subscriber) the call's span is made (`middleware::trace`).
 
 use super::CallContext;
 use std::future::Future;

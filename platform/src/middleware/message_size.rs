@@ -1,6 +1,6 @@
-//! A message over `server.max_message_bytes` is RESOURCE_EXHAUSTED, as the
-//! contract (and gRPC's own implementations) say. Tonic's decoder enforces the
-//! limit but answers OUT_OF_RANGE; this layer turns exactly that answer
+//! A message over `server.max_message_bytes` is RESOURCE_EXHAUSTED, as gRPC's
+//! own implementations answer it. Tonic's decoder enforces the limit but
+//! answers OUT_OF_RANGE; this layer turns exactly that answer
 //! (recognised by tonic's message) into a [`MessageTooLarge`] error, leaving
 //! every other OUT_OF_RANGE alone.
 //!

@@ -67,8 +67,9 @@ pub struct GrpcMetrics {
 const MAX_METHODS: usize = 64;
 
 /// One method's metrics, looked up once per method rather than four times
-/// per call: the label strings were allocated, hashed and compared under the
-/// families' locks for every call, a measurable share of a small unary call.
+/// per call: a lookup in a family allocates, hashes and compares the label
+/// strings under the family's lock, which would otherwise be paid on every
+/// call.
 struct MethodHandles {
     labels: MethodLabels,
     started: Counter,

@@ -2,11 +2,11 @@
 //! ([`super::request_id`]), the call's spans ([`super::trace`]), the
 //! metrics ([`super::metrics`]) and the access log ([`super::access_log`]).
 //!
-//! They were four layers, each with its own boxed future and three of them
-//! with their own wrapper around the response body, all reading the same
-//! trailers. One layer makes one future and one [`ObservedBody`] per call
-//! (small unary calls +5%). What the four do is still most of their cost: the span
-//! and the access-log line.
+//! One layer, not four: the four need the same request id and read the same
+//! trailers, so together they make one future and one [`ObservedBody`] per
+//! call, where four layers would each box a future and three would wrap the
+//! response body. Most of their cost is what they do: the span and the
+//! access-log line.
 //!
 //! Outermost: nothing may log about a call before it has a name, and the
 //! outcome of every call, refusals by the layers inside included, is seen.

@@ -12,7 +12,7 @@
 //! Written over `futures`' `catch_unwind` rather than tower-http's
 //! `CatchPanic`: that layer boxes every response body into its own body
 //! type (which tonic's body type then boxes again), two allocations on every
-//! call to guard against a bug, and measurably slower per call. Here the OK
+//! call to guard against a bug. Here the OK
 //! path costs nothing but the unwind guard: the future is not boxed and the
 //! response is passed through as it is.
 

@@ -40,8 +40,8 @@ pub(super) fn spans(
     request_id: &str,
     telemetry: &CallTelemetry,
 ) -> (tracing::Span, tracing::Span, SpanEnd) {
-    // `request_id` is a `&str`, so it is recorded as a string (through `%`
-    // it went through `Debug` formatting into the log's escaper).
+    // `request_id` is a `&str`, so it is recorded as a string, which the
+    // log copies as it is, rather than formatted (`%`) into its escaper.
     let log_span = if telemetry.log_spans {
         tracing::info_span!("rpc", request_id)
     } else {

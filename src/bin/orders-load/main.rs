@@ -153,8 +153,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // A subscriber that wants nothing. Without any subscriber, `tracing`
     // (its `log` feature is on in the dependency tree) hands every span
-    // h2 and hyper make per call to `log`: a few percent of our CPU, spent
-    // for nobody.
+    // h2 and hyper make per call to `log`: CPU spent for nobody.
     let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
     let threads = cli
         .run
