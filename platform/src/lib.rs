@@ -29,6 +29,8 @@
 //!   one line.
 //! - [`dev`]: development certificates and tokens.
 //! - [`shutdown`]: the signals that start a graceful shutdown.
+//! - [`streams`]: server streams that end with UNAVAILABLE when the server
+//!   drains or their connection reaches its maximum age.
 //! - [`codes`]: gRPC code names.
 //!
 //! The client side ([`client`], feature `client`): a channel to a service's
@@ -75,6 +77,8 @@ pub mod serve;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod shutdown;
+#[cfg(feature = "server")]
+pub mod streams;
 #[cfg(feature = "server")]
 pub mod telemetry;
 #[cfg(feature = "server")]

@@ -51,15 +51,6 @@ pub enum ServiceError {
     /// The periodic check finds the database down: fail fast.
     #[error("database unavailable")]
     DatabaseDown,
-    /// The server has drained: open streams end, so their clients resume on
-    /// another replica and shutdown is not held up.
-    #[error("server shutting down")]
-    ShuttingDown,
-    /// The stream's connection reached its maximum age: the stream ends, so
-    /// its client resumes on a new connection before the connection's grace
-    /// runs out.
-    #[error("connection reached its maximum age: resume on a new connection")]
-    ConnectionRecycled,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -188,16 +179,6 @@ impl From<ServiceError> for Status {
                 Status::with_error_details(Code::Aborted, message, details)
             }
             ServiceError::DatabaseDown => database_unavailable(),
-            ServiceError::ShuttingDown | ServiceError::ConnectionRecycled => {
-                let reason = match err {
-                    ServiceError::ShuttingDown => "SERVER_SHUTTING_DOWN",
-                    _ => "CONNECTION_MAX_AGE",
-                };
-                // Another replica, or a new connection, takes the call at once.
-                let mut details = info(reason, &[]);
-                details.set_retry_info(Some(Duration::ZERO));
-                Status::with_error_details(Code::Unavailable, err.to_string(), details)
-            }
             // The call had ended (the client left, or its deadline passed)
             // before its change was committed; nobody waits for this answer.
             ServiceError::Store(StoreError::Abandoned) => Status::with_error_details(
@@ -324,15 +305,6 @@ mod tests {
         )));
         assert_eq!(status.code(), Code::Unavailable);
         assert!(d.retry_info().is_some());
-        for (err, reason) in [
-            (ServiceError::ShuttingDown, "SERVER_SHUTTING_DOWN"),
-            (ServiceError::ConnectionRecycled, "CONNECTION_MAX_AGE"),
-        ] {
-            let (status, d) = details(err);
-            assert_eq!(status.code(), Code::Unavailable);
-            assert_eq!(d.error_info().unwrap().reason, reason);
-            assert_eq!(d.retry_info().unwrap().retry_delay, Some(Duration::ZERO));
-        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod error;
 mod page_token;
 mod streams;
 
+use error::DOMAIN;
 pub use error::ServiceError;
 
 use crate::domain::{Caller, CustomerId, NewOrder, Order, OrderId, RuleError, Violations};
@@ -18,7 +19,7 @@ use crate::store::{Idempotency, Inserted, ListQuery, Store, StoreError};
 use chrono::Utc;
 use grpc_platform::auth::{AuthError, principal_of};
 use grpc_platform::health::HealthState;
-use grpc_platform::serve::ConnectionRecycled;
+use grpc_platform::streams::StreamEnd;
 use page_token::PageTokens;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -59,34 +60,6 @@ pub struct Orders {
     turns: Arc<[tokio::sync::Mutex<()>]>,
 }
 
-/// What ends an open stream before its order is final or its client leaves:
-/// the server having drained, or the stream's connection reaching its
-/// maximum age. Either way the stream ends with UNAVAILABLE, so the client
-/// resumes (on another replica, or on a fresh connection) from the last
-/// version it has, instead of holding up shutdown or being cut off when the
-/// connection's grace runs out.
-pub(super) struct StreamEnd {
-    stopping: watch::Receiver<bool>,
-    recycled: Option<ConnectionRecycled>,
-}
-
-impl StreamEnd {
-    /// Resolves with the status to end the stream with.
-    pub(super) async fn wait(&mut self) -> Status {
-        let Self { stopping, recycled } = self;
-        let recycled = async {
-            match recycled {
-                Some(recycled) => recycled.wait().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = stopping.wait_for(|s| *s) => ServiceError::ShuttingDown.into(),
-            () = recycled => ServiceError::ConnectionRecycled.into(),
-        }
-    }
-}
-
 /// Stripes of `Orders::turns`: enough that unrelated orders rarely wait.
 const TURN_STRIPES: usize = 256;
 
@@ -121,12 +94,10 @@ impl Orders {
         }
     }
 
-    /// What ends a stream opened by `request` early (see [`StreamEnd`]).
+    /// What ends a stream opened by `request` early: the server draining,
+    /// or the connection reaching its maximum age (`grpc_platform::streams`).
     fn stream_end<T>(&self, request: &Request<T>) -> StreamEnd {
-        StreamEnd {
-            stopping: self.stopping.clone(),
-            recycled: request.extensions().get::<ConnectionRecycled>().cloned(),
-        }
+        StreamEnd::of(&self.stopping, request, DOMAIN)
     }
 
     /// The order, if it exists and the caller may see it; NOT_FOUND otherwise,

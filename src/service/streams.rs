@@ -13,10 +13,11 @@
 //! Each stream runs as a task feeding a bounded channel; when the client goes
 //! away the channel closes and the task ends.
 
-use super::{EventStream, MAX_TRACKED_ORDERS, Orders, ServiceError, StreamEnd};
+use super::{EventStream, MAX_TRACKED_ORDERS, Orders, ServiceError};
 use crate::domain::{Caller, Order, OrderId};
 use crate::pb;
 use crate::store::Change;
+use grpc_platform::streams::{Ending, StreamEnd};
 use std::collections::HashMap;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -50,7 +51,9 @@ async fn next_wake(feed: &mut broadcast::Receiver<Change>) -> Wake {
     match feed.recv().await {
         Ok(Change::Order { id, version }) => Wake::Order(id, version),
         Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => Wake::Everything,
-        Err(broadcast::error::RecvError::Closed) => Wake::Closed(ServiceError::ShuttingDown.into()),
+        Err(broadcast::error::RecvError::Closed) => {
+            Wake::Closed(Ending::ShuttingDown.status(super::DOMAIN))
+        }
     }
 }
 
