@@ -322,6 +322,88 @@ async fn metadata_over_the_header_list_limit_is_refused() {
     server.stop().await;
 }
 
+/// Paths any client can send, without a token, that would break the
+/// Prometheus exposition if written into a label: quotes, braces and
+/// backslashes, and as many different ones as it likes.
+#[tokio::test]
+async fn made_up_paths_cannot_break_or_grow_the_metrics() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let python = grpc_platform::test_support::Python::new(&repo());
+    let tls = tls_to(&server).await;
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let hostile = [
+        r#"/x.Y/M""#,
+        r#"/a{b="c"}/d"#,
+        r"/x\y/z\",
+        r#"/orders.v1.OrderService/GetOrder"}"#,
+    ];
+    let made_up = (0..100).map(|i| format!("/x.Y/Method{i}"));
+    let paths: Vec<String> = hostile
+        .iter()
+        .map(|p| p.to_string())
+        .chain(made_up)
+        .collect();
+    for path in &paths {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("https://localhost:{}{path}", server.addr.port()))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let mut send = send.clone().ready().await.unwrap();
+        let (response, _) = send.send_request(request, true).unwrap();
+        let response = response.await.expect("an answer");
+        let status = response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            status.as_deref(),
+            Some("16"),
+            "{path}: UNAUTHENTICATED without a token"
+        );
+    }
+
+    let (status, text) = server.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    // Parsed as Prometheus parses it: the Python client library's parsers
+    // for the OpenMetrics text the server serves, and for the classic text.
+    let exposition = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(exposition.path(), &text).unwrap();
+    let parse = r##"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
+from prometheus_client.parser import text_string_to_metric_families as classic
+text = open(sys.argv[1]).read()
+unknown = 0
+for family in openmetrics(text):
+    for sample in family.samples:
+        if sample.name == "grpc_server_started_total" and sample.labels.get("grpc_service") == "unknown":
+            unknown += sample.value
+classic_text = "\n".join(l for l in text.splitlines() if l != "# EOF") + "\n"
+sum(1 for _ in classic(classic_text))
+print(int(unknown))
+"##;
+    let mut command = python.python();
+    command.arg("-c").arg(parse).arg(exposition.path());
+    let (out, _) = grpc_platform::test_support::run(&mut command, true);
+    assert_eq!(
+        out.trim(),
+        paths.len().to_string(),
+        "every made-up path counted as unknown"
+    );
+    for planted in [r#"M""#, "a{b", r"x\\y", r#"GetOrder"}"#, "x.Y"] {
+        assert!(
+            !text.contains(planted),
+            "{planted:?} reached the exposition:\n{text}"
+        );
+    }
+    still_serving(&server).await;
+    server.stop().await;
+}
+
 /// Raw HTTP/2 for the GOAWAY test: frames written and read by hand, so the
 /// client can do what gRPC's C core does (h2's own client cannot).
 mod raw_h2 {

@@ -88,6 +88,10 @@ pub struct Method {
     /// Whether the platform's own services serve it (gRPC health and
     /// reflection), which must answer under any load: never shed.
     pub platform: bool,
+    /// Whether a mounted service serves it. The name of a method nobody
+    /// mounted is whatever the client put in its path: it may be logged
+    /// (escaped), never used as a metric label.
+    pub mounted: bool,
 }
 
 impl Method {
@@ -101,6 +105,7 @@ impl Method {
             kind: RpcKind::Unary,
             access: Access::any_token(),
             platform: false,
+            mounted: false,
         }
     }
 }
@@ -194,6 +199,7 @@ impl MethodTable {
                 kind,
                 access,
                 platform,
+                mounted: true,
             };
             self.by_path.insert(path.into(), Arc::new(method));
         }

@@ -54,17 +54,12 @@ pub struct GrpcMetrics {
     handling: HistogramFamily,
     received: Family<MethodLabels, Counter>,
     sent: Family<MethodLabels, Counter>,
-    /// Each method's handles, by request path (see [`MethodHandles`]).
+    /// Each mounted method's handles, by request path (see
+    /// [`MethodHandles`]).
     methods: Arc<RwLock<HashMap<String, Arc<MethodHandles>>>>,
-    /// Shared by the paths past [`MAX_METHODS`], made on first use.
+    /// Shared by every path no mounted service serves, made on first use.
     other: Arc<OnceLock<Arc<MethodHandles>>>,
 }
-
-/// How many distinct request paths get labels of their own. A server has a
-/// dozen methods; past this, paths (which any client, authenticated or not,
-/// can make up) are counted under `unknown`, so they cannot grow the
-/// metrics without bound.
-const MAX_METHODS: usize = 64;
 
 /// One method's metrics, looked up once per method rather than four times
 /// per call: a lookup in a family allocates, hashes and compares the label
@@ -154,16 +149,12 @@ impl GrpcMetrics {
     }
 
     /// The handles of the method at `path` (labelled as `method`), made on
-    /// its first call.
+    /// its first call. Labels come only from the mounted services' methods:
+    /// a path nobody serves, which any client can make up (with quotes,
+    /// braces or backslashes, and without a token), is counted as
+    /// `unknown`, so it can neither break the exposition nor grow it.
     fn handles(&self, path: &str, method: &RpcMethod) -> Arc<MethodHandles> {
-        if let Some(found) = self.methods.read().expect("metrics lock").get(path) {
-            return found.clone();
-        }
-        let mut methods = self.methods.write().expect("metrics lock");
-        if let Some(found) = methods.get(path) {
-            return found.clone();
-        }
-        if methods.len() >= MAX_METHODS {
+        if !method.mounted {
             return self
                 .other
                 .get_or_init(|| {
@@ -171,6 +162,13 @@ impl GrpcMetrics {
                     Arc::new(MethodHandles::new(self, labels(&unknown)))
                 })
                 .clone();
+        }
+        if let Some(found) = self.methods.read().expect("metrics lock").get(path) {
+            return found.clone();
+        }
+        let mut methods = self.methods.write().expect("metrics lock");
+        if let Some(found) = methods.get(path) {
+            return found.clone();
         }
         let handles = Arc::new(MethodHandles::new(self, labels(method)));
         methods.insert(path.to_owned(), handles.clone());
@@ -269,35 +267,51 @@ impl GrpcMetrics {
 mod tests {
     use super::*;
 
+    fn mounted(path: &str) -> RpcMethod {
+        let (service, name) = crate::methods::split_path(path);
+        RpcMethod(Arc::new(crate::methods::Method {
+            service: service.into(),
+            name: name.into(),
+            kind: crate::methods::RpcKind::Unary,
+            access: crate::methods::Access::any_token(),
+            platform: false,
+            mounted: true,
+        }))
+    }
+
     #[test]
-    fn made_up_paths_cannot_grow_the_metrics_without_bound() {
+    fn only_mounted_methods_label_metrics_and_made_up_paths_count_as_unknown() {
         let mut registry = Registry::default();
         let metrics = GrpcMetrics::register(&mut registry);
         const GET: &str = "/things.v1.ThingService/GetThing";
-        let get = metrics.handles(GET, &RpcMethod::from_path(GET));
+        let get = metrics.handles(GET, &mounted(GET));
         get.started.inc();
         get.handled(Code::Ok).inc();
         assert!(
-            Arc::ptr_eq(&get, &metrics.handles(GET, &RpcMethod::from_path(GET))),
+            Arc::ptr_eq(&get, &metrics.handles(GET, &mounted(GET))),
             "a method's handles are made once"
         );
-        for i in 0..200 {
-            let path = format!("/x.Y/Method{i}");
+        // What any client can put in a path, without a token: quotes,
+        // braces, backslashes, new lines, and as many as it likes.
+        let hostile = ["/x.Y/M\"", "/a{b=\"c\"}/d", "/x\\y/z", "/x.Y/a\nb 1"];
+        let made_up = (0..200).map(|i| format!("/x.Y/Method{i}"));
+        for path in hostile.iter().map(|p| p.to_string()).chain(made_up) {
             let junk = metrics.handles(&path, &RpcMethod::from_path(&path));
             junk.started.inc();
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        let series = text
+        let series: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("grpc_server_started_total{"))
-            .count();
-        assert_eq!(series, MAX_METHODS + 1, "{text}");
+            .collect();
+        assert_eq!(series.len(), 2, "{text}");
         assert!(text.contains(
-            r#"grpc_server_started_total{grpc_type="unary",grpc_service="unknown",grpc_method="unknown"} 137"#
+            r#"grpc_server_started_total{grpc_type="unary",grpc_service="unknown",grpc_method="unknown"} 204"#
         ), "{text}");
         assert!(text.contains(
             r#"grpc_server_handled_total{grpc_type="unary",grpc_service="things.v1.ThingService",grpc_method="GetThing",grpc_code="OK"} 1"#
         ), "{text}");
+        assert!(!text.contains("x.Y") && !text.contains('\\'), "{text}");
     }
 }
