@@ -25,8 +25,12 @@ use crate::config::{Environment, PlatformSettings};
 use crate::health::{HealthState, ReadinessCheck};
 use crate::methods::{MethodTable, PolicyError};
 use crate::middleware::{
-    concurrency::ConcurrencyLimitLayer, deadline::DeadlineLayer, message_size::MessageSize,
-    observe::ObserveLayer, panic_guard::PanicGuardLayer, rescue::RescueLayer,
+    concurrency::ConcurrencyLimitLayer,
+    deadline::DeadlineLayer,
+    message_size::{HTTP2_HEADER_LIST_FACTOR, MessageSize},
+    observe::ObserveLayer,
+    panic_guard::PanicGuardLayer,
+    rescue::RescueLayer,
 };
 use crate::telemetry::{CallTelemetry, Metrics};
 use crate::{admin, dev, serve, tls};
@@ -339,6 +343,7 @@ impl Server {
         };
 
         let keepalive = s.server.keepalive_interval;
+        let max_metadata = s.server.max_header_list_bytes;
         // The order of the stack is explained in `crate::middleware`.
         let stack = ServiceBuilder::new()
             // Request id, span, metrics and access log.
@@ -360,7 +365,9 @@ impl Server {
             // Auth: an unauthenticated call costs a header parse, never a
             // handler or a database query.
             .layer(AuthLayer::new(verifier.clone(), methods.clone()))
-            .layer(layer_fn(MessageSize::new))
+            .layer(layer_fn(move |inner| {
+                MessageSize::new(inner, max_metadata as usize)
+            }))
             .layer(PanicGuardLayer);
         let service = stack.service(routes.prepare());
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -370,7 +377,9 @@ impl Server {
             .keep_alive_interval(keepalive)
             .keep_alive_timeout(Duration::from_secs(20))
             // Abuse limits: header block size and HTTP/2 reset floods.
-            .max_header_list_size(s.server.max_header_list_bytes)
+            // Metadata over the limit is answered with a gRPC status by the
+            // message-size layer; HTTP/2 refuses (431) only far past it.
+            .max_header_list_size(max_metadata.saturating_mul(HTTP2_HEADER_LIST_FACTOR))
             .max_pending_accept_reset_streams(Some(s.server.http2_max_pending_accept_reset_streams))
             .max_local_error_reset_streams(Some(s.server.http2_max_local_error_reset_streams));
         let age = s.server.max_connection_age.map(|max| serve::ConnectionAge {

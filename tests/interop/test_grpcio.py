@@ -706,6 +706,32 @@ def test_bad_token_is_unauthenticated(alice, kind):
     assert token not in (error.details() or ""), "the error echoes the token"
 
 
+def test_oversized_metadata_gets_a_grpc_status_not_http_431(alice):
+    """40 KB of metadata: HTTP/2 alone would answer 431, which gRPC clients
+    report as UNKNOWN. A token that large is UNAUTHENTICATED; other metadata
+    that large is RESOURCE_EXHAUSTED, naming the limit."""
+    huge = "a" * (40 * 1024)
+    error = expect_error(
+        Code.UNAUTHENTICATED,
+        alice.ListOrders,
+        pb.ListOrdersRequest(),
+        metadata=(("authorization", f"Bearer {huge}"),),
+    )
+    assert "too large" in error.details(), error.details()
+    error = expect_error(
+        Code.RESOURCE_EXHAUSTED,
+        alice.ListOrders,
+        pb.ListOrdersRequest(),
+        metadata=(*alice.caller.metadata, ("x-padding", huge)),
+    )
+    assert "over the limit of 16384 bytes" in error.details(), error.details()
+    [info] = error_details(error, error_details_pb2.ErrorInfo)
+    assert info.reason == "METADATA_TOO_LARGE"
+    assert info.metadata["max_header_list_bytes"] == "16384"
+    # And the same caller's next call is served.
+    alice.ListOrders(pb.ListOrdersRequest())
+
+
 def test_missing_scope_is_permission_denied_with_error_info(alice, alice_readonly):
     order = register(alice)
     for call, request in [

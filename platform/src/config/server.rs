@@ -36,8 +36,10 @@ pub struct ServerSettings {
     /// HTTP/2 keepalive PINGs this often (`keepalive_interval_secs`; 0: none).
     #[serde(rename = "keepalive_interval_secs", with = "secs_or_never")]
     pub keepalive_interval: Option<Duration>,
-    /// Largest request header block (metadata included) a client may send,
-    /// in bytes (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`).
+    /// Largest request metadata (the header block) a call may carry, in
+    /// bytes as HTTP/2 counts them: past it the call is RESOURCE_EXHAUSTED
+    /// (`METADATA_TOO_LARGE`). HTTP/2 itself refuses a header block over
+    /// four times this (its `SETTINGS_MAX_HEADER_LIST_SIZE`), with 431.
     pub max_header_list_bytes: u32,
     /// Streams a client may open and reset before the server accepts them,
     /// then GOAWAY: the HTTP/2 rapid-reset defence (CVE-2023-44487).

@@ -1,3 +1,11 @@
+//! Request metadata over `server.max_header_list_bytes` is
+//! RESOURCE_EXHAUSTED ([`MetadataTooLarge`]), a gRPC answer that says what
+//! happened: HTTP/2 itself would answer it with HTTP 431, which gRPC maps to
+//! no code (clients report UNKNOWN). HTTP/2 still refuses, with 431, a
+//! header block over four times the limit ([`HTTP2_HEADER_LIST_FACTOR`]),
+//! so what one stream can make the server hold stays bounded. A bearer
+//! token too large is the auth layer's UNAUTHENTICATED, above this layer.
+//!
 //! A message over `server.max_message_bytes` is RESOURCE_EXHAUSTED, as gRPC's
 //! own implementations answer it. Tonic's decoder enforces the limit but
 //! answers OUT_OF_RANGE; this layer turns exactly that answer
@@ -11,12 +19,12 @@
 //! waits, and clients that retry on RESOURCE_EXHAUSTED only when told when to
 //! (`RetryInfo`) must not retry this one.
 //!
-//! Inside the other layers, so metrics and logs see the corrected code. No
-//! configuration: the layer is `tower::layer::layer_fn(MessageSize::new)`.
-//! Cost on OK responses: one header lookup.
+//! Inside the other layers, so metrics and logs see the corrected code.
+//! Cost per call: a pass over the request's headers, and one header lookup
+//! in the response.
 
 use super::rescue::BoxError;
-use futures::future::{FutureExt, Map};
+use futures::future::{Either, FutureExt, Map, Ready, ready};
 use std::task::{Context, Poll};
 use tonic::{Code, Status};
 use tower::Service;
@@ -53,14 +61,47 @@ impl MessageTooLarge {
     }
 }
 
+/// HTTP/2 refuses a header block over this many times
+/// `server.max_header_list_bytes` itself; up to there, this layer answers.
+pub(crate) const HTTP2_HEADER_LIST_FACTOR: u32 = 4;
+
+/// Request metadata over the limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("request metadata of {size} bytes is over the limit of {limit} bytes")]
+pub(crate) struct MetadataTooLarge {
+    size: usize,
+    limit: usize,
+}
+
+impl MetadataTooLarge {
+    /// The limit (`server.max_header_list_bytes`).
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// The size of a header list as HTTP/2 counts it (RFC 9113 §6.5.2: each
+/// field's name and value, plus 32).
+fn header_list_size(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
+}
+
 #[derive(Clone)]
 pub(crate) struct MessageSize<S> {
     inner: S,
+    max_metadata: usize,
 }
 
 impl<S> MessageSize<S> {
-    pub(crate) fn new(inner: S) -> Self {
-        Self { inner }
+    /// `max_metadata` is `server.max_header_list_bytes`.
+    pub(crate) fn new(inner: S, max_metadata: usize) -> Self {
+        Self {
+            inner,
+            max_metadata,
+        }
     }
 }
 
@@ -95,14 +136,23 @@ where
     type Response = S::Response;
     type Error = BoxError;
     // Named, not boxed: no allocation per call.
-    type Future = Map<S::Future, Check<S::Response, S::Error>>;
+    type Future =
+        Either<Ready<Result<S::Response, BoxError>>, Map<S::Future, Check<S::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        self.inner.call(request).map(check as Check<_, _>)
+        let size = header_list_size(request.headers());
+        if size > self.max_metadata {
+            let too_large = MetadataTooLarge {
+                size,
+                limit: self.max_metadata,
+            };
+            return Either::Left(ready(Err(too_large.into())));
+        }
+        Either::Right(self.inner.call(request).map(check as Check<_, _>))
     }
 }
 
@@ -118,11 +168,13 @@ mod tests {
     type Response = http::Response<tonic::body::Body>;
 
     const PATH: &str = "/things.v1.ThingService/GetThing";
+    const LIMIT: usize = 16 * 1024;
 
     /// The layer's result when the handler answers `status`.
     async fn through_the_layer(status: Status) -> Result<Response, BoxError> {
-        let (mut svc, mut handle) =
-            mock::spawn_layer::<Request, Response, _>(layer_fn(MessageSize::new));
+        let (mut svc, mut handle) = mock::spawn_layer::<Request, Response, _>(layer_fn(|inner| {
+            MessageSize::new(inner, LIMIT)
+        }));
         assert!(svc.poll_ready().is_ready());
         let response = svc.call(http::Request::builder().uri(PATH).body(()).unwrap());
         let Poll::Ready(Some((_, reply))) = handle.poll_request() else {
@@ -172,14 +224,59 @@ mod tests {
             Some(Code::Ok)
         );
 
-        let (mut svc, mut handle) =
-            mock::spawn_layer::<Request, Response, _>(layer_fn(MessageSize::new));
+        let (mut svc, mut handle) = mock::spawn_layer::<Request, Response, _>(layer_fn(|inner| {
+            MessageSize::new(inner, LIMIT)
+        }));
         assert!(svc.poll_ready().is_ready());
         let response = svc.call(http::Request::builder().uri(PATH).body(()).unwrap());
         let (_, reply) = handle.next_request().await.unwrap();
         reply.send_error(Status::unavailable("gone"));
         let error = response.await.unwrap_err();
         assert_eq!(error.downcast_ref::<Status>().unwrap().message(), "gone");
+    }
+
+    #[tokio::test]
+    async fn metadata_over_the_limit_is_resource_exhausted_before_the_handler() {
+        let (mut svc, mut handle) = mock::spawn_layer::<Request, Response, _>(layer_fn(|inner| {
+            MessageSize::new(inner, LIMIT)
+        }));
+        assert!(svc.poll_ready().is_ready());
+        let padded = http::Request::builder()
+            .uri(PATH)
+            .header("x-padding", "a".repeat(LIMIT))
+            .body(())
+            .unwrap();
+        let error = svc.call(padded).await.unwrap_err();
+        let too_large = error.downcast_ref::<MetadataTooLarge>().expect("typed");
+        assert_eq!(too_large.limit(), LIMIT);
+        assert!(
+            matches!(handle.poll_request(), Poll::Pending),
+            "the handler never saw it"
+        );
+
+        let status = crate::testing::rescued(&*error, PATH);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status.message().contains("over the limit of 16384 bytes"),
+            "{status:?}"
+        );
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "METADATA_TOO_LARGE");
+        assert_eq!(info.metadata["max_header_list_bytes"], "16384");
+        assert!(details.retry_info().is_none());
+
+        // Just under the limit passes.
+        assert!(svc.poll_ready().is_ready());
+        let fits = http::Request::builder()
+            .uri(PATH)
+            .header("x-padding", "a".repeat(LIMIT - 32 - "x-padding".len()))
+            .body(())
+            .unwrap();
+        let response = svc.call(fits);
+        let (_, reply) = handle.next_request().await.expect("reaches the handler");
+        reply.send_response(Status::ok("").into_http());
+        assert!(response.await.is_ok());
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! | the same: the server's cap on a stream | UNAVAILABLE | `STREAM_TIME_LIMIT` | the limit in the metadata, `RetryInfo` |
 //! | [`AuthError`] (`crate::auth`) | UNAUTHENTICATED, PERMISSION_DENIED | the error's reason | `required_scope` |
 //! | [`MessageTooLarge`] ([`super::message_size`]) | RESOURCE_EXHAUSTED | `MESSAGE_TOO_LARGE` | `max_message_bytes`, no `RetryInfo` |
+//! | [`MetadataTooLarge`] ([`super::message_size`]) | RESOURCE_EXHAUSTED | `METADATA_TOO_LARGE` | `max_header_list_bytes`, no `RetryInfo` |
 //! | [`Panicked`] ([`super::panic_guard`]) | INTERNAL, opaque | `INTERNAL` | the cause goes to the log |
 //! | a `tonic::Status` | its own | completed as below | |
 //! | anything else (tonic's UNKNOWN wrapping of it too) | INTERNAL, opaque | `INTERNAL` | logged as unexpected |
@@ -58,7 +59,7 @@
 
 use super::concurrency::SHED_RETRY_DELAY;
 use super::deadline::{DeadlineExceeded, SetBy};
-use super::message_size::MessageTooLarge;
+use super::message_size::{MessageTooLarge, MetadataTooLarge};
 use super::panic_guard::Panicked;
 use super::{CallContext, RpcKind, RpcMethod, grpc_status};
 use crate::auth::AuthError;
@@ -295,6 +296,17 @@ fn answer(error: &(dyn Error + 'static), call: &Call) -> Answer {
                 Code::ResourceExhausted,
                 too_large.to_string().into(),
                 info("MESSAGE_TOO_LARGE", limit.into_iter().collect()),
+            )
+        } else if let Some(too_large) = cause_ref::<MetadataTooLarge>(error) {
+            // No RetryInfo: the same metadata is refused again.
+            let limit = (
+                "max_header_list_bytes".to_owned(),
+                too_large.limit().to_string(),
+            );
+            (
+                Code::ResourceExhausted,
+                too_large.to_string().into(),
+                info("METADATA_TOO_LARGE", [limit].into_iter().collect()),
             )
         } else if let Some(panicked) = cause_ref::<Panicked>(error) {
             tracing::error!(
