@@ -19,7 +19,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use grpc_platform::auth::{AuthError, KeySet, KeySource, TokenRules, Verifier, VerifierOptions};
+use grpc_platform::auth::{
+    AuthError, KeySet, KeySource, TokenRules, TokenTypes, Verifier, VerifierOptions,
+};
 use grpc_platform::dev::{DevCerts, DevClaims};
 use grpc_platform::middleware::MessageCounter;
 use grpc_platform::middleware::deadline::parse_grpc_timeout;
@@ -465,6 +467,7 @@ fn tokens() -> &'static Tokens {
             audience: AUDIENCE.into(),
             algorithms: vec![Algorithm::ES256, Algorithm::RS256, Algorithm::EdDSA],
             leeway_secs: 0,
+            token_types: TokenTypes::default(),
         };
         let sources = vec![KeySource::JwksFile(jwks)];
         let plain = Verifier::new(rules.clone(), KeySet::load(&sources).unwrap());

@@ -193,6 +193,7 @@ mod tests {
                 audience: AUDIENCE.into(),
                 algorithms: vec![Algorithm::ES256],
                 leeway_secs: 0,
+                token_types: Default::default(),
             };
             let keys = KeySet::load(&[KeySource::PemFile(public)]).unwrap();
             Self {

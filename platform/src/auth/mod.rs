@@ -5,7 +5,9 @@
 //! - [`Verifier`] checks a token: signature by a key chosen by `kid` (or, for
 //!   a token without `kid`, any key of the algorithm's family), an allowed
 //!   algorithm that matches the key's family (so an HS256 token "signed" with
-//!   an RSA public key is refused), `exp`/`nbf` with leeway, `iss`, `aud`.
+//!   an RSA public key is refused), `exp`/`nbf` with leeway, `iss`, `aud`,
+//!   and that it is an access token (`token_type.rs`: the header's `typ`,
+//!   no claim only ID tokens carry).
 //!   A token verified once is then accepted from a cache (`cache.rs`) until
 //!   its `exp`.
 //! - Keys come from PEM files, a JWKS file or a JWKS URL (`keys.rs`,
@@ -23,11 +25,13 @@ mod fetch;
 mod key_error;
 mod keys;
 mod layer;
+mod token_type;
 
 pub use fetch::JwksUrl;
 pub use key_error::KeyError;
 pub use keys::{KeySet, KeySource};
 pub use layer::AuthLayer;
+pub use token_type::{AT_JWT, TokenTypes};
 
 use arc_swap::ArcSwap;
 use cache::TokenCache;
@@ -91,6 +95,10 @@ pub enum AuthError {
     WrongAudience,
     #[error("token algorithm not allowed")]
     AlgorithmNotAllowed,
+    #[error("token type not accepted")]
+    WrongTokenType,
+    #[error("ID token where an access token is required")]
+    IdToken,
     #[error("token signing key unknown")]
     UnknownKey,
     #[error("token lacks scope {0}")]
@@ -109,6 +117,7 @@ impl AuthError {
             AuthError::WrongIssuer => "WRONG_ISSUER",
             AuthError::WrongAudience => "WRONG_AUDIENCE",
             AuthError::AlgorithmNotAllowed => "ALGORITHM_NOT_ALLOWED",
+            AuthError::WrongTokenType | AuthError::IdToken => "WRONG_TOKEN_TYPE",
             AuthError::UnknownKey => "UNKNOWN_KEY",
             AuthError::MissingScope(_) => "MISSING_SCOPE",
         }
@@ -158,6 +167,8 @@ struct Claims {
     scope: Option<String>,
     #[serde(default)]
     scp: Option<Vec<String>>,
+    #[serde(flatten)]
+    id_token: token_type::IdTokenClaims,
 }
 
 /// What a token must satisfy besides its signature.
@@ -167,6 +178,9 @@ pub struct TokenRules {
     pub audience: String,
     pub algorithms: Vec<Algorithm>,
     pub leeway_secs: u64,
+    /// The header `typ` values accepted (`auth.token_types`,
+    /// `auth.require_at_jwt`).
+    pub token_types: TokenTypes,
 }
 
 /// How a verifier built from sources refreshes and caches.
@@ -423,6 +437,8 @@ impl Shared {
         if !self.rules.algorithms.contains(&header.alg) {
             return Err(AuthError::AlgorithmNotAllowed);
         }
+        // Before the key lookup: a token of another kind costs no refresh.
+        self.rules.token_types.check(header.typ.as_deref())?;
         let candidates = keys.candidates(header.kid.as_deref(), header.alg)?;
 
         let mut validation = Validation::new(header.alg);
@@ -473,6 +489,7 @@ fn principal(claims: Claims) -> Result<Principal, AuthError> {
     if !matches!(claims.iss, Some(serde_json::Value::String(_))) {
         return Err(AuthError::WrongIssuer);
     }
+    claims.id_token.check()?;
     // An empty subject names nobody: such a token is malformed.
     if claims.sub.is_empty() {
         return Err(AuthError::Malformed);

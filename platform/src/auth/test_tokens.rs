@@ -4,7 +4,7 @@
 //! their header and claims say, so a test reaches the check it is about.
 
 use super::cache::TokenCache;
-use super::{KeySet, KeySource, TokenRules, Verifier};
+use super::{AuthError, KeySet, KeySource, TokenRules, TokenTypes, Verifier};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -43,6 +43,7 @@ impl Signer {
             audience: AUDIENCE.into(),
             algorithms: vec![Algorithm::ES256],
             leeway_secs: 0,
+            token_types: TokenTypes::default(),
         }
     }
 
@@ -85,4 +86,20 @@ impl Signer {
     pub(super) fn token(&self) -> String {
         self.sign(&Self::header(Some("JWT")), &Self::claims())
     }
+}
+
+/// Verifies `token`, expecting a refusal; checks the status it becomes on
+/// the wire (UNAUTHENTICATED, the refusal's `ErrorInfo.reason`, nothing of
+/// the token in the message) and returns the refusal.
+pub(super) fn refused(verifier: &Verifier, token: &str) -> AuthError {
+    let error = verifier.verify(token).expect_err("the token is refused");
+    let status = crate::testing::rescued(&error, crate::testing::GET);
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{error}");
+    assert_eq!(status.message(), error.to_string());
+    let info = tonic_types::StatusExt::get_details_error_info(&status).expect("ErrorInfo");
+    assert_eq!(info.reason, error.reason());
+    for part in token.split('.').filter(|p| p.len() > 8) {
+        assert!(!status.message().contains(part), "the token is not echoed");
+    }
+    error
 }
