@@ -194,6 +194,7 @@ mod tests {
                 algorithms: vec![Algorithm::ES256],
                 leeway_secs: 0,
                 token_types: Default::default(),
+                max_lifetime_secs: Some(86_400),
             };
             let keys = KeySet::load(&[KeySource::PemFile(public)]).unwrap();
             Self {

@@ -6,8 +6,9 @@
 //!   a token without `kid`, any key of the algorithm's family), an allowed
 //!   algorithm that matches the key's family (so an HS256 token "signed" with
 //!   an RSA public key is refused), `exp`/`nbf` with leeway, `iss`, `aud`,
-//!   and that it is an access token (`token_type.rs`: the header's `typ`,
-//!   no claim only ID tokens carry).
+//!   that it is an access token (`token_type.rs`: the header's `typ`, no
+//!   claim only ID tokens carry), and that it was not issued in the future
+//!   and lives no longer than the limit (`lifetime.rs`).
 //!   A token verified once is then accepted from a cache (`cache.rs`) until
 //!   its `exp`.
 //! - Keys come from PEM files, a JWKS file or a JWKS URL (`keys.rs`,
@@ -25,6 +26,7 @@ mod fetch;
 mod key_error;
 mod keys;
 mod layer;
+mod lifetime;
 mod token_type;
 
 pub use fetch::JwksUrl;
@@ -99,6 +101,10 @@ pub enum AuthError {
     WrongTokenType,
     #[error("ID token where an access token is required")]
     IdToken,
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    #[error("token lifetime over the limit")]
+    LifetimeTooLong,
     #[error("token signing key unknown")]
     UnknownKey,
     #[error("token lacks scope {0}")]
@@ -113,6 +119,8 @@ impl AuthError {
             AuthError::TooLarge => "TOKEN_TOO_LARGE",
             AuthError::Expired => "TOKEN_EXPIRED",
             AuthError::NotYetValid => "TOKEN_NOT_YET_VALID",
+            AuthError::IssuedInFuture => "TOKEN_ISSUED_IN_FUTURE",
+            AuthError::LifetimeTooLong => "TOKEN_LIFETIME_TOO_LONG",
             AuthError::BadSignature => "BAD_SIGNATURE",
             AuthError::WrongIssuer => "WRONG_ISSUER",
             AuthError::WrongAudience => "WRONG_AUDIENCE",
@@ -163,6 +171,9 @@ struct Claims {
     iss: Option<serde_json::Value>,
     /// Required and checked by jsonwebtoken; kept to bound the cache entry.
     exp: u64,
+    /// Optional; checked in `lifetime`.
+    #[serde(default, deserialize_with = "lifetime::present")]
+    iat: Option<serde_json::Value>,
     #[serde(default)]
     scope: Option<String>,
     #[serde(default)]
@@ -181,6 +192,9 @@ pub struct TokenRules {
     /// The header `typ` values accepted (`auth.token_types`,
     /// `auth.require_at_jwt`).
     pub token_types: TokenTypes,
+    /// The longest `exp - iat` accepted, or without `iat` `exp - now` (less
+    /// the leeway); `None`: no limit (`auth.max_token_lifetime_secs`).
+    pub max_lifetime_secs: Option<u64>,
 }
 
 /// How a verifier built from sources refreshes and caches.
@@ -453,8 +467,16 @@ impl Shared {
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
                 Ok(data) => {
-                    let exp = data.claims.exp;
-                    return principal(data.claims).map(|p| (p, exp));
+                    let claims = data.claims;
+                    let exp = claims.exp;
+                    lifetime::check(
+                        claims.iat.as_ref(),
+                        exp,
+                        unix_now(),
+                        self.rules.leeway_secs,
+                        self.rules.max_lifetime_secs,
+                    )?;
+                    return principal(claims).map(|p| (p, exp));
                 }
                 Err(err) => {
                     last = match err.kind() {

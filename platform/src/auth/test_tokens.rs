@@ -44,6 +44,7 @@ impl Signer {
             algorithms: vec![Algorithm::ES256],
             leeway_secs: 0,
             token_types: TokenTypes::default(),
+            max_lifetime_secs: Some(86_400),
         }
     }
 

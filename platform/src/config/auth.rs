@@ -41,6 +41,13 @@ pub struct AuthSettings {
     /// turn it on when yours sends `at+jwt`, and ID tokens are then refused
     /// by their type, whatever their audience.
     pub require_at_jwt: bool,
+    /// The longest lifetime a token may have, `exp - iat`, or for a token
+    /// without `iat` `exp - now` less the leeway (`max_token_lifetime_secs`;
+    /// 0: no limit, refused in production). It bounds how long a stolen or
+    /// mis-issued token works whatever `exp` its issuer wrote; a provider
+    /// that issues longer tokens needs a larger value, not none.
+    #[serde(rename = "max_token_lifetime_secs", with = "secs_or_never")]
+    pub max_token_lifetime: Option<Duration>,
     pub public_keys: Vec<PathBuf>,
     pub jwks_file: Option<PathBuf>,
     pub jwks_url: Option<String>,
@@ -78,6 +85,7 @@ impl Default for AuthSettings {
             leeway: Duration::from_secs(30),
             token_types: vec!["JWT".into(), AT_JWT.into()],
             require_at_jwt: false,
+            max_token_lifetime: Some(Duration::from_secs(86_400)),
             public_keys: Vec::new(),
             jwks_file: None,
             jwks_url: None,
@@ -121,6 +129,10 @@ impl AuthSettings {
         }
         if let Err(e) = self.token_types() {
             problems.push(e);
+        }
+        if production && self.max_token_lifetime.is_none() {
+            problems
+                .push("auth.max_token_lifetime_secs: 0 (no limit) is refused in production".into());
         }
         if let Some(secret) = &self.hs256_secret {
             if production {
@@ -255,6 +267,7 @@ impl AuthSettings {
             algorithms: self.algorithms().map_err(anyhow::Error::msg)?,
             leeway_secs: self.leeway.as_secs(),
             token_types: self.token_types().map_err(anyhow::Error::msg)?,
+            max_lifetime_secs: self.max_token_lifetime.map(|d| d.as_secs()),
         };
         Ok(Verifier::from_sources(rules, self.key_sources()?, self.verifier_options()).await?)
     }
@@ -310,5 +323,31 @@ mod tests {
             TokenTypes::new(&[AT_JWT], true),
             "at+jwt alone"
         );
+    }
+
+    #[test]
+    fn token_lifetime_is_limited_to_a_day_by_default_and_always_in_production() {
+        let defaults = settings();
+        assert_eq!(
+            defaults.max_token_lifetime,
+            Some(Duration::from_secs(86_400))
+        );
+        let unlimited = AuthSettings {
+            max_token_lifetime: None,
+            ..settings()
+        };
+        assert_eq!(problems(&unlimited, false), Vec::<String>::new());
+        assert_eq!(
+            problems(&unlimited, true),
+            ["auth.max_token_lifetime_secs: 0 (no limit) is refused in production"]
+        );
+        // Read and printed in seconds, 0 meaning no limit.
+        let read: AuthSettings = serde_json::from_str(r#"{"max_token_lifetime_secs": 0}"#).unwrap();
+        assert_eq!(read.max_token_lifetime, None);
+        let read: AuthSettings =
+            serde_json::from_str(r#"{"max_token_lifetime_secs": 3600}"#).unwrap();
+        assert_eq!(read.max_token_lifetime, Some(Duration::from_secs(3600)));
+        let printed = serde_json::to_value(&defaults).unwrap();
+        assert_eq!(printed["max_token_lifetime_secs"], 86_400);
     }
 }
