@@ -133,6 +133,44 @@ async fn tokens_spoiled_one_way_at_a_time_are_unauthenticated_with_a_reason() {
             "MALFORMED_TOKEN",
         ),
         (
+            "an ID token (it carries at_hash)",
+            sign_es256(&certs, &our_kid, &{
+                let mut id_token = claims("alice", READ_WRITE);
+                id_token["at_hash"] = "77QmUPtjPfzWtF2AnpK9RQ".into();
+                id_token
+            }),
+            "WRONG_TOKEN_TYPE",
+        ),
+        (
+            "a logout token (typ logout+jwt)",
+            {
+                let pem = std::fs::read(certs.dev.path(grpc_platform::dev::SIGNING_KEY)).unwrap();
+                let mut h = Header::new(Algorithm::ES256);
+                h.typ = Some("logout+jwt".into());
+                h.kid = Some(our_kid.clone());
+                jsonwebtoken::encode(
+                    &h,
+                    &claims("alice", READ_WRITE),
+                    &EncodingKey::from_ec_pem(&pem).unwrap(),
+                )
+                .unwrap()
+            },
+            "WRONG_TOKEN_TYPE",
+        ),
+        (
+            "issued in the future (beyond the leeway)",
+            certs.token_with("alice", READ_WRITE, |c| {
+                c.iat = now() + 3600;
+                c.exp = now() + 7200;
+            }),
+            "TOKEN_ISSUED_IN_FUTURE",
+        ),
+        (
+            "a lifetime over auth.max_token_lifetime_secs",
+            certs.token_with("alice", READ_WRITE, |c| c.exp = c.iat + 86_400 + 60),
+            "TOKEN_LIFETIME_TOO_LONG",
+        ),
+        (
             "oversized (over the 8 KiB token limit)",
             "a".repeat(10 * 1024),
             "TOKEN_TOO_LARGE",

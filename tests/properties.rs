@@ -19,7 +19,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use grpc_platform::auth::{AuthError, KeySet, KeySource, TokenRules, Verifier, VerifierOptions};
+use grpc_platform::auth::{
+    AuthError, KeySet, KeySource, TokenRules, TokenTypes, Verifier, VerifierOptions,
+};
 use grpc_platform::dev::{DevCerts, DevClaims};
 use grpc_platform::middleware::MessageCounter;
 use grpc_platform::middleware::deadline::parse_grpc_timeout;
@@ -35,6 +37,9 @@ use std::time::Duration;
 
 const ISSUER: &str = "orders-test";
 const AUDIENCE: &str = "orders";
+/// The verifiers' `max_lifetime_secs`: the default of
+/// `auth.max_token_lifetime_secs`.
+const MAX_LIFETIME: u64 = 86_400;
 
 /// CI's bound, unless `PROPTEST_CASES` asks for more (or fewer).
 fn config(cases: u32) -> ProptestConfig {
@@ -465,6 +470,8 @@ fn tokens() -> &'static Tokens {
             audience: AUDIENCE.into(),
             algorithms: vec![Algorithm::ES256, Algorithm::RS256, Algorithm::EdDSA],
             leeway_secs: 0,
+            token_types: TokenTypes::default(),
+            max_lifetime_secs: Some(MAX_LIFETIME),
         };
         let sources = vec![KeySource::JwksFile(jwks)];
         let plain = Verifier::new(rules.clone(), KeySet::load(&sources).unwrap());
@@ -576,7 +583,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 /// One claim's variants; `None` leaves the claim out.
-fn variants(now: i64) -> [Vec<Option<Value>>; 7] {
+fn variants(now: i64) -> [Vec<Option<Value>>; 8] {
     [
         // sub
         vec![
@@ -619,6 +626,19 @@ fn variants(now: i64) -> [Vec<Option<Value>>; 7] {
             Some(json!(-1)),
             Some(Value::Null),
             Some(json!(u64::MAX)),
+            Some(json!(now + MAX_LIFETIME as i64 * 2)),
+        ],
+        // iat
+        vec![
+            None,
+            Some(json!(now)),
+            Some(json!(now - 3600)),
+            Some(json!(now - MAX_LIFETIME as i64 * 3)),
+            Some(json!(now + 3600)),
+            Some(json!(now.to_string())),
+            Some(json!(now as f64 - 0.5)),
+            Some(json!(-1)),
+            Some(Value::Null),
         ],
         // nbf
         vec![
@@ -651,12 +671,16 @@ fn variants(now: i64) -> [Vec<Option<Value>>; 7] {
     ]
 }
 
-const CLAIMS: [&str; 7] = ["sub", "iss", "aud", "exp", "nbf", "scope", "scp"];
+const CLAIMS: [&str; 8] = ["sub", "iss", "aud", "exp", "iat", "nbf", "scope", "scp"];
 
 /// Whether the contract (section 3, and RFC 7519 for the claim types) lets a
 /// correctly signed token with these claims in. Readings:
 /// - `exp` is a non-negative whole number (a fractional NumericDate is
 ///   refused: the service reads `exp` as an integer), in the future;
+/// - `iat` absent, or a non-negative whole number (read as `exp` is; `null`
+///   refused) not in the future;
+/// - the lifetime, `exp - iat`, or `exp - now` without `iat`, at most
+///   [`MAX_LIFETIME`];
 /// - `nbf` absent, or a non-negative number (rounded) not in the future
 ///   (`null` is not a NumericDate: refused);
 /// - `sub` a non-empty string; `aud` the audience or an array holding it;
@@ -664,9 +688,15 @@ const CLAIMS: [&str; 7] = ["sub", "iss", "aud", "exp", "nbf", "scope", "scp"];
 /// - `scope` absent/null or a string; `scp` absent/null or an array of strings.
 fn claims_accepted(claims: &serde_json::Map<String, Value>, now: i64) -> bool {
     let get = |k: &str| claims.get(k).filter(|v| !v.is_null());
-    let exp_ok = get("exp")
-        .and_then(Value::as_u64)
-        .is_some_and(|exp| exp as i128 >= now as i128);
+    let exp = get("exp").and_then(Value::as_u64);
+    let exp_ok = exp.is_some_and(|exp| exp as i128 >= now as i128);
+    let iat = claims.get("iat").map(Value::as_u64);
+    let iat_ok = match iat {
+        None => true,
+        Some(iat) => iat.is_some_and(|iat| iat as i128 <= now as i128),
+    };
+    let issued = iat.flatten().map_or(now as i128, |iat| iat as i128);
+    let lifetime_ok = exp.is_some_and(|exp| exp as i128 - issued <= MAX_LIFETIME as i128);
     // A null `nbf` is not a NumericDate: refused (jsonwebtoken's reading too).
     let nbf_ok = match claims.get("nbf") {
         None => true,
@@ -691,7 +721,7 @@ fn claims_accepted(claims: &serde_json::Map<String, Value>, now: i64) -> bool {
     let scope_ok = get("scope").is_none_or(Value::is_string);
     let scp_ok =
         get("scp").is_none_or(|v| v.as_array().is_some_and(|a| a.iter().all(Value::is_string)));
-    exp_ok && nbf_ok && sub_ok && iss_ok && aud_ok && scope_ok && scp_ok
+    exp_ok && iat_ok && lifetime_ok && nbf_ok && sub_ok && iss_ok && aud_ok && scope_ok && scp_ok
 }
 
 proptest! {
@@ -734,7 +764,7 @@ proptest! {
     /// contract; an accepted one carries the claimed subject and scopes.
     #[test]
     fn signed_claims_are_judged_by_the_contract(
-        picks in prop::array::uniform7(any::<prop::sample::Index>()),
+        picks in prop::array::uniform8(any::<prop::sample::Index>()),
         extra in prop::collection::btree_map("[a-z]{1,6}", json_value(), 0..3),
         with_kid in any::<bool>(),
     ) {

@@ -136,9 +136,11 @@ fn check(
     Ok(principal)
 }
 
-/// The refusal of a call: its error, for the rescue layer to answer.
+/// The refusal of a call: its error, for the rescue layer to answer. The
+/// log line names the check that failed (the message tells apart checks
+/// that share a reason) and nothing of the token.
 fn refuse(err: AuthError) -> BoxError {
-    tracing::debug!(reason = err.reason(), "call refused");
+    tracing::debug!(reason = err.reason(), check = %err, "call refused");
     err.into()
 }
 
@@ -193,6 +195,8 @@ mod tests {
                 audience: AUDIENCE.into(),
                 algorithms: vec![Algorithm::ES256],
                 leeway_secs: 0,
+                token_types: Default::default(),
+                max_lifetime_secs: Some(86_400),
             };
             let keys = KeySet::load(&[KeySource::PemFile(public)]).unwrap();
             Self {
@@ -204,11 +208,22 @@ mod tests {
 
         /// A valid token for `sub` carrying `scope` (space-separated).
         fn token(&self, sub: &str, scope: &str) -> String {
+            self.token_with(sub, scope, |_| {})
+        }
+
+        /// The same with its claims changed by `edit`.
+        fn token_with(
+            &self,
+            sub: &str,
+            scope: &str,
+            edit: impl FnOnce(&mut serde_json::Value),
+        ) -> String {
             let now = crate::auth::unix_now();
-            let claims = serde_json::json!({
+            let mut claims = serde_json::json!({
                 "sub": sub, "scope": scope, "iss": ISSUER, "aud": AUDIENCE,
                 "iat": now, "nbf": now, "exp": now + 600,
             });
+            edit(&mut claims);
             let mut header = Header::new(Algorithm::ES256);
             header.kid = Some(KID.into());
             jsonwebtoken::encode(&header, &claims, &self.signing).unwrap()
@@ -417,6 +432,78 @@ mod tests {
             resolved(crate::testing::GET, Some(&read)),
         )
         .await;
+    }
+
+    /// Everything logged at any level while the returned guard lives, as
+    /// text.
+    fn capture_logs() -> (
+        tracing::subscriber::DefaultGuard,
+        Arc<std::sync::Mutex<Vec<u8>>>,
+    ) {
+        use tracing_subscriber::layer::SubscriberExt;
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = out.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || Capture(sink.clone()));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        (tracing::subscriber::set_default(subscriber), out)
+    }
+
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_logged_saying_which_check_failed_and_never_the_token() {
+        let keys = Keys::new();
+        let (mut svc, mut handle) = stack(&keys);
+        let (_logging, logged) = capture_logs();
+        // Two checks that share a reason: the line tells them apart.
+        let id_token = keys.token_with("alice", "things:read", |c| {
+            c["at_hash"] = "77QmUPtjPfzWtF2AnpK9RQ".into();
+        });
+        let now = crate::auth::unix_now();
+        let ahead = keys.token_with("alice", "things:read", |c| {
+            c["iat"] = (now + 3600).into();
+            c["exp"] = (now + 7200).into();
+        });
+        for (token, reason, check) in [
+            (
+                &id_token,
+                "WRONG_TOKEN_TYPE",
+                "ID token where an access token is required",
+            ),
+            (
+                &ahead,
+                "TOKEN_ISSUED_IN_FUTURE",
+                "token issued in the future",
+            ),
+        ] {
+            logged.lock().unwrap().clear();
+            let status = refused(
+                &mut svc,
+                &mut handle,
+                call(crate::testing::GET, Some(token)),
+            )
+            .await;
+            assert_eq!(status.code(), Code::Unauthenticated);
+            let text = String::from_utf8(logged.lock().unwrap().clone()).unwrap();
+            assert!(text.contains("call refused"), "{text}");
+            assert!(text.contains(reason), "{text}");
+            assert!(text.contains(check), "{text}");
+            for part in token.split('.') {
+                assert!(!text.contains(part), "the token is not logged: {text}");
+            }
+        }
     }
 
     #[tokio::test]

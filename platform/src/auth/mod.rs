@@ -5,7 +5,10 @@
 //! - [`Verifier`] checks a token: signature by a key chosen by `kid` (or, for
 //!   a token without `kid`, any key of the algorithm's family), an allowed
 //!   algorithm that matches the key's family (so an HS256 token "signed" with
-//!   an RSA public key is refused), `exp`/`nbf` with leeway, `iss`, `aud`.
+//!   an RSA public key is refused), `exp`/`nbf` with leeway, `iss`, `aud`,
+//!   that it is an access token (`token_type.rs`: the header's `typ`, no
+//!   claim only ID tokens carry), and that it was not issued in the future
+//!   and lives no longer than the limit (`lifetime.rs`).
 //!   A token verified once is then accepted from a cache (`cache.rs`) until
 //!   its `exp`.
 //! - Keys come from PEM files, a JWKS file or a JWKS URL (`keys.rs`,
@@ -23,11 +26,14 @@ mod fetch;
 mod key_error;
 mod keys;
 mod layer;
+mod lifetime;
+mod token_type;
 
 pub use fetch::JwksUrl;
 pub use key_error::KeyError;
 pub use keys::{KeySet, KeySource};
 pub use layer::AuthLayer;
+pub use token_type::{AT_JWT, TokenTypes};
 
 use arc_swap::ArcSwap;
 use cache::TokenCache;
@@ -91,6 +97,14 @@ pub enum AuthError {
     WrongAudience,
     #[error("token algorithm not allowed")]
     AlgorithmNotAllowed,
+    #[error("token type not accepted")]
+    WrongTokenType,
+    #[error("ID token where an access token is required")]
+    IdToken,
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    #[error("token lifetime over the limit")]
+    LifetimeTooLong,
     #[error("token signing key unknown")]
     UnknownKey,
     #[error("token lacks scope {0}")]
@@ -105,10 +119,13 @@ impl AuthError {
             AuthError::TooLarge => "TOKEN_TOO_LARGE",
             AuthError::Expired => "TOKEN_EXPIRED",
             AuthError::NotYetValid => "TOKEN_NOT_YET_VALID",
+            AuthError::IssuedInFuture => "TOKEN_ISSUED_IN_FUTURE",
+            AuthError::LifetimeTooLong => "TOKEN_LIFETIME_TOO_LONG",
             AuthError::BadSignature => "BAD_SIGNATURE",
             AuthError::WrongIssuer => "WRONG_ISSUER",
             AuthError::WrongAudience => "WRONG_AUDIENCE",
             AuthError::AlgorithmNotAllowed => "ALGORITHM_NOT_ALLOWED",
+            AuthError::WrongTokenType | AuthError::IdToken => "WRONG_TOKEN_TYPE",
             AuthError::UnknownKey => "UNKNOWN_KEY",
             AuthError::MissingScope(_) => "MISSING_SCOPE",
         }
@@ -154,10 +171,15 @@ struct Claims {
     iss: Option<serde_json::Value>,
     /// Required and checked by jsonwebtoken; kept to bound the cache entry.
     exp: u64,
+    /// Optional; checked in `lifetime`.
+    #[serde(default, deserialize_with = "lifetime::present")]
+    iat: Option<serde_json::Value>,
     #[serde(default)]
     scope: Option<String>,
     #[serde(default)]
     scp: Option<Vec<String>>,
+    #[serde(flatten)]
+    id_token: token_type::IdTokenClaims,
 }
 
 /// What a token must satisfy besides its signature.
@@ -167,6 +189,12 @@ pub struct TokenRules {
     pub audience: String,
     pub algorithms: Vec<Algorithm>,
     pub leeway_secs: u64,
+    /// The header `typ` values accepted (`auth.token_types`,
+    /// `auth.require_at_jwt`).
+    pub token_types: TokenTypes,
+    /// The longest `exp - iat` accepted, or without `iat` `exp - now` (less
+    /// the leeway); `None`: no limit (`auth.max_token_lifetime_secs`).
+    pub max_lifetime_secs: Option<u64>,
 }
 
 /// How a verifier built from sources refreshes and caches.
@@ -423,6 +451,8 @@ impl Shared {
         if !self.rules.algorithms.contains(&header.alg) {
             return Err(AuthError::AlgorithmNotAllowed);
         }
+        // Before the key lookup: a token of another kind costs no refresh.
+        self.rules.token_types.check(header.typ.as_deref())?;
         let candidates = keys.candidates(header.kid.as_deref(), header.alg)?;
 
         let mut validation = Validation::new(header.alg);
@@ -437,8 +467,16 @@ impl Shared {
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
                 Ok(data) => {
-                    let exp = data.claims.exp;
-                    return principal(data.claims).map(|p| (p, exp));
+                    let claims = data.claims;
+                    let exp = claims.exp;
+                    lifetime::check(
+                        claims.iat.as_ref(),
+                        exp,
+                        unix_now(),
+                        self.rules.leeway_secs,
+                        self.rules.max_lifetime_secs,
+                    )?;
+                    return principal(claims).map(|p| (p, exp));
                 }
                 Err(err) => {
                     last = match err.kind() {
@@ -473,6 +511,7 @@ fn principal(claims: Claims) -> Result<Principal, AuthError> {
     if !matches!(claims.iss, Some(serde_json::Value::String(_))) {
         return Err(AuthError::WrongIssuer);
     }
+    claims.id_token.check()?;
     // An empty subject names nobody: such a token is malformed.
     if claims.sub.is_empty() {
         return Err(AuthError::Malformed);
@@ -498,4 +537,101 @@ pub fn principal_of<T>(request: &tonic::Request<T>) -> Result<&Principal, AuthEr
         .extensions()
         .get::<Principal>()
         .ok_or(AuthError::MissingToken)
+}
+
+#[cfg(test)]
+mod test_tokens;
+
+#[cfg(test)]
+mod tests {
+    use super::test_tokens::Signer;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    /// The order of P-256's group (FIPS 186-4, D.1.2.3), big-endian.
+    const P256_N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+
+    /// `a - b` for big-endian numbers with `a >= b`.
+    fn minus(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = i16::from(a[i]) - i16::from(b[i]) - borrow;
+            borrow = i16::from(d < 0);
+            out[i] = (d + 256 * borrow) as u8;
+        }
+        assert_eq!(borrow, 0, "a >= b");
+        out
+    }
+
+    /// The `s` half of an ES256 token's signature (`r || s`, 32 bytes each).
+    fn s_of(token: &str) -> [u8; 32] {
+        let signature = URL_SAFE_NO_PAD
+            .decode(token.rsplit('.').next().unwrap())
+            .unwrap();
+        assert_eq!(signature.len(), 64, "ES256 signatures are r || s");
+        signature[32..].try_into().unwrap()
+    }
+
+    /// Whether `s > n / 2` (`n` is odd, so that is `s > n - s`).
+    fn is_high(s: &[u8; 32]) -> bool {
+        *s > minus(&P256_N, s)
+    }
+
+    /// The same token with `s` replaced by `n - s`: the other signature
+    /// ECDSA accepts for the same message and key.
+    fn twin(token: &str) -> String {
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        let mut bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        let s = minus(&P256_N, &s_of(token));
+        bytes[32..].copy_from_slice(&s);
+        format!("{message}.{}", URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// ECDSA signatures are malleable: `(r, n - s)` verifies wherever
+    /// `(r, s)` does. Both halves are accepted on purpose: JWS (RFC 7518
+    /// §3.4) does not ask signers for a low `s`, and the signers in use,
+    /// this one included, make high and low `s` alike, so refusing either
+    /// half would refuse valid tokens. The twin is harmless: only a holder
+    /// of a valid token can make it, it carries the same claims (same
+    /// subject, scopes and `exp`), and the cache keeps it as a second entry
+    /// of the same verdict.
+    #[test]
+    fn an_es256_signature_with_s_replaced_by_n_minus_s_verifies_as_the_same_token() {
+        let signer = Signer::new();
+        let tokens: Vec<String> = (0..64).map(|_| signer.token()).collect();
+        let high = tokens.iter().filter(|t| is_high(&s_of(t))).count();
+        assert!(
+            0 < high && high < tokens.len(),
+            "a standard signer makes both: {high} of {} high",
+            tokens.len()
+        );
+
+        let verifier = signer.cached_verifier(Signer::rules());
+        let token = &tokens[0];
+        let other = twin(token);
+        assert_ne!(&other, token);
+        assert_ne!(is_high(&s_of(&other)), is_high(&s_of(token)));
+        let first = verifier.verify(token).expect("the token verifies");
+        let second = verifier.verify(&other).expect("its twin verifies too");
+        assert_eq!(second.subject(), first.subject());
+        assert!(second.has_scope("things:read"));
+        assert_eq!(verifier.cached_tokens(), 2, "one entry per text");
+        // The twin's twin is the token itself: there is no third text.
+        assert_eq!(&twin(&other), token);
+
+        // Any other change to `s` is a bad signature.
+        let (message, signature) = other.rsplit_once('.').unwrap();
+        let mut bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        bytes[63] ^= 1;
+        let spoiled = format!("{message}.{}", URL_SAFE_NO_PAD.encode(bytes));
+        assert_eq!(
+            verifier.verify(&spoiled).unwrap_err().reason(),
+            "BAD_SIGNATURE"
+        );
+    }
 }

@@ -3,7 +3,9 @@
 
 use super::duration::secs_or_never;
 use super::redact_opt;
-use crate::auth::{JwksUrl, KeyError, KeySource, TokenRules, Verifier, VerifierOptions};
+use crate::auth::{
+    AT_JWT, JwksUrl, KeyError, KeySource, TokenRules, TokenTypes, Verifier, VerifierOptions,
+};
 use jsonwebtoken::Algorithm;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,29 @@ pub struct AuthSettings {
     #[serde(rename = "leeway_secs")]
     #[serde_as(as = "DurationSeconds<u64>")]
     pub leeway: Duration,
+    /// The header `typ` values a token may carry, compared without regard
+    /// to case, `application/` optional (`at+jwt` is
+    /// `application/at+jwt`); a token without `typ` passes too. The default,
+    /// `JWT` and `at+jwt`, is what identity providers put on access tokens;
+    /// any other type (a logout token, a security event, …) is refused, and
+    /// the types of tokens that are not access tokens may not be listed.
+    /// ID tokens, which usually say `JWT` or nothing, are kept out by `aud`
+    /// (theirs is a client's id) and by the claims only they carry
+    /// (`at_hash`, `c_hash`, `s_hash`).
+    pub token_types: Vec<String>,
+    /// Accept RFC 9068 access tokens only: every token must say `typ:
+    /// at+jwt` (RFC 9068 §4), and `token_types` is not used. Off by default
+    /// because many providers send `JWT` or nothing on their access tokens;
+    /// turn it on when yours sends `at+jwt`, and ID tokens are then refused
+    /// by their type, whatever their audience.
+    pub require_at_jwt: bool,
+    /// The longest lifetime a token may have, `exp - iat`, or for a token
+    /// without `iat` `exp - now` less the leeway (`max_token_lifetime_secs`;
+    /// 0: no limit, refused in production). It bounds how long a stolen or
+    /// mis-issued token works whatever `exp` its issuer wrote; a provider
+    /// that issues longer tokens needs a larger value, not none.
+    #[serde(rename = "max_token_lifetime_secs", with = "secs_or_never")]
+    pub max_token_lifetime: Option<Duration>,
     pub public_keys: Vec<PathBuf>,
     pub jwks_file: Option<PathBuf>,
     pub jwks_url: Option<String>,
@@ -58,6 +83,9 @@ impl Default for AuthSettings {
             audience: String::new(),
             algorithms: vec!["ES256".into(), "RS256".into(), "EdDSA".into()],
             leeway: Duration::from_secs(30),
+            token_types: vec!["JWT".into(), AT_JWT.into()],
+            require_at_jwt: false,
+            max_token_lifetime: Some(Duration::from_secs(86_400)),
             public_keys: Vec::new(),
             jwks_file: None,
             jwks_url: None,
@@ -98,6 +126,13 @@ impl AuthSettings {
                 }
             }
             Err(e) => problems.push(e),
+        }
+        if let Err(e) = self.token_types() {
+            problems.push(e);
+        }
+        if production && self.max_token_lifetime.is_none() {
+            problems
+                .push("auth.max_token_lifetime_secs: 0 (no limit) is refused in production".into());
         }
         if let Some(secret) = &self.hs256_secret {
             if production {
@@ -179,6 +214,12 @@ impl AuthSettings {
             .collect()
     }
 
+    /// `token_types` and `require_at_jwt`, checked.
+    pub fn token_types(&self) -> Result<TokenTypes, String> {
+        TokenTypes::new(&self.token_types, self.require_at_jwt)
+            .map_err(|e| format!("auth.token_types: {e}"))
+    }
+
     /// The key sources the section names (building the HTTPS client of
     /// `jwks_url`, which reads `jwks_ca`).
     pub fn key_sources(&self) -> Result<Vec<KeySource>, KeyError> {
@@ -225,7 +266,88 @@ impl AuthSettings {
             audience: self.audience.clone(),
             algorithms: self.algorithms().map_err(anyhow::Error::msg)?,
             leeway_secs: self.leeway.as_secs(),
+            token_types: self.token_types().map_err(anyhow::Error::msg)?,
+            max_lifetime_secs: self.max_token_lifetime.map(|d| d.as_secs()),
         };
         Ok(Verifier::from_sources(rules, self.key_sources()?, self.verifier_options()).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings with every required key, so a test sees only the problems
+    /// of the keys it is about.
+    fn settings() -> AuthSettings {
+        AuthSettings {
+            issuer: "https://login.example/".into(),
+            audience: "things".into(),
+            jwks_url: Some("https://login.example/jwks.json".into()),
+            ..Default::default()
+        }
+    }
+
+    fn problems(settings: &AuthSettings, production: bool) -> Vec<String> {
+        let mut problems = Vec::new();
+        settings.validate(production, false, &mut problems);
+        problems
+    }
+
+    #[test]
+    fn token_types_default_to_jwt_and_at_jwt_and_a_bad_list_is_named() {
+        let defaults = settings();
+        assert_eq!(defaults.token_types, ["JWT", "at+jwt"]);
+        assert!(!defaults.require_at_jwt);
+        assert_eq!(problems(&defaults, true), Vec::<String>::new());
+        assert_eq!(defaults.token_types(), Ok(TokenTypes::default()));
+
+        for list in [vec![], vec!["JWT", "logout+jwt"], vec![" "]] {
+            let bad = AuthSettings {
+                token_types: list.iter().map(|t| t.to_string()).collect(),
+                ..settings()
+            };
+            let found = problems(&bad, false);
+            assert_eq!(found.len(), 1, "{list:?}: {found:?}");
+            assert!(found[0].starts_with("auth.token_types: "), "{found:?}");
+        }
+        // With require_at_jwt the list is not used, so not checked either.
+        let rfc9068 = AuthSettings {
+            token_types: Vec::new(),
+            require_at_jwt: true,
+            ..settings()
+        };
+        assert_eq!(problems(&rfc9068, true), Vec::<String>::new());
+        assert_eq!(
+            rfc9068.token_types(),
+            TokenTypes::new(&[AT_JWT], true),
+            "at+jwt alone"
+        );
+    }
+
+    #[test]
+    fn token_lifetime_is_limited_to_a_day_by_default_and_always_in_production() {
+        let defaults = settings();
+        assert_eq!(
+            defaults.max_token_lifetime,
+            Some(Duration::from_secs(86_400))
+        );
+        let unlimited = AuthSettings {
+            max_token_lifetime: None,
+            ..settings()
+        };
+        assert_eq!(problems(&unlimited, false), Vec::<String>::new());
+        assert_eq!(
+            problems(&unlimited, true),
+            ["auth.max_token_lifetime_secs: 0 (no limit) is refused in production"]
+        );
+        // Read and printed in seconds, 0 meaning no limit.
+        let read: AuthSettings = serde_json::from_str(r#"{"max_token_lifetime_secs": 0}"#).unwrap();
+        assert_eq!(read.max_token_lifetime, None);
+        let read: AuthSettings =
+            serde_json::from_str(r#"{"max_token_lifetime_secs": 3600}"#).unwrap();
+        assert_eq!(read.max_token_lifetime, Some(Duration::from_secs(3600)));
+        let printed = serde_json::to_value(&defaults).unwrap();
+        assert_eq!(printed["max_token_lifetime_secs"], 86_400);
     }
 }

@@ -320,6 +320,7 @@ pub fn read_layers<S: ServiceSettings>(
                 .list_separator(",")
                 .with_list_parse_key("auth.algorithms")
                 .with_list_parse_key("auth.public_keys")
+                .with_list_parse_key("auth.token_types")
                 .try_parsing(true)
                 .source(vars),
         );
@@ -560,6 +561,27 @@ mod tests {
                 .any(|p| p.starts_with("admin.check_timeout_ms")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn list_keys_take_comma_separated_environment_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let vars = [
+            ("THINGS_TEST__AUTH__TOKEN_TYPES", "JWT,application/at+jwt"),
+            ("THINGS_TEST__AUTH__ALGORITHMS", "ES256,EdDSA"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let (platform, _) = read_layers::<Things>(
+            "THINGS_TEST",
+            &Sources {
+                config_dir: Some(dir.path().into()),
+                ..Default::default()
+            },
+            Some(vars.into_iter().collect()),
+        )
+        .unwrap();
+        assert_eq!(platform.auth.token_types, ["JWT", "application/at+jwt"]);
+        assert_eq!(platform.auth.algorithms, ["ES256", "EdDSA"]);
     }
 
     #[test]
