@@ -172,16 +172,18 @@ async fn a_copy_of_the_greeter_under_a_new_name_builds_and_serves() {
     let python = Python::new(&repo());
     // grpcurl [-H token] [-d data] TARGET what
     let grpcurl = |token: Option<String>, data: Option<&str>, what: &str| {
-        let mut command = python.grpcurl();
-        command.arg("-cacert").arg(server.ca_file());
-        if let Some(token) = token {
-            command.args(["-H", &format!("authorization: Bearer {token}")]);
+        let header = token.map(|token| format!("authorization: Bearer {token}"));
+        let mut flags = Vec::new();
+        if let Some(header) = &header {
+            flags.extend(["-H", header.as_str()]);
         }
         if let Some(data) = data {
-            command.args(["-d", data]);
+            flags.extend(["-d", data]);
         }
-        command.arg(server.target()).arg(what);
-        command.output().expect("grpcurl runs")
+        server
+            .grpcurl(&python, &flags, &[what])
+            .output()
+            .expect("grpcurl runs")
     };
     let listed = grpcurl(None, None, "list");
     let listed = String::from_utf8_lossy(&listed.stdout);

@@ -111,6 +111,23 @@ pub struct DevClaims {
     pub exp: i64,
 }
 
+impl DevClaims {
+    /// Claims for `sub` with `scope` (space-separated), from `iss` to
+    /// `aud`, valid from now for `ttl_secs`.
+    pub fn valid_for(sub: &str, scope: &str, iss: &str, aud: &str, ttl_secs: i64) -> Self {
+        let now = chrono::Utc::now().timestamp();
+        Self {
+            sub: sub.into(),
+            scope: scope.into(),
+            iss: iss.into(),
+            aud: aud.into(),
+            iat: now,
+            nbf: now,
+            exp: now + ttl_secs,
+        }
+    }
+}
+
 fn name(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);

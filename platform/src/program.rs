@@ -207,16 +207,13 @@ pub fn run<S: Service>(args: impl IntoIterator<Item = impl Into<OsString> + Clon
             if settings.environment == Environment::Production {
                 return failed(&"dev-token is refused in production", EXIT_CONFIG as u8);
             }
-            let now = chrono::Utc::now().timestamp();
-            let claims = DevClaims {
-                sub,
-                scope: scope.unwrap_or_else(|| S::DEV_SCOPE.to_owned()),
-                iss: settings.dev.token_issuer.clone(),
-                aud: settings.dev.token_audience.clone(),
-                iat: now,
-                nbf: now,
-                exp: now + ttl,
-            };
+            let claims = DevClaims::valid_for(
+                &sub,
+                scope.as_deref().unwrap_or(S::DEV_SCOPE),
+                &settings.dev.token_issuer,
+                &settings.dev.token_audience,
+                ttl,
+            );
             match certs(dir).token(&claims) {
                 Ok(token) => {
                     println!("{token}");

@@ -146,18 +146,22 @@ impl RunningServer {
     /// A token for `sub` with `scope`, valid for ten minutes, signed with
     /// the key the server's JWKS publishes.
     pub fn token(&self, sub: &str, scope: &str) -> String {
-        let now = chrono::Utc::now().timestamp();
         self.certs
-            .token(&DevClaims {
-                sub: sub.into(),
-                scope: scope.into(),
-                iss: ISSUER.into(),
-                aud: AUDIENCE.into(),
-                iat: now,
-                nbf: now,
-                exp: now + 600,
-            })
+            .token(&DevClaims::valid_for(sub, scope, ISSUER, AUDIENCE, 600))
             .expect("a signed token")
+    }
+
+    /// `grpcurl -cacert CA [flags] localhost:PORT [then]`: grpcurl from
+    /// `python`'s environment, trusting the server's CA.
+    pub fn grpcurl(&self, python: &Python, flags: &[&str], then: &[&str]) -> Command {
+        let mut command = python.grpcurl();
+        command
+            .arg("-cacert")
+            .arg(self.ca_file())
+            .args(flags)
+            .arg(self.target())
+            .args(then);
+        command
     }
 
     /// The health status of `name` (`liveness`, `readiness`, a service's

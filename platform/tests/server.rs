@@ -22,7 +22,7 @@ use std::future::{Ready, ready};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::body::Body;
@@ -99,20 +99,10 @@ impl Certs {
 
     /// A token valid for ten minutes carrying `scope` (space-separated).
     fn token(&self, scope: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
         self.dev
-            .token(&DevClaims {
-                sub: "tester".into(),
-                scope: scope.into(),
-                iss: ISSUER.into(),
-                aud: AUDIENCE.into(),
-                iat: now,
-                nbf: now,
-                exp: now + 600,
-            })
+            .token(&DevClaims::valid_for(
+                "tester", scope, ISSUER, AUDIENCE, 600,
+            ))
             .unwrap()
     }
 }

@@ -45,16 +45,7 @@ impl Certs {
 
     /// A token whose claims `edit` may spoil.
     pub fn token_with(&self, sub: &str, scope: &str, edit: impl FnOnce(&mut DevClaims)) -> String {
-        let now = chrono::Utc::now().timestamp();
-        let mut claims = DevClaims {
-            sub: sub.into(),
-            scope: scope.into(),
-            iss: ISSUER.into(),
-            aud: AUDIENCE.into(),
-            iat: now,
-            nbf: now,
-            exp: now + 600,
-        };
+        let mut claims = DevClaims::valid_for(sub, scope, ISSUER, AUDIENCE, 600);
         edit(&mut claims);
         self.dev.token(&claims).unwrap()
     }

@@ -69,15 +69,7 @@ async fn the_public_method_needs_no_token_and_the_other_its_scope() {
 async fn reflection_lists_and_describes_the_calculator() {
     let server = start();
     let python = Python::new(WORKSPACE.as_ref());
-    let grpcurl = |args: &[&str]| {
-        let mut command = python.grpcurl();
-        command
-            .arg("-cacert")
-            .arg(server.ca_file())
-            .arg(server.target())
-            .args(args);
-        run(&mut command, true).0
-    };
+    let grpcurl = |then: &[&str]| run(&mut server.grpcurl(&python, &[], then), true).0;
     let services = grpcurl(&["list"]);
     assert!(
         services.lines().any(|l| l == "calculator.Calculator"),
@@ -91,12 +83,11 @@ async fn reflection_lists_and_describes_the_calculator() {
         assert!(described.contains(rpc), "{rpc} missing from {described}");
     }
     // The public method answers grpcurl without a token.
-    let mut call = python.grpcurl();
-    call.arg("-cacert")
-        .arg(server.ca_file())
-        .args(["-d", r#"{"value": 2.25}"#])
-        .arg(server.target())
-        .arg("calculator.Calculator/SquareRoot");
+    let mut call = server.grpcurl(
+        &python,
+        &["-d", r#"{"value": 2.25}"#],
+        &["calculator.Calculator/SquareRoot"],
+    );
     let (out, _) = run(&mut call, true);
     assert!(out.contains("1.5"), "{out}");
     assert!(server.stop().success());

@@ -59,15 +59,7 @@ async fn the_tutorial_client_is_answered_with_the_scope_and_refused_without() {
 async fn reflection_lists_and_describes_the_greeter() {
     let server = start();
     let python = Python::new(WORKSPACE.as_ref());
-    let grpcurl = |args: &[&str]| {
-        let mut command = python.grpcurl();
-        command
-            .arg("-cacert")
-            .arg(server.ca_file())
-            .arg(server.target())
-            .args(args);
-        run(&mut command, true).0
-    };
+    let grpcurl = |then: &[&str]| run(&mut server.grpcurl(&python, &[], then), true).0;
     let services = grpcurl(&["list"]);
     assert!(
         services.lines().any(|l| l == "helloworld.Greeter"),

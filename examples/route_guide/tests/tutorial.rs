@@ -233,15 +233,7 @@ async fn the_tutorial_client_is_answered_with_the_scopes_and_refused_without() {
 async fn reflection_lists_and_describes_the_route_guide() {
     let server = start();
     let python = Python::new(WORKSPACE.as_ref());
-    let grpcurl = |args: &[&str]| {
-        let mut command = python.grpcurl();
-        command
-            .arg("-cacert")
-            .arg(server.ca_file())
-            .arg(server.target())
-            .args(args);
-        run(&mut command, true).0
-    };
+    let grpcurl = |then: &[&str]| run(&mut server.grpcurl(&python, &[], then), true).0;
     let services = grpcurl(&["list"]);
     assert!(
         services.lines().any(|l| l == "routeguide.RouteGuide"),
@@ -270,18 +262,22 @@ async fn an_open_chat_ends_with_unavailable_when_the_server_stops() {
         Path::new(HERE).join("proto"),
         grpc_platform::PROTO_INCLUDE_DIR.into(),
     ];
-    let mut chat = python
-        .grpcurl()
-        .arg("-cacert")
-        .arg(server.ca_file())
-        .args(
-            protos
-                .iter()
-                .flat_map(|dir| ["-import-path".as_ref(), dir.as_os_str()]),
-        )
-        .args(["-proto", "routeguide/route_guide.proto"])
-        .args(["-H", &format!("authorization: Bearer {token}"), "-d", "@"])
-        .args([&server.target(), "routeguide.RouteGuide/RouteChat"])
+    let import_paths: Vec<String> = protos
+        .iter()
+        .flat_map(|dir| ["-import-path".to_owned(), dir.display().to_string()])
+        .collect();
+    let mut flags: Vec<&str> = import_paths.iter().map(String::as_str).collect();
+    let header = format!("authorization: Bearer {token}");
+    flags.extend([
+        "-proto",
+        "routeguide/route_guide.proto",
+        "-H",
+        &header,
+        "-d",
+        "@",
+    ]);
+    let mut chat = server
+        .grpcurl(&python, &flags, &["routeguide.RouteGuide/RouteChat"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
