@@ -163,12 +163,16 @@ async fn a_copy_of_the_greeter_under_a_new_name_builds_and_serves() {
     assert!(built.success(), "the copy builds");
 
     // 5. Start it as production runs it, and call it.
-    let server = RunningServer::start(ServerUnderTest {
-        binary: &target.join("debug/shop-server"),
-        env_prefix: "SHOP",
-        config_dir: &shop.join("config"),
-        name: "shop",
-    });
+    // Reflection, off in production, on: grpcurl lists and calls it.
+    let server = RunningServer::start_with(
+        ServerUnderTest {
+            binary: &target.join("debug/shop-server"),
+            env_prefix: "SHOP",
+            config_dir: &shop.join("config"),
+            name: "shop",
+        },
+        &[("SERVER__REFLECTION", "true")],
+    );
     let python = Python::new(&repo());
     // grpcurl [-H token] [-d data] TARGET what
     let grpcurl = |token: Option<String>, data: Option<&str>, what: &str| {

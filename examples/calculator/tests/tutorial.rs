@@ -8,18 +8,28 @@ use std::path::Path;
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 const HERE: &str = env!("CARGO_MANIFEST_DIR");
 
-fn start() -> RunningServer {
-    RunningServer::start(ServerUnderTest {
-        binary: env!("CARGO_BIN_EXE_calculator-server").as_ref(),
-        env_prefix: "CALCULATOR",
-        config_dir: &Path::new(HERE).join("config"),
-        name: "calculator",
-    })
+/// The server with production settings; reflection, off in production,
+/// turned on when `reflection`.
+fn start(reflection: bool) -> RunningServer {
+    let extra: &[(&str, &str)] = if reflection {
+        &[("SERVER__REFLECTION", "true")]
+    } else {
+        &[]
+    };
+    RunningServer::start_with(
+        ServerUnderTest {
+            binary: env!("CARGO_BIN_EXE_calculator-server").as_ref(),
+            env_prefix: "CALCULATOR",
+            config_dir: &Path::new(HERE).join("config"),
+            name: "calculator",
+        },
+        extra,
+    )
 }
 
 #[tokio::test]
 async fn the_public_method_needs_no_token_and_the_other_its_scope() {
-    let server = start();
+    let server = start(false);
     let python = Python::new(WORKSPACE.as_ref()).generate(
         &Path::new(HERE).join("proto"),
         &["calculator/calculator.proto"],
@@ -67,7 +77,7 @@ async fn the_public_method_needs_no_token_and_the_other_its_scope() {
 
 #[tokio::test]
 async fn reflection_lists_and_describes_the_calculator() {
-    let server = start();
+    let server = start(true);
     let python = Python::new(WORKSPACE.as_ref());
     let grpcurl = |then: &[&str]| run(&mut server.grpcurl(&python, &[], then), true).0;
     let services = grpcurl(&["list"]);

@@ -8,18 +8,28 @@ use std::path::Path;
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 const HERE: &str = env!("CARGO_MANIFEST_DIR");
 
-fn start() -> RunningServer {
-    RunningServer::start(ServerUnderTest {
-        binary: env!("CARGO_BIN_EXE_greeter-server").as_ref(),
-        env_prefix: "GREETER",
-        config_dir: &Path::new(HERE).join("config"),
-        name: "greeter",
-    })
+/// The server with production settings; reflection, off in production,
+/// turned on when `reflection`.
+fn start(reflection: bool) -> RunningServer {
+    let extra: &[(&str, &str)] = if reflection {
+        &[("SERVER__REFLECTION", "true")]
+    } else {
+        &[]
+    };
+    RunningServer::start_with(
+        ServerUnderTest {
+            binary: env!("CARGO_BIN_EXE_greeter-server").as_ref(),
+            env_prefix: "GREETER",
+            config_dir: &Path::new(HERE).join("config"),
+            name: "greeter",
+        },
+        extra,
+    )
 }
 
 #[tokio::test]
 async fn the_tutorial_client_is_answered_with_the_scope_and_refused_without() {
-    let server = start();
+    let server = start(false);
     let python = Python::new(WORKSPACE.as_ref()).generate(
         &Path::new(HERE).join("proto"),
         &["helloworld/helloworld.proto"],
@@ -57,7 +67,7 @@ async fn the_tutorial_client_is_answered_with_the_scope_and_refused_without() {
 
 #[tokio::test]
 async fn reflection_lists_and_describes_the_greeter() {
-    let server = start();
+    let server = start(true);
     let python = Python::new(WORKSPACE.as_ref());
     let grpcurl = |then: &[&str]| run(&mut server.grpcurl(&python, &[], then), true).0;
     let services = grpcurl(&["list"]);
@@ -72,5 +82,25 @@ async fn reflection_lists_and_describes_the_greeter() {
         ),
         "{described}"
     );
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn reflection_is_off_in_production_unless_turned_on() {
+    let server = start(false);
+    let python = Python::new(WORKSPACE.as_ref());
+    // Its path is then one nobody serves: a token is needed to learn even
+    // that, and with one the answer is that there is no reflection.
+    let (_, err) = run(&mut server.grpcurl(&python, &[], &["list"]), false);
+    assert!(err.contains("Unauthenticated"), "{err}");
+    let header = format!(
+        "authorization: Bearer {}",
+        server.token("alice", "greeter:use")
+    );
+    let (_, err) = run(
+        &mut server.grpcurl(&python, &["-H", &header], &["list"]),
+        false,
+    );
+    assert!(err.contains("does not support the reflection API"), "{err}");
     assert!(server.stop().success());
 }

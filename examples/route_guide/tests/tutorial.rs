@@ -15,13 +15,23 @@ use std::time::Duration;
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 const HERE: &str = env!("CARGO_MANIFEST_DIR");
 
-fn start() -> RunningServer {
-    RunningServer::start(ServerUnderTest {
-        binary: env!("CARGO_BIN_EXE_route-guide-server").as_ref(),
-        env_prefix: "ROUTE_GUIDE",
-        config_dir: &Path::new(HERE).join("config"),
-        name: "route_guide",
-    })
+/// The server with production settings; reflection, off in production,
+/// turned on when `reflection`.
+fn start(reflection: bool) -> RunningServer {
+    let extra: &[(&str, &str)] = if reflection {
+        &[("SERVER__REFLECTION", "true")]
+    } else {
+        &[]
+    };
+    RunningServer::start_with(
+        ServerUnderTest {
+            binary: env!("CARGO_BIN_EXE_route-guide-server").as_ref(),
+            env_prefix: "ROUTE_GUIDE",
+            config_dir: &Path::new(HERE).join("config"),
+            name: "route_guide",
+        },
+        extra,
+    )
 }
 
 /// The map's places, in the file's order: where, and the name ("" for none).
@@ -98,7 +108,7 @@ fn after<'a>(lines: &[&'a str], prefix: &str) -> &'a str {
 
 #[tokio::test]
 async fn the_tutorial_client_is_answered_with_the_scopes_and_refused_without() {
-    let server = start();
+    let server = start(false);
     let python = Python::new(WORKSPACE.as_ref()).generate(
         &Path::new(HERE).join("proto"),
         &["routeguide/route_guide.proto"],
@@ -231,7 +241,7 @@ async fn the_tutorial_client_is_answered_with_the_scopes_and_refused_without() {
 
 #[tokio::test]
 async fn reflection_lists_and_describes_the_route_guide() {
-    let server = start();
+    let server = start(true);
     let python = Python::new(WORKSPACE.as_ref());
     let grpcurl = |then: &[&str]| run(&mut server.grpcurl(&python, &[], then), true).0;
     let services = grpcurl(&["list"]);
@@ -253,7 +263,7 @@ async fn reflection_lists_and_describes_the_route_guide() {
 
 #[tokio::test]
 async fn an_open_chat_ends_with_unavailable_when_the_server_stops() {
-    let server = start();
+    let server = start(false);
     let python = Python::new(WORKSPACE.as_ref());
     let token = server.token("dave", "routes:write");
     // The proto from its files, not by reflection: grpcurl holds its
