@@ -331,6 +331,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn two_authorization_headers_are_refused_even_when_one_is_valid() {
+        let keys = Keys::new();
+        let (mut svc, mut handle) = stack(&keys);
+        let valid = format!("Bearer {}", keys.token("alice", "things:read"));
+        for second in [valid.as_str(), "Bearer not.a.token"] {
+            let mut request = call("/things.v1.ThingService/GetThing", None);
+            let headers = request.headers_mut();
+            headers.append(http::header::AUTHORIZATION, valid.parse().unwrap());
+            headers.append(http::header::AUTHORIZATION, second.parse().unwrap());
+            let status = refused(&mut svc, &mut handle, request).await;
+            assert_eq!(status.code(), Code::Unauthenticated);
+            let info = status.get_details_error_info().expect("ErrorInfo");
+            assert_eq!(info.reason, "AMBIGUOUS_CREDENTIALS");
+        }
+        // One of them alone passes.
+        let mut request = call("/things.v1.ThingService/GetThing", None);
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, valid.parse().unwrap());
+        passed(&mut svc, &mut handle, request).await;
+    }
+
+    #[tokio::test]
     async fn a_token_without_the_declared_scope_is_denied_naming_it() {
         let keys = Keys::new();
         let (mut svc, mut handle) = stack(&keys);

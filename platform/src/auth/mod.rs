@@ -85,6 +85,10 @@ pub enum AuthError {
     Malformed,
     #[error("token too large")]
     TooLarge,
+    /// More than one `authorization` header: which one a proxy in front
+    /// read cannot be known, so neither is trusted.
+    #[error("more than one authorization header")]
+    Ambiguous,
     #[error("token expired")]
     Expired,
     #[error("token not yet valid")]
@@ -117,6 +121,7 @@ impl AuthError {
             AuthError::MissingToken => "MISSING_TOKEN",
             AuthError::Malformed => "MALFORMED_TOKEN",
             AuthError::TooLarge => "TOKEN_TOO_LARGE",
+            AuthError::Ambiguous => "AMBIGUOUS_CREDENTIALS",
             AuthError::Expired => "TOKEN_EXPIRED",
             AuthError::NotYetValid => "TOKEN_NOT_YET_VALID",
             AuthError::IssuedInFuture => "TOKEN_ISSUED_IN_FUTURE",
@@ -368,11 +373,14 @@ impl Verifier {
         self.shared.refresh(Trigger::UnknownKey).await;
     }
 
-    /// Reads `authorization: Bearer <token>` and verifies it.
+    /// Reads `authorization: Bearer <token>` and verifies it. A second
+    /// `authorization` header is refused, whatever either holds.
     pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, AuthError> {
-        let value = headers
-            .get(http::header::AUTHORIZATION)
-            .ok_or(AuthError::MissingToken)?;
+        let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+        let value = values.next().ok_or(AuthError::MissingToken)?;
+        if values.next().is_some() {
+            return Err(AuthError::Ambiguous);
+        }
         if value.len() > MAX_TOKEN_BYTES + "Bearer ".len() {
             return Err(AuthError::TooLarge);
         }
