@@ -345,6 +345,54 @@ async fn metadata_over_the_limit_is_resource_exhausted_and_far_over_it_refused_b
     server.stop().await;
 }
 
+/// Only gRPC is served as gRPC: another method is HTTP 405, another
+/// content type HTTP 415, before authentication or any handler, and
+/// neither is counted as a call.
+#[tokio::test]
+async fn what_is_not_a_grpc_request_is_refused_with_405_or_415() {
+    let server = TestServer::start(Backend::sqlite()).await;
+    let token = server.certs.token("alice", READ_WRITE);
+    let tls = tls_to(&server).await;
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let cases = [
+        ("GET", "application/grpc", 405),
+        ("POST", "application/json", 415),
+        ("POST", "text/plain", 415),
+    ];
+    for (method, content_type, status) in cases {
+        let mut request = grpc_request(&server, &token);
+        *request.method_mut() = method.parse().unwrap();
+        request
+            .headers_mut()
+            .insert("content-type", content_type.parse().unwrap());
+        let mut send = send.clone().ready().await.unwrap();
+        let (response, _) = send.send_request(request, true).unwrap();
+        let response = response.await.expect("an answer");
+        assert_eq!(
+            response.status().as_u16(),
+            status,
+            "{method} {content_type}"
+        );
+        assert!(
+            response.headers().get("grpc-status").is_none(),
+            "not a gRPC answer"
+        );
+    }
+    let (_, metrics) = server.admin_get("/metrics").await;
+    assert!(
+        metric(
+            &metrics,
+            "grpc_server_started_total",
+            &[("grpc_method", "GetOrder")]
+        )
+        .is_none(),
+        "counted as calls:\n{metrics}"
+    );
+    still_serving(&server).await;
+    server.stop().await;
+}
+
 /// Paths any client can send, without a token, that would break the
 /// Prometheus exposition if written into a label: quotes, braces and
 /// backslashes, and as many different ones as it likes.

@@ -27,6 +27,7 @@ use crate::methods::{MethodTable, PolicyError};
 use crate::middleware::{
     concurrency::ConcurrencyLimitLayer,
     deadline::DeadlineLayer,
+    grpc_only::GrpcOnlyLayer,
     message_size::{HTTP2_HEADER_LIST_FACTOR, MessageSize},
     observe::ObserveLayer,
     panic_guard::PanicGuardLayer,
@@ -346,6 +347,8 @@ impl Server {
         let max_metadata = s.server.max_header_list_bytes;
         // The order of the stack is explained in `crate::middleware`.
         let stack = ServiceBuilder::new()
+            // Only gRPC goes further (HTTP 405 or 415 otherwise).
+            .layer(GrpcOnlyLayer)
             // Request id, span, metrics and access log.
             .layer(ObserveLayer::new(
                 metrics.grpc.clone(),

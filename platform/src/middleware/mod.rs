@@ -2,6 +2,9 @@
 //!
 //! Order, outermost first (each file says why it sits where it does):
 //!
+//! 0. `grpc_only`: what is not a gRPC request (not `POST`, or not an
+//!    `application/grpc` content type) is answered HTTP 405 or 415 and goes
+//!    no further.
 //! 1. `observe`: names the call (`request_id`) before anything can log
 //!    about it, opens its span (`trace`, joining the caller's trace) so
 //!    every log line below happens inside it, and sees every outcome,
@@ -37,6 +40,7 @@ pub(crate) mod call_scope;
 pub mod commit;
 pub(crate) mod concurrency;
 pub mod deadline;
+pub(crate) mod grpc_only;
 pub(crate) mod message_size;
 pub(crate) mod metrics;
 pub(crate) mod observe;
