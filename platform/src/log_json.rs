@@ -310,39 +310,56 @@ fn string(writer: &mut Writer<'_>, s: &str) -> fmt::Result {
     writer.write_char('"')
 }
 
-/// Escapes what JSON strings may not hold as is: quote, backslash and
-/// control characters.
+/// Characters a log line must not hold as they are, though JSON allows
+/// them: other control characters (DEL, C1), the line and paragraph
+/// separators, and the invisible marks and bidirectional controls
+/// (Trojan Source, CVE-2021-42574) with which text a client sent could
+/// make a line read differently from what it holds.
+pub(crate) fn unsafe_in_logs(c: char) -> bool {
+    matches!(c,
+        '\u{7f}'..='\u{9f}'
+        | '\u{61c}'
+        | '\u{200b}'..='\u{200f}'
+        | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{2069}'
+        | '\u{feff}')
+}
+
+/// Escapes what JSON strings may not hold as is (quote, backslash, control
+/// characters) and what a log line must not ([`unsafe_in_logs`]), as
+/// `\uXXXX`.
 struct Escaped<'a, 'w>(&'a mut Writer<'w>);
 
 impl Write for Escaped<'_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        // Almost every string (ids, method paths, addresses) needs no
-        // escaping: one branch-free pass over its bytes that the compiler
-        // vectorizes, then one copy, instead of a branch per byte.
+        // Almost every string (ids, method paths, addresses) is plain ASCII
+        // that needs no escaping: one branch-free pass over its bytes that
+        // the compiler vectorizes, then one copy, instead of a branch per
+        // character.
         if !s.bytes().fold(false, |any, b| {
-            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+            any | !(0x20..0x7f).contains(&b) | (b == b'"') | (b == b'\\')
         }) {
             return self.0.write_str(s);
         }
         let mut start = 0;
-        for (i, byte) in s.bytes().enumerate() {
-            let escape = match byte {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..=0x1f => "",
+        for (i, c) in s.char_indices() {
+            let escape = match c {
+                '"' => "\\\"",
+                '\\' => "\\\\",
+                '\n' => "\\n",
+                '\r' => "\\r",
+                '\t' => "\\t",
+                '\0'..='\u{1f}' => "",
+                c if unsafe_in_logs(c) => "",
                 _ => continue,
             };
-            // Only ASCII bytes get here, so `i` is a character boundary.
             self.0.write_str(&s[start..i])?;
             if escape.is_empty() {
-                write!(self.0, "\\u{byte:04x}")?;
+                write!(self.0, "\\u{:04x}", u32::from(c))?;
             } else {
                 self.0.write_str(escape)?;
             }
-            start = i + 1;
+            start = i + c.len_utf8();
         }
         self.0.write_str(&s[start..])
     }
@@ -454,7 +471,7 @@ mod tests {
             peer: Some("127.0.0.1:37042".parse().unwrap()),
             request_id: "01a20419-5cd5-730e-9449-0d85db0cde32",
             trace_id: "",
-            subject: "al\"ice\n",
+            subject: "al\"ice\n\u{202e}gnp.exe\u{7f}",
         };
         let via_tracing = text(|| {
             tracing::info!(
@@ -483,7 +500,11 @@ mod tests {
         assert_eq!(direct[time.end..], via_tracing[time.end..]);
         assert_eq!(direct.lines().count(), 1);
         let parsed: serde_json::Value = serde_json::from_str(&direct).unwrap();
-        assert_eq!(parsed["subject"], "al\"ice\n");
+        assert_eq!(parsed["subject"], "al\"ice\n\u{202e}gnp.exe\u{7f}");
+        assert!(
+            direct.contains(r#"al\"ice\n\u202egnp.exe\u007f"#),
+            "bidi and control characters are escaped on the line: {direct}"
+        );
         assert_eq!(parsed["peer"], "127.0.0.1:37042");
     }
 

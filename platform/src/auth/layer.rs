@@ -470,7 +470,12 @@ mod tests {
             .with_ansi(false)
             .with_writer(move || Capture(sink.clone()));
         let subscriber = tracing_subscriber::registry().with(layer);
-        (tracing::subscriber::set_default(subscriber), out)
+        let guard = tracing::subscriber::set_default(subscriber);
+        // Whether a callsite is enabled is cached for the whole process; a
+        // test on another thread, with no subscriber, may have cached
+        // "never" for the refusal's line. Recomputed with this one in place.
+        tracing::callsite::rebuild_interest_cache();
+        (guard, out)
     }
 
     struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);

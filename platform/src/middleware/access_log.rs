@@ -55,6 +55,26 @@ impl std::fmt::Display for Peer {
     }
 }
 
+/// Text a client chose (a method path, a token's subject), for a log
+/// line that is not JSON: control characters and the invisible and
+/// bidirectional marks (`crate::log_json::unsafe_in_logs`) escaped, so the
+/// line reads as what it holds. The JSON lines escape the same.
+struct Printable<'a>(&'a str);
+
+impl std::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            if c.is_control() || crate::log_json::unsafe_in_logs(c) {
+                write!(f, "{}", c.escape_unicode())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 pub(super) struct Entry {
     method: String,
     /// Formatted only when the line is written (by the log writer's layer).
@@ -115,14 +135,14 @@ impl Entry {
             Some(writer) => line.write_to(writer),
             None => tracing::info!(
                 target: "access",
-                method = line.method,
+                method = %Printable(line.method),
                 code = line.code,
                 client_gone = line.client_gone,
                 latency_ms = line.latency_ms,
                 peer = %self.peer,
                 request_id = line.request_id,
                 trace_id = line.trace_id,
-                subject = line.subject,
+                subject = %Printable(line.subject),
                 "rpc finished"
             ),
         }
@@ -132,6 +152,13 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_text_is_printed_with_controls_and_bidi_marks_escaped() {
+        let shown = Printable("/x.Y/\u{202e}gnp.exe\n\u{1b}[31mred").to_string();
+        assert_eq!(shown, "/x.Y/\\u{202e}gnp.exe\\u{a}\\u{1b}[31mred");
+        assert_eq!(Printable("/ok.v1.S/Get é").to_string(), "/ok.v1.S/Get é");
+    }
 
     #[test]
     fn trace_ids_come_from_valid_traceparents_only() {
