@@ -318,6 +318,41 @@ async fn another_customers_order_and_any_malformed_id_are_not_found() {
     });
 }
 
+/// Staff act for customers, as a supermarket's customer service does: with
+/// `orders:admin` and `orders:write` they re-address and cancel any
+/// customer's order. `orders:admin` alone advances orders and changes
+/// nothing else.
+#[tokio::test]
+async fn staff_with_write_act_for_customers_and_admin_alone_only_advances() {
+    on_every_backend!(|server| {
+        let (alice, staff) = (server.alice().await, server.staff().await);
+        let admin_only = server.client("staff-2", "orders:read orders:admin").await;
+        let order = alice
+            .register_order(vec![item("A", 1, 1)], address("A"))
+            .await
+            .unwrap();
+        let err = admin_only.cancel_order(&order.id, 0).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        let err = admin_only
+            .update_order(&order.id, vec![address("B")])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+
+        staff
+            .update_order(&order.id, vec![address("Staff Street")])
+            .await
+            .expect("staff re-address a customer's order");
+        let cancelled = staff.cancel_order(&order.id, 0).await.unwrap();
+        assert_eq!(status_of(&cancelled), OrderStatus::Cancelled);
+        // Still the customer's order, and the customer sees what staff did.
+        let seen = alice.get_order(&order.id).await.unwrap();
+        assert_eq!(seen.customer_id, "alice");
+        assert_eq!(seen.address.as_ref().unwrap().street, "Staff Street");
+        assert_eq!(status_of(&seen), OrderStatus::Cancelled);
+    });
+}
+
 #[tokio::test]
 async fn advance_walks_the_lifecycle_and_refuses_past_delivered() {
     on_every_backend!(|server| {
