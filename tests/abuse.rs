@@ -393,6 +393,70 @@ async fn what_is_not_a_grpc_request_is_refused_with_405_or_415() {
     server.stop().await;
 }
 
+/// One caller holding calls open (unary calls whose body never arrives)
+/// gets its quota of them and no more, answered RESOURCE_EXHAUSTED with a
+/// QuotaFailure naming it; another caller's calls all succeed meanwhile.
+#[tokio::test]
+async fn one_caller_at_its_quota_cannot_lock_out_another() {
+    let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
+        s.server.concurrency_limit = 20;
+        s.server.max_calls_per_caller = 5;
+    })
+    .await;
+    let mallory = server.certs.token("mallory", READ_WRITE);
+    let tls = tls_to(&server).await;
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    // Eight calls whose request body never comes: the first five are
+    // admitted and wait for it; the other three are refused at once.
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..8 {
+        let mut send = send.clone().ready().await.unwrap();
+        let (response, body) = send
+            .send_request(grpc_request(&server, &mallory), false)
+            .unwrap();
+        held.push(body);
+        let answered = tokio::time::timeout(Duration::from_millis(500), response).await;
+        if let Ok(response) = answered {
+            refused.push(response.expect("a response"));
+        }
+    }
+    assert_eq!(refused.len(), 3, "all but the quota's five are refused");
+    for response in &refused {
+        let status = tonic::Status::from_header_map(response.headers()).expect("a gRPC status");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        let details = tonic_types::StatusExt::get_error_details(&status);
+        let failure = details.quota_failure().expect("QuotaFailure");
+        assert_eq!(failure.violations[0].subject, "caller:mallory");
+        assert!(details.retry_info().is_some(), "{status:?}");
+    }
+    // Another caller is served in full meanwhile, as many calls at once as
+    // her own quota allows, round after round.
+    let alice = server.alice().await;
+    for _ in 0..3 {
+        let calls = (0..5).map(|_| alice.register(register_request("")));
+        for result in futures::future::join_all(calls).await {
+            result.expect("alice's calls succeed while mallory is at her quota");
+        }
+    }
+    // Mallory's held calls end (the client gives up): her quota comes back.
+    drop(held);
+    drop(send);
+    let mallory_client = server.client_with_token(&mallory).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match mallory_client.register(register_request("")).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("mallory's quota did not come back: {e:?}"),
+        }
+    }
+    server.stop().await;
+}
+
 /// Paths any client can send, without a token, that would break the
 /// Prometheus exposition if written into a label: quotes, braces and
 /// backslashes, and as many different ones as it likes.

@@ -25,6 +25,7 @@ use crate::config::{Environment, PlatformSettings};
 use crate::health::{HealthState, ReadinessCheck};
 use crate::methods::{MethodTable, PolicyError};
 use crate::middleware::{
+    caller_quota::CallerQuotaLayer,
     concurrency::ConcurrencyLimitLayer,
     deadline::DeadlineLayer,
     grpc_only::GrpcOnlyLayer,
@@ -368,6 +369,8 @@ impl Server {
             // Auth: an unauthenticated call costs a header parse, never a
             // handler or a database query.
             .layer(AuthLayer::new(verifier.clone(), methods.clone()))
+            // No caller takes every slot: each subject's calls in flight.
+            .layer(CallerQuotaLayer::new(s.server.max_calls_per_caller))
             .layer(layer_fn(move |inner| {
                 MessageSize::new(inner, max_metadata as usize)
             }))

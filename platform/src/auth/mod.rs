@@ -73,6 +73,17 @@ impl Principal {
     pub fn has_scope(&self, scope: &str) -> bool {
         self.inner.scopes.contains(scope)
     }
+
+    /// A principal as a verified token would give, for the layers' tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(subject: &str, scopes: &[&str]) -> Self {
+        Principal {
+            inner: Arc::new(PrincipalInner {
+                subject: subject.to_owned(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            }),
+        }
+    }
 }
 
 /// Why a call was refused. The `reason` strings are stable (they go out in

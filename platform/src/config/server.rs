@@ -24,6 +24,11 @@ pub struct ServerSettings {
     pub max_message_bytes: usize,
     pub max_concurrent_streams: u32,
     pub concurrency_limit: usize,
+    /// Calls in flight one authenticated caller (token subject) may have,
+    /// so one caller cannot take every slot of `concurrency_limit`; past
+    /// it, RESOURCE_EXHAUSTED (`CALLER_QUOTA_EXCEEDED`). At or above
+    /// `concurrency_limit`, it never binds first.
+    pub max_calls_per_caller: usize,
     /// Connections are asked to go away (GOAWAY) after this age, ±10% per
     /// connection (`max_connection_age_secs`; 0: never).
     #[serde(rename = "max_connection_age_secs", with = "secs_or_never")]
@@ -69,6 +74,7 @@ impl Default for ServerSettings {
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 200,
             concurrency_limit: 1_000,
+            max_calls_per_caller: 100,
             max_connection_age: Some(Duration::from_secs(300)),
             max_connection_age_grace: Duration::from_secs(30),
             keepalive_interval: Some(Duration::from_secs(30)),
@@ -96,6 +102,9 @@ impl ServerSettings {
         }
         if self.max_concurrent_streams == 0 {
             problems.push("server.max_concurrent_streams: must be more than 0".into());
+        }
+        if self.max_calls_per_caller == 0 {
+            problems.push("server.max_calls_per_caller: must be more than 0".into());
         }
         if self.concurrency_limit == 0 {
             problems.push("server.concurrency_limit: must be more than 0".into());

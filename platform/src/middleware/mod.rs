@@ -22,9 +22,12 @@
 //!    [`deadline::DeadlineExceeded`], from the call or from its stream.
 //! 5. `auth` (in `crate::auth`): only authenticated calls reach handlers:
 //!    `crate::auth::AuthError`.
-//! 6. `message_size`: tonic's answer to an over-limit request message
+//! 6. `caller_quota`: each subject's calls in flight, out of the server's:
+//!    `caller_quota::QuotaExceeded`.
+//! 7. `message_size`: metadata over the limit is
+//!    `message_size::MetadataTooLarge`; tonic's answer to an over-limit request message
 //!    becomes `message_size::MessageTooLarge`.
-//! 7. `panic_guard`: closest to the handlers: a panic becomes
+//! 8. `panic_guard`: closest to the handlers: a panic becomes
 //!    `panic_guard::Panicked`, answered INTERNAL.
 //!
 //! The client certificate's subject (mutual TLS) is no layer: the
@@ -37,6 +40,7 @@
 
 pub(crate) mod access_log;
 pub(crate) mod call_scope;
+pub(crate) mod caller_quota;
 pub mod commit;
 pub(crate) mod concurrency;
 pub mod deadline;
@@ -97,6 +101,9 @@ pub struct CallContext {
     pub request_id: String,
     pub subject: OnceLock<String>,
     pub commit: commit::CommitPoint,
+    /// The call's place in its caller's quota (`caller_quota`), given back
+    /// when the last holder of this context lets go: the end of the call.
+    pub(crate) quota: OnceLock<caller_quota::QuotaGuard>,
 }
 
 pub use crate::codes::go_name as code_name;

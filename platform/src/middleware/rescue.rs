@@ -19,6 +19,7 @@
 //! | [`AuthError`] (`crate::auth`) | UNAUTHENTICATED, PERMISSION_DENIED | the error's reason | `required_scope` |
 //! | [`MessageTooLarge`] ([`super::message_size`]) | RESOURCE_EXHAUSTED | `MESSAGE_TOO_LARGE` | `max_message_bytes`, no `RetryInfo` |
 //! | [`MetadataTooLarge`] ([`super::message_size`]) | RESOURCE_EXHAUSTED | `METADATA_TOO_LARGE` | `max_header_list_bytes`, no `RetryInfo` |
+//! | [`QuotaExceeded`] ([`super::caller_quota`]) | RESOURCE_EXHAUSTED | `CALLER_QUOTA_EXCEEDED` | `max_calls_per_caller`, `QuotaFailure` naming the caller, `RetryInfo` |
 //! | [`Panicked`] ([`super::panic_guard`]) | INTERNAL, opaque | `INTERNAL` | the cause goes to the log |
 //! | a `tonic::Status` | its own | completed as below | |
 //! | anything else (tonic's UNKNOWN wrapping of it too) | INTERNAL, opaque | `INTERNAL` | logged as unexpected |
@@ -57,6 +58,7 @@
 //! covered, while the access log and metrics see the final code, as the
 //! client does. Hand-written: no crate completes gRPC error details.
 
+use super::caller_quota::QuotaExceeded;
 use super::concurrency::SHED_RETRY_DELAY;
 use super::deadline::{DeadlineExceeded, SetBy};
 use super::message_size::{MessageTooLarge, MetadataTooLarge};
@@ -296,6 +298,24 @@ fn answer(error: &(dyn Error + 'static), call: &Call) -> Answer {
                 Code::ResourceExhausted,
                 too_large.to_string().into(),
                 info("MESSAGE_TOO_LARGE", limit.into_iter().collect()),
+            )
+        } else if let Some(exceeded) = cause_ref::<QuotaExceeded>(error) {
+            // The caller's own calls end and free its quota: it may retry
+            // soon, as for load shedding.
+            let limit = (
+                "max_calls_per_caller".to_owned(),
+                exceeded.limit().to_string(),
+            );
+            let mut details = info("CALLER_QUOTA_EXCEEDED", [limit].into_iter().collect());
+            details.set_quota_failure(vec![tonic_types::QuotaViolation::new(
+                format!("caller:{}", exceeded.subject()),
+                exceeded.to_string(),
+            )]);
+            details.set_retry_info(Some(SHED_RETRY_DELAY));
+            (
+                Code::ResourceExhausted,
+                exceeded.to_string().into(),
+                details,
             )
         } else if let Some(too_large) = cause_ref::<MetadataTooLarge>(error) {
             // No RetryInfo: the same metadata is refused again.
