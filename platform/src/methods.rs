@@ -1,5 +1,5 @@
 //! The method table: every method the server serves, by path, with how it
-//! streams and who may call it, read from the mounted services' encoded file
+//! streams, who may call it and how large its requests may be, read from the mounted services' encoded file
 //! descriptor sets when the server starts.
 //!
 //! What holds:
@@ -21,6 +21,10 @@ use std::sync::Arc;
 pub const ACCESS_OPTION: &str = "grpc_platform.v1.access";
 /// The option's message type.
 const ACCESS_MESSAGE: &str = "grpc_platform.v1.Access";
+/// The full name of the method option that declares request limits.
+pub const LIMITS_OPTION: &str = "grpc_platform.v1.limits";
+/// That option's message type.
+const LIMITS_MESSAGE: &str = "grpc_platform.v1.Limits";
 
 /// How a method streams, labelled as go-grpc-prometheus labels it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +96,10 @@ pub struct Method {
     /// mounted is whatever the client put in its path: it may be logged
     /// (escaped), never used as a metric label.
     pub mounted: bool,
+    /// The largest request message it takes, in bytes after decompression,
+    /// as its `grpc_platform.v1.limits` option declares; `None`: the
+    /// server's default.
+    pub max_request_bytes: Option<u32>,
 }
 
 impl Method {
@@ -106,6 +114,7 @@ impl Method {
             access: Access::any_token(),
             platform: false,
             mounted: false,
+            max_request_bytes: None,
         }
     }
 }
@@ -156,10 +165,13 @@ impl MethodTable {
         let methods = read_service(service, descriptors)?;
         let mut undeclared = Vec::new();
         let mut declared = Vec::with_capacity(methods.len());
-        for (path, kind, access) in methods {
-            match access {
-                Some(access) => declared.push((path, kind, access)),
-                None => undeclared.push(path),
+        for read in methods {
+            match read.access {
+                Some(access) => declared.push(Read {
+                    access: Some(access),
+                    ..read
+                }),
+                None => undeclared.push(read.path),
             }
         }
         if !undeclared.is_empty() {
@@ -173,7 +185,11 @@ impl MethodTable {
     pub fn mount_public(&mut self, service: &str, descriptors: &[u8]) -> Result<(), PolicyError> {
         let methods = read_service(service, descriptors)?
             .into_iter()
-            .map(|(path, kind, _)| (path, kind, Access::Public))
+            .map(|read| Read {
+                access: Some(Access::Public),
+                max_request_bytes: None,
+                ..read
+            })
             .collect();
         self.insert(service, methods, true)
     }
@@ -181,7 +197,7 @@ impl MethodTable {
     fn insert(
         &mut self,
         service: &str,
-        methods: Vec<(String, RpcKind, Access)>,
+        methods: Vec<Read>,
         platform: bool,
     ) -> Result<(), PolicyError> {
         if self
@@ -192,16 +208,17 @@ impl MethodTable {
             return Err(PolicyError::Duplicate(service.to_owned()));
         }
         let service: Arc<str> = service.into();
-        for (path, kind, access) in methods {
+        for read in methods {
             let method = Method {
                 service: service.clone(),
-                name: split_path(&path).1.into(),
-                kind,
-                access,
+                name: split_path(&read.path).1.into(),
+                kind: read.kind,
+                access: read.access.unwrap_or_else(Access::any_token),
                 platform,
                 mounted: true,
+                max_request_bytes: read.max_request_bytes,
             };
-            self.by_path.insert(path.into(), Arc::new(method));
+            self.by_path.insert(read.path.into(), Arc::new(method));
         }
         if !platform {
             self.services.push(service);
@@ -234,12 +251,18 @@ impl MethodTable {
     }
 }
 
-/// Each method of `service`: its path, kind, and declared access (`None`
-/// when it declares none).
-fn read_service(
-    service: &str,
-    descriptors: &[u8],
-) -> Result<Vec<(String, RpcKind, Option<Access>)>, PolicyError> {
+/// One method as its service's descriptors declare it.
+struct Read {
+    path: String,
+    kind: RpcKind,
+    /// `None` when it declares none.
+    access: Option<Access>,
+    /// `None` when it declares none (or 0).
+    max_request_bytes: Option<u32>,
+}
+
+/// Each method of `service`, as its options declare it.
+fn read_service(service: &str, descriptors: &[u8]) -> Result<Vec<Read>, PolicyError> {
     let pool = DescriptorPool::decode(descriptors).map_err(|e| PolicyError::Descriptors {
         service: service.to_owned(),
         reason: e.to_string(),
@@ -249,9 +272,8 @@ fn read_service(
         .ok_or_else(|| PolicyError::UnknownService(service.to_owned()))?;
     // A service whose protos never import the option has it in no pool: then
     // no method declares access, and `mount` names them all.
-    let option = pool
-        .get_extension_by_name(ACCESS_OPTION)
-        .filter(|ext| ext.kind().as_message().map(|m| m.full_name()) == Some(ACCESS_MESSAGE));
+    let option = extension(&pool, ACCESS_OPTION, ACCESS_MESSAGE);
+    let limits = extension(&pool, LIMITS_OPTION, LIMITS_MESSAGE);
     descriptor
         .methods()
         .map(|method| {
@@ -261,9 +283,39 @@ fn read_service(
                     path: path.clone(),
                     reason,
                 })?;
-            Ok((path, RpcKind::of(&method), access))
+            Ok(Read {
+                kind: RpcKind::of(&method),
+                access,
+                max_request_bytes: max_request_bytes_of(&method, limits.as_ref()),
+                path,
+            })
         })
         .collect()
+}
+
+/// The extension `name` in `pool`, if it is there with the message type
+/// the platform defines for it.
+fn extension(pool: &DescriptorPool, name: &str, message: &str) -> Option<ExtensionDescriptor> {
+    pool.get_extension_by_name(name)
+        .filter(|ext| ext.kind().as_message().map(|m| m.full_name()) == Some(message))
+}
+
+/// The request size limit a method declares (0 or none: `None`).
+fn max_request_bytes_of(
+    method: &MethodDescriptor,
+    option: Option<&ExtensionDescriptor>,
+) -> Option<u32> {
+    let option = option?;
+    let options = method.options();
+    if !options.has_extension(option) {
+        return None;
+    }
+    let value = options.get_extension(option);
+    value
+        .as_message()?
+        .get_field_by_name("max_request_bytes")?
+        .as_u32()
+        .filter(|&bytes| bytes > 0)
 }
 
 /// The access a method declares, `None` when it declares none.
@@ -334,7 +386,10 @@ mod tests {
           rpc Pay(Req) returns (Resp) { option (grpc_platform.v1.access) = { scopes: "payments:write" }; }
           rpc Refund(Req) returns (Resp) { option (grpc_platform.v1.access) = { scopes: ["payments:write", "payments:refund"] }; }
           rpc Feed(Req) returns (stream Resp) { option (grpc_platform.v1.access) = {}; }
-          rpc Upload(stream Req) returns (Resp) { option (grpc_platform.v1.access).public = true; }
+          rpc Upload(stream Req) returns (Resp) {
+            option (grpc_platform.v1.access).public = true;
+            option (grpc_platform.v1.limits).max_request_bytes = 1048576;
+          }
           rpc Chat(stream Req) returns (stream Resp) { option (grpc_platform.v1.access) = { scopes: "payments:read" }; }
         }
     "#;
@@ -366,6 +421,9 @@ mod tests {
         let upload = get("/payments.v1.PaymentService/Upload");
         assert_eq!(upload.kind, RpcKind::ClientStream);
         assert_eq!(upload.access, Access::Public);
+        // Request limits: as declared, else the server's default (`None`).
+        assert_eq!(upload.max_request_bytes, Some(1_048_576));
+        assert_eq!(pay.max_request_bytes, None);
         assert_eq!(
             get("/payments.v1.PaymentService/Chat").kind,
             RpcKind::BidiStream

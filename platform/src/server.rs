@@ -30,6 +30,7 @@ use crate::middleware::{
     deadline::DeadlineLayer,
     grpc_only::GrpcOnlyLayer,
     message_size::{HTTP2_HEADER_LIST_FACTOR, MessageSize},
+    request_body::BodyLimits,
     observe::ObserveLayer,
     panic_guard::PanicGuardLayer,
     rescue::RescueLayer,
@@ -193,6 +194,19 @@ impl ServerBuilder {
         S::Future: Send + 'static,
     {
         self.methods.mount(S::NAME, descriptors)?;
+        let ceiling = self.settings.server.max_message_bytes;
+        for method in self.methods.methods().filter(|m| &*m.service == S::NAME) {
+            if let Some(limit) = method.max_request_bytes
+                && limit as usize > ceiling
+            {
+                return Err(PolicyError::Invalid {
+                    path: format!("/{}/{}", method.service, method.name),
+                    reason: format!(
+                        "declares max_request_bytes {limit}, over server.max_message_bytes ({ceiling})"
+                    ),
+                });
+            }
+        }
         self.health.add_service(S::NAME);
         self.descriptors.push(descriptors.to_vec());
         self.fallback_domain.get_or_insert(S::NAME);
@@ -346,6 +360,11 @@ impl Server {
 
         let keepalive = s.server.keepalive_interval;
         let max_metadata = s.server.max_header_list_bytes;
+        let bodies = Arc::new(BodyLimits::new(
+            s.server.max_request_bytes,
+            s.server.request_read_timeout,
+            s.server.max_request_memory_bytes,
+        ));
         // The order of the stack is explained in `crate::middleware`.
         let stack = ServiceBuilder::new()
             // Only gRPC goes further (HTTP 405 or 415 otherwise).
@@ -372,7 +391,7 @@ impl Server {
             // No caller takes every slot: each subject's calls in flight.
             .layer(CallerQuotaLayer::new(s.server.max_calls_per_caller))
             .layer(layer_fn(move |inner| {
-                MessageSize::new(inner, max_metadata as usize)
+                MessageSize::new(inner, max_metadata as usize, bodies.clone())
             }))
             .layer(PanicGuardLayer);
         let service = stack.service(routes.prepare());

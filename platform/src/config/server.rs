@@ -21,7 +21,23 @@ pub struct ServerSettings {
     #[serde(rename = "max_timeout_ms")]
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub max_timeout: Duration,
+    /// The largest message either way, and the most a method may declare
+    /// for its requests (`grpc_platform.v1.limits`).
     pub max_message_bytes: usize,
+    /// The largest request message of a method that declares no limit of
+    /// its own, in bytes after decompression: a larger one is refused before
+    /// it is decoded, and decompression stops there.
+    pub max_request_bytes: u32,
+    /// The request bytes all calls together may be receiving at once (a
+    /// message that arrives in pieces is charged from its first piece to its
+    /// last); past it, RESOURCE_EXHAUSTED (`REQUEST_MEMORY_BUSY`).
+    pub max_request_memory_bytes: usize,
+    /// How long the server waits for a unary request, for a message begun,
+    /// and between bytes of a client stream (`request_read_timeout_ms`);
+    /// past it, DEADLINE_EXCEEDED (`REQUEST_READ_TIMEOUT`).
+    #[serde(rename = "request_read_timeout_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub request_read_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub concurrency_limit: usize,
     /// Calls in flight one authenticated caller (token subject) may have,
@@ -72,6 +88,9 @@ impl Default for ServerSettings {
             default_timeout: Duration::from_secs(10),
             max_timeout: Duration::from_secs(60),
             max_message_bytes: 4 * 1024 * 1024,
+            max_request_bytes: 64 * 1024,
+            max_request_memory_bytes: 64 * 1024 * 1024,
+            request_read_timeout: Duration::from_secs(10),
             max_concurrent_streams: 200,
             concurrency_limit: 1_000,
             max_calls_per_caller: 100,
@@ -99,6 +118,25 @@ impl ServerSettings {
         }
         if self.max_message_bytes < 1024 {
             problems.push("server.max_message_bytes: must be at least 1024".into());
+        }
+        if self.max_request_bytes < 1024 || self.max_request_bytes as usize > self.max_message_bytes
+        {
+            problems.push(
+                "server.max_request_bytes: must be at least 1024 and at most server.max_message_bytes"
+                    .into(),
+            );
+        }
+        // One message of the largest size, compressed, must fit the budget.
+        if self.max_request_memory_bytes < 2 * self.max_message_bytes + 1024 * 1024 {
+            problems.push(
+                "server.max_request_memory_bytes: must be at least twice server.max_message_bytes plus 1 MiB"
+                    .into(),
+            );
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(300))
+            .contains(&self.request_read_timeout)
+        {
+            problems.push("server.request_read_timeout_ms: must be 100 to 300000".into());
         }
         if self.max_concurrent_streams == 0 {
             problems.push("server.max_concurrent_streams: must be more than 0".into());

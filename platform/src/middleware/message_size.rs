@@ -19,12 +19,23 @@
 //! waits, and clients that retry on RESOURCE_EXHAUSTED only when told when to
 //! (`RetryInfo`) must not retry this one.
 //!
+//! It also wraps every request body in a [`LimitedBody`]: each method's
+//! own limit on its request messages (before they are decoded or
+//! decompressed), the server's budget for messages in transit and the read
+//! timeout; see [`super::request_body`]. A call whose body is refused before
+//! its response starts is answered with the refusal's typed error.
+//!
 //! Inside the other layers, so metrics and logs see the corrected code.
-//! Cost per call: a pass over the request's headers, and one header lookup
-//! in the response.
+//! Cost per call: a pass over the request's headers, the body wrapper (one
+//! small allocation), and one header lookup in the response.
 
+use super::RpcMethod;
+use super::request_body::{BodyLimits, Encoding, LimitedBody, Refusal};
 use super::rescue::BoxError;
-use futures::future::{Either, FutureExt, Map, Ready, ready};
+use futures::future::{Either, Ready, ready};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use tonic::{Code, Status};
 use tower::Service;
@@ -44,6 +55,28 @@ pub(crate) struct MessageTooLarge {
 }
 
 impl MessageTooLarge {
+    /// A request message whose length prefix announces `len` bytes, over
+    /// its method's `limit`.
+    pub(crate) fn announced(len: u32, limit: u32) -> Self {
+        MessageTooLarge {
+            message: format!(
+                "request message of {len} bytes is over the method's limit of {limit} bytes"
+            ),
+            limit: Some(u64::from(limit)),
+        }
+    }
+
+    /// A compressed request message that decompresses past its method's
+    /// `limit` (or asks for a decoding window beyond what the limit needs).
+    pub(crate) fn decompressed(limit: u32) -> Self {
+        MessageTooLarge {
+            message: format!(
+                "compressed request message decompresses to more than the method's limit of {limit} bytes"
+            ),
+            limit: Some(u64::from(limit)),
+        }
+    }
+
     /// The error tonic's `message` reports, if it reports an over-limit
     /// request message.
     pub(crate) fn from_tonic(message: &str) -> Option<Self> {
@@ -93,14 +126,17 @@ fn header_list_size(headers: &http::HeaderMap) -> usize {
 pub(crate) struct MessageSize<S> {
     inner: S,
     max_metadata: usize,
+    bodies: Arc<BodyLimits>,
 }
 
 impl<S> MessageSize<S> {
-    /// `max_metadata` is `server.max_header_list_bytes`.
-    pub(crate) fn new(inner: S, max_metadata: usize) -> Self {
+    /// `max_metadata` is `server.max_header_list_bytes`; `bodies` the
+    /// limits of request bodies.
+    pub(crate) fn new(inner: S, max_metadata: usize, bodies: Arc<BodyLimits>) -> Self {
         Self {
             inner,
             max_metadata,
+            bodies,
         }
     }
 }
@@ -126,18 +162,42 @@ fn check<E: Into<BoxError>>(
     }
 }
 
-type Check<R, E> = fn(Result<R, E>) -> Result<R, BoxError>;
+pin_project_lite::pin_project! {
+    /// The handler's answer, unless the request body was refused before
+    /// it: then the refusal.
+    pub(crate) struct Checked<F> {
+        #[pin]
+        inner: F,
+        refused: Arc<OnceLock<Refusal>>,
+    }
+}
+
+impl<F, E> Future for Checked<F>
+where
+    F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<http::Response<tonic::body::Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Some(refusal) = this.refused.get() {
+            return Poll::Ready(Err(refusal.clone().into_error()));
+        }
+        Poll::Ready(check(result))
+    }
+}
 
 impl<S, B> Service<http::Request<B>> for MessageSize<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: Service<http::Request<LimitedBody<B>>, Response = http::Response<tonic::body::Body>>,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
     type Error = BoxError;
     // Named, not boxed: no allocation per call.
-    type Future =
-        Either<Ready<Result<S::Response, BoxError>>, Map<S::Future, Check<S::Response, S::Error>>>;
+    type Future = Either<Ready<Result<S::Response, BoxError>>, Checked<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -152,7 +212,28 @@ where
             };
             return Either::Left(ready(Err(too_large.into())));
         }
-        Either::Right(self.inner.call(request).map(check as Check<_, _>))
+        let (limit, kind) = match request.extensions().get::<RpcMethod>() {
+            Some(method) => (
+                method
+                    .max_request_bytes
+                    .unwrap_or(self.bodies.default_max_request_bytes),
+                method.kind,
+            ),
+            None => (
+                self.bodies.default_max_request_bytes,
+                super::RpcKind::Unary,
+            ),
+        };
+        let encoding = Encoding::of(request.headers());
+        let refused = Arc::new(OnceLock::new());
+        let bodies = self.bodies.clone();
+        let request = request.map(|body| {
+            LimitedBody::new(body, bodies, limit, kind, encoding, refused.clone())
+        });
+        Either::Right(Checked {
+            inner: self.inner.call(request),
+            refused,
+        })
     }
 }
 
@@ -160,21 +241,26 @@ where
 mod tests {
     use super::*;
     use std::task::Poll;
+    use std::time::Duration;
     use tonic_types::StatusExt;
     use tower::layer::layer_fn;
     use tower_test::mock;
 
-    type Request = http::Request<()>;
+    /// What the handler (the mock) receives: the body, limited.
+    type Request = http::Request<LimitedBody<()>>;
     type Response = http::Response<tonic::body::Body>;
+
+    fn layer<S>(inner: S) -> MessageSize<S> {
+        let bodies = BodyLimits::new(64 * 1024, std::time::Duration::from_secs(10), 1 << 26);
+        MessageSize::new(inner, LIMIT, Arc::new(bodies))
+    }
 
     const PATH: &str = "/things.v1.ThingService/GetThing";
     const LIMIT: usize = 16 * 1024;
 
     /// The layer's result when the handler answers `status`.
     async fn through_the_layer(status: Status) -> Result<Response, BoxError> {
-        let (mut svc, mut handle) = mock::spawn_layer::<Request, Response, _>(layer_fn(|inner| {
-            MessageSize::new(inner, LIMIT)
-        }));
+        let (mut svc, mut handle) = mock::spawn_layer::<Request, Response, _>(layer_fn(layer));
         assert!(svc.poll_ready().is_ready());
         let response = svc.call(http::Request::builder().uri(PATH).body(()).unwrap());
         let Poll::Ready(Some((_, reply))) = handle.poll_request() else {
@@ -224,9 +310,7 @@ mod tests {
             Some(Code::Ok)
         );
 
-        let (mut svc, mut handle) = mock::spawn_layer::<Request, Response, _>(layer_fn(|inner| {
-            MessageSize::new(inner, LIMIT)
-        }));
+        let (mut svc, mut handle) = mock::spawn_layer::<Request, Response, _>(layer_fn(layer));
         assert!(svc.poll_ready().is_ready());
         let response = svc.call(http::Request::builder().uri(PATH).body(()).unwrap());
         let (_, reply) = handle.next_request().await.unwrap();
@@ -237,9 +321,7 @@ mod tests {
 
     #[tokio::test]
     async fn metadata_over_the_limit_is_resource_exhausted_before_the_handler() {
-        let (mut svc, mut handle) = mock::spawn_layer::<Request, Response, _>(layer_fn(|inner| {
-            MessageSize::new(inner, LIMIT)
-        }));
+        let (mut svc, mut handle) = mock::spawn_layer::<Request, Response, _>(layer_fn(layer));
         assert!(svc.poll_ready().is_ready());
         let padded = http::Request::builder()
             .uri(PATH)
@@ -277,6 +359,74 @@ mod tests {
         let (_, reply) = handle.next_request().await.expect("reaches the handler");
         reply.send_response(Status::ok("").into_http());
         assert!(response.await.is_ok());
+    }
+
+    /// The handler reads the body, as tonic does before a unary handler
+    /// runs, and answers with what reading it gave.
+    async fn read_by_the_handler(
+        body: tonic::body::Body,
+        bodies: Arc<BodyLimits>,
+    ) -> Result<Response, BoxError> {
+        use http_body_util::BodyExt;
+        type Limited = http::Request<LimitedBody<tonic::body::Body>>;
+        let (mut svc, mut handle) = mock::spawn_layer::<Limited, Response, _>(layer_fn(
+            move |inner| MessageSize::new(inner, LIMIT, bodies.clone()),
+        ));
+        assert!(svc.poll_ready().is_ready());
+        let response = svc.call(http::Request::builder().uri(PATH).body(body).unwrap());
+        let (request, reply) = handle.next_request().await.expect("reaches the handler");
+        match request.into_body().collect().await {
+            Ok(_) => reply.send_response(Status::ok("").into_http()),
+            Err(status) => reply.send_response(status.into_http()),
+        }
+        response.await
+    }
+
+    #[tokio::test]
+    async fn a_body_refused_before_the_answer_is_answered_with_its_typed_error() {
+        let bodies = || Arc::new(BodyLimits::new(1024, Duration::from_secs(10), 1 << 26));
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&2048u32.to_be_bytes());
+        framed.extend(std::iter::repeat_n(1u8, 2048));
+        let body = tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(framed)));
+        let error = read_by_the_handler(body, bodies()).await.unwrap_err();
+        let too_large = error.downcast_ref::<MessageTooLarge>().expect("typed");
+        assert_eq!(too_large.limit(), Some(1024));
+        let status = crate::testing::rescued(&*error, PATH);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "MESSAGE_TOO_LARGE");
+        assert_eq!(details.error_info().unwrap().metadata["max_message_bytes"], "1024");
+
+        // A body within the limit reaches the handler whole.
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&10u32.to_be_bytes());
+        framed.extend(std::iter::repeat_n(1u8, 10));
+        let body = tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(framed)));
+        let response = read_by_the_handler(body, bodies()).await.expect("answered");
+        assert_eq!(super::super::grpc_status(response.headers()), Some(Code::Ok));
+    }
+
+    #[test]
+    fn read_timeouts_and_a_spent_budget_are_answered_as_the_rescue_table_says() {
+        use super::super::request_body::{MemoryBusy, ReadTimeout};
+        let late = ReadTimeout::for_tests(Duration::from_millis(2500));
+        let status = crate::testing::rescued(&late, PATH);
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "REQUEST_READ_TIMEOUT");
+        assert_eq!(info.metadata["request_read_timeout_ms"], "2500");
+        assert!(details.retry_info().is_none());
+
+        let busy = MemoryBusy::for_tests(1 << 20);
+        let status = crate::testing::rescued(&busy, PATH);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "REQUEST_MEMORY_BUSY");
+        assert_eq!(info.metadata["max_request_memory_bytes"], "1048576");
+        assert!(details.retry_info().is_some());
     }
 
     #[test]

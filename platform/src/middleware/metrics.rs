@@ -276,6 +276,7 @@ mod tests {
             access: crate::methods::Access::any_token(),
             platform: false,
             mounted: true,
+            max_request_bytes: None,
         }))
     }
 

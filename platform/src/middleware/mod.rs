@@ -26,7 +26,10 @@
 //!    `caller_quota::QuotaExceeded`.
 //! 7. `message_size`: metadata over the limit is
 //!    `message_size::MetadataTooLarge`; tonic's answer to an over-limit request message
-//!    becomes `message_size::MessageTooLarge`.
+//!    becomes `message_size::MessageTooLarge`. It holds each request body to
+//!    its method's limit, the server's budget for messages in transit and
+//!    the read timeout (`request_body`): `MessageTooLarge`,
+//!    `request_body::MemoryBusy`, `request_body::ReadTimeout`.
 //! 8. `panic_guard`: closest to the handlers: a panic becomes
 //!    `panic_guard::Panicked`, answered INTERNAL.
 //!
@@ -49,6 +52,7 @@ pub(crate) mod message_size;
 pub(crate) mod metrics;
 pub(crate) mod observe;
 pub(crate) mod panic_guard;
+pub(crate) mod request_body;
 pub(crate) mod request_id;
 pub(crate) mod rescue;
 pub(crate) mod trace;

@@ -17,8 +17,10 @@
 //! | the same: the server's cap or default on a unary call | DEADLINE_EXCEEDED | `SERVER_TIME_LIMIT` | the limit in the metadata |
 //! | the same: the server's cap on a stream | UNAVAILABLE | `STREAM_TIME_LIMIT` | the limit in the metadata, `RetryInfo` |
 //! | [`AuthError`] (`crate::auth`) | UNAUTHENTICATED, PERMISSION_DENIED | the error's reason | `required_scope` |
-//! | [`MessageTooLarge`] ([`super::message_size`]) | RESOURCE_EXHAUSTED | `MESSAGE_TOO_LARGE` | `max_message_bytes`, no `RetryInfo` |
+//! | [`MessageTooLarge`] ([`super::message_size`], [`super::request_body`]) | RESOURCE_EXHAUSTED | `MESSAGE_TOO_LARGE` | the limit that applied as `max_message_bytes`, no `RetryInfo` |
 //! | [`MetadataTooLarge`] ([`super::message_size`]) | RESOURCE_EXHAUSTED | `METADATA_TOO_LARGE` | `max_header_list_bytes`, no `RetryInfo` |
+//! | [`ReadTimeout`] ([`super::request_body`]) | DEADLINE_EXCEEDED | `REQUEST_READ_TIMEOUT` | `request_read_timeout_ms`, no `RetryInfo` |
+//! | [`MemoryBusy`] ([`super::request_body`]) | RESOURCE_EXHAUSTED | `REQUEST_MEMORY_BUSY` | `max_request_memory_bytes`, `RetryInfo` |
 //! | [`QuotaExceeded`] ([`super::caller_quota`]) | RESOURCE_EXHAUSTED | `CALLER_QUOTA_EXCEEDED` | `max_calls_per_caller`, `QuotaFailure` naming the caller, `RetryInfo` |
 //! | [`Panicked`] ([`super::panic_guard`]) | INTERNAL, opaque | `INTERNAL` | the cause goes to the log |
 //! | a `tonic::Status` | its own | completed as below | |
@@ -63,6 +65,7 @@ use super::concurrency::SHED_RETRY_DELAY;
 use super::deadline::{DeadlineExceeded, SetBy};
 use super::message_size::{MessageTooLarge, MetadataTooLarge};
 use super::panic_guard::Panicked;
+use super::request_body::{MemoryBusy, ReadTimeout};
 use super::{CallContext, RpcKind, RpcMethod, grpc_status};
 use crate::auth::AuthError;
 use base64::Engine;
@@ -328,6 +331,28 @@ fn answer(error: &(dyn Error + 'static), call: &Call) -> Answer {
                 too_large.to_string().into(),
                 info("METADATA_TOO_LARGE", [limit].into_iter().collect()),
             )
+        } else if let Some(late) = cause_ref::<ReadTimeout>(error) {
+            // The client sent too slowly; no RetryInfo: the same client on
+            // the same link would be as slow again.
+            let timeout = (
+                "request_read_timeout_ms".to_owned(),
+                late.timeout().as_millis().to_string(),
+            );
+            (
+                Code::DeadlineExceeded,
+                late.to_string().into(),
+                info("REQUEST_READ_TIMEOUT", [timeout].into_iter().collect()),
+            )
+        } else if let Some(busy) = cause_ref::<MemoryBusy>(error) {
+            // Other calls' messages finish arriving and give the budget
+            // back: the same call may well succeed a little later.
+            let budget = (
+                "max_request_memory_bytes".to_owned(),
+                busy.budget().to_string(),
+            );
+            let mut details = info("REQUEST_MEMORY_BUSY", [budget].into_iter().collect());
+            details.set_retry_info(Some(SHED_RETRY_DELAY));
+            (Code::ResourceExhausted, busy.to_string().into(), details)
         } else if let Some(panicked) = cause_ref::<Panicked>(error) {
             tracing::error!(
                 method = format_args!("/{}/{}", call.method.service, call.method.name),
