@@ -30,9 +30,9 @@ use crate::middleware::{
     deadline::DeadlineLayer,
     grpc_only::GrpcOnlyLayer,
     message_size::{HTTP2_HEADER_LIST_FACTOR, MessageSize},
-    request_body::BodyLimits,
     observe::ObserveLayer,
     panic_guard::PanicGuardLayer,
+    request_body::BodyLimits,
     rescue::RescueLayer,
 };
 use crate::telemetry::{CallTelemetry, Metrics};

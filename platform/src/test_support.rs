@@ -133,6 +133,28 @@ impl RunningServer {
         }
     }
 
+    /// The server process's resident memory now (`VmRSS`) and at its peak
+    /// so far (`VmHWM`), in bytes, from `/proc` (Linux).
+    pub fn memory(&self) -> (u64, u64) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("the server's /proc status");
+        let field = |name: &str| -> u64 {
+            let line = status
+                .lines()
+                .find(|line| line.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"));
+            let kib: u64 = line[name.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .expect("a number of kB");
+            kib * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     /// The CA certificate the server's certificate chains to (PEM file).
     pub fn ca_file(&self) -> PathBuf {
         self.certs.path(CA_CERT)

@@ -42,7 +42,10 @@ use tower::Service;
 
 /// The start of tonic's message for an over-limit request message.
 const TONIC_TOO_LARGE: &str = "Error, decoded message length too large";
-/// What precedes the limit in that message.
+/// The start of tonic's message for a compressed request message that
+/// decompresses past the limit, which follows it.
+const TONIC_DECOMPRESSED: &str = "Error decompressing: size limit, of ";
+/// What precedes the limit in the first message.
 const TONIC_LIMIT: &str = "the limit is: ";
 
 /// A request message over the limit. Its message is tonic's, which names the
@@ -80,12 +83,19 @@ impl MessageTooLarge {
     /// The error tonic's `message` reports, if it reports an over-limit
     /// request message.
     pub(crate) fn from_tonic(message: &str) -> Option<Self> {
-        message
-            .starts_with(TONIC_TOO_LARGE)
-            .then(|| MessageTooLarge {
+        if message.starts_with(TONIC_TOO_LARGE) {
+            return Some(MessageTooLarge {
                 limit: limit_in(message),
                 message: message.to_owned(),
-            })
+            });
+        }
+        // Tonic's decompression past its own limit, for a service whose
+        // limit is below the method's.
+        let rest = message.strip_prefix(TONIC_DECOMPRESSED)?;
+        Some(MessageTooLarge {
+            limit: rest.split(' ').next().and_then(|n| n.parse().ok()),
+            message: message.to_owned(),
+        })
     }
 
     /// The limit, as tonic's message names it.
@@ -151,7 +161,10 @@ fn check<E: Into<BoxError>>(
     result: Result<http::Response<tonic::body::Body>, E>,
 ) -> Result<http::Response<tonic::body::Body>, BoxError> {
     let response = result.map_err(Into::into)?;
-    if super::grpc_status(response.headers()) != Some(Code::OutOfRange) {
+    if !matches!(
+        super::grpc_status(response.headers()),
+        Some(Code::OutOfRange | Code::ResourceExhausted)
+    ) {
         return Ok(response);
     }
     match Status::from_header_map(response.headers())
@@ -219,17 +232,13 @@ where
                     .unwrap_or(self.bodies.default_max_request_bytes),
                 method.kind,
             ),
-            None => (
-                self.bodies.default_max_request_bytes,
-                super::RpcKind::Unary,
-            ),
+            None => (self.bodies.default_max_request_bytes, super::RpcKind::Unary),
         };
         let encoding = Encoding::of(request.headers());
         let refused = Arc::new(OnceLock::new());
         let bodies = self.bodies.clone();
-        let request = request.map(|body| {
-            LimitedBody::new(body, bodies, limit, kind, encoding, refused.clone())
-        });
+        let request = request
+            .map(|body| LimitedBody::new(body, bodies, limit, kind, encoding, refused.clone()));
         Either::Right(Checked {
             inner: self.inner.call(request),
             refused,
@@ -369,9 +378,10 @@ mod tests {
     ) -> Result<Response, BoxError> {
         use http_body_util::BodyExt;
         type Limited = http::Request<LimitedBody<tonic::body::Body>>;
-        let (mut svc, mut handle) = mock::spawn_layer::<Limited, Response, _>(layer_fn(
-            move |inner| MessageSize::new(inner, LIMIT, bodies.clone()),
-        ));
+        let (mut svc, mut handle) =
+            mock::spawn_layer::<Limited, Response, _>(layer_fn(move |inner| {
+                MessageSize::new(inner, LIMIT, bodies.clone())
+            }));
         assert!(svc.poll_ready().is_ready());
         let response = svc.call(http::Request::builder().uri(PATH).body(body).unwrap());
         let (request, reply) = handle.next_request().await.expect("reaches the handler");
@@ -396,7 +406,10 @@ mod tests {
         assert_eq!(status.code(), Code::ResourceExhausted);
         let details = status.get_error_details();
         assert_eq!(details.error_info().unwrap().reason, "MESSAGE_TOO_LARGE");
-        assert_eq!(details.error_info().unwrap().metadata["max_message_bytes"], "1024");
+        assert_eq!(
+            details.error_info().unwrap().metadata["max_message_bytes"],
+            "1024"
+        );
 
         // A body within the limit reaches the handler whole.
         let mut framed = vec![0u8];
@@ -404,7 +417,10 @@ mod tests {
         framed.extend(std::iter::repeat_n(1u8, 10));
         let body = tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(framed)));
         let response = read_by_the_handler(body, bodies()).await.expect("answered");
-        assert_eq!(super::super::grpc_status(response.headers()), Some(Code::Ok));
+        assert_eq!(
+            super::super::grpc_status(response.headers()),
+            Some(Code::Ok)
+        );
     }
 
     #[test]
@@ -427,6 +443,23 @@ mod tests {
         assert_eq!(info.reason, "REQUEST_MEMORY_BUSY");
         assert_eq!(info.metadata["max_request_memory_bytes"], "1048576");
         assert!(details.retry_info().is_some());
+    }
+
+    #[tokio::test]
+    async fn tonics_own_decompression_limit_is_message_too_large_too() {
+        let message =
+            format!("{TONIC_DECOMPRESSED}4096 bytes, exceeded while decompressing message");
+        let error = through_the_layer(Status::resource_exhausted(message.clone()))
+            .await
+            .unwrap_err();
+        let too_large = error.downcast_ref::<MessageTooLarge>().expect("typed");
+        assert_eq!(too_large.limit(), Some(4096));
+        // Other RESOURCE_EXHAUSTED answers are the handler's own.
+        let response = through_the_layer(Status::resource_exhausted("PER_STREAM_LIMIT"))
+            .await
+            .expect("not an error");
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.message(), "PER_STREAM_LIMIT");
     }
 
     #[test]

@@ -7,9 +7,8 @@
 //!   is decoded: a message whose length prefix says more is refused at that
 //!   prefix, before its bytes are buffered, and a compressed one (gzip or
 //!   zstd) is decompressed, as it arrives, no further than the limit. A zstd
-//!   frame that asks for a decoding window larger than the limit needs is
-//!   refused too, so a few bytes cannot make the decoder allocate megabytes.
-//!   Both are [`MessageTooLarge`].
+//!   frame that asks for a decoding window larger than common encoders use
+//!   (16 MiB) is refused too. Both are [`MessageTooLarge`].
 //! - **A budget for messages in transit.** A message that arrives in more
 //!   than one piece is charged, from its length prefix to its last byte,
 //!   against one server-wide budget (`server.max_request_memory_bytes`): the
@@ -58,6 +57,11 @@ use crate::methods::RpcKind;
 /// context and its input and output buffers (the largest of the decoders),
 /// rounded up.
 const DECODER_BYTES: u32 = 512 * 1024;
+
+/// The largest zstd window a request may ask for: 16 MiB, above what zstd's
+/// and Go's encoders declare at their ordinary levels (zstd's own decoder
+/// allows up to 128 MiB).
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
 const UNDECODABLE: &str = "compressed request message does not decompress";
 
@@ -209,7 +213,7 @@ impl Write for Counter {
 
 /// The decoder of the compressed message being received.
 enum Decoder {
-    Gzip(flate2::write::GzDecoder<Counter>),
+    Gzip(Box<flate2::write::GzDecoder<Counter>>),
     Zstd(Box<zstd::stream::write::Decoder<'static, Counter>>),
 }
 
@@ -220,12 +224,16 @@ impl Decoder {
             limit: u64::from(limit),
         };
         Ok(match encoding {
-            Encoding::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(counter)),
+            Encoding::Gzip => Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(counter))),
             Encoding::Zstd => {
                 let mut decoder = zstd::stream::write::Decoder::new(counter)?;
-                // The window a message of at most `limit` bytes can need.
-                let log = (u32::BITS - limit.max(1).saturating_sub(1).leading_zeros()).max(10);
-                decoder.window_log_max(log)?;
+                // Streaming encoders declare the window of their level, not
+                // of the message (tonic's, at the default level: 2 MiB), so
+                // the window cannot be held to the limit. The decoder only
+                // touches as much of it as it writes, which the counter
+                // bounds; frames asking for more than common encoders use
+                // are refused.
+                decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
                 Decoder::Zstd(Box::new(decoder))
             }
         })
@@ -246,8 +254,8 @@ impl Decoder {
                 Ok(0) => return Ok(()),
                 Ok(n) => data = &data[n..],
                 Err(e) => {
-                    let over = self.written() > self.limit()
-                        || e.to_string().contains("too much memory");
+                    let over =
+                        self.written() > self.limit() || e.to_string().contains("too much memory");
                     return Err(over);
                 }
             }
@@ -534,7 +542,14 @@ mod tests {
         let (send, receive) = mpsc::channel(16);
         let refused = Arc::new(OnceLock::new());
         let inner = StreamBody::new(ReceiverStream::new(receive));
-        let body = LimitedBody::new(inner, limits.clone(), LIMIT, kind, encoding, refused.clone());
+        let body = LimitedBody::new(
+            inner,
+            limits.clone(),
+            LIMIT,
+            kind,
+            encoding,
+            refused.clone(),
+        );
         Fed {
             body,
             send,
@@ -572,7 +587,10 @@ mod tests {
         }
 
         fn refusal(&self) -> Refusal {
-            self.refused.get().cloned().expect("a refusal kept for the layer")
+            self.refused
+                .get()
+                .cloned()
+                .expect("a refusal kept for the layer")
         }
     }
 
@@ -600,13 +618,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn zstd_as_tonic_and_common_encoders_write_it_passes() {
+        // Tonic's encoder streams at the default level, declaring a 2 MiB
+        // window whatever the message; level 19 declares 8 MiB.
+        for level in [0, 3, 19] {
+            let payload = b"a small message".repeat(100);
+            let mut compressed = Vec::new();
+            let mut encoder = zstd::stream::read::Encoder::new(&payload[..], level).unwrap();
+            std::io::copy(&mut encoder, &mut compressed).unwrap();
+            let mut body = fed(&limits(), RpcKind::Unary, Some(Encoding::Zstd));
+            let bytes = message(1, &compressed);
+            body.send(&bytes).await;
+            assert_eq!(body.next().await.unwrap().unwrap(), bytes, "level {level}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_length_prefix_over_the_limit_is_refused_before_its_bytes_come() {
         let mut body = fed(&limits(), RpcKind::Unary, None);
         // Only the prefix: it announces one byte over the limit.
         body.send(&[0, 0, 1, 0, 1]).await;
         let status = body.next().await.unwrap().unwrap_err();
         assert_eq!(status.code(), Code::ResourceExhausted);
-        assert_too_large(body.refusal(), "65537 bytes is over the method's limit of 65536");
+        assert_too_large(
+            body.refusal(),
+            "65537 bytes is over the method's limit of 65536",
+        );
         assert!(body.next().await.is_none(), "the body ends there");
     }
 
@@ -635,7 +672,7 @@ mod tests {
         assert_too_large(body.refusal(), "decompresses to more than");
 
         // A small message whose frame declares a 128 MiB window and no
-        // content size: a decoder that trusted it would allocate the window.
+        // content size, more than common encoders ask for.
         let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
         encoder
             .set_parameter(zstd::zstd_safe::CParameter::WindowLog(27))
