@@ -9,6 +9,7 @@ conftest.Client) and every wait on a stream has a timeout: nothing can hang.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import queue
 import threading
@@ -730,6 +731,23 @@ def test_oversized_metadata_gets_a_grpc_status_not_http_431(alice):
     assert info.metadata["max_header_list_bytes"] == "16384"
     # And the same caller's next call is served.
     alice.ListOrders(pb.ListOrdersRequest())
+
+
+def test_a_compressed_bomb_is_refused_at_the_methods_limit(alice):
+    """A 4 MiB street compresses (gzip, as grpcio sends it) to a few KB; the
+    server decompresses no further than the method's limit (64 KiB) and
+    answers RESOURCE_EXHAUSTED naming the limit, without RetryInfo; the same
+    call compressed but within the limit is served."""
+    bomb = register_request(address=address(street="a" * (4 * 1024 * 1024)))
+    assert len(gzip.compress(bomb.SerializeToString())) < 16 * 1024
+    error = expect_error(Code.RESOURCE_EXHAUSTED, alice.RegisterOrder, bomb, compression=grpc.Compression.Gzip)
+    assert "limit of 65536 bytes" in error.details(), error.details()
+    [info] = error_details(error, error_details_pb2.ErrorInfo)
+    assert info.reason == "MESSAGE_TOO_LARGE"
+    assert info.metadata["max_message_bytes"] == "65536"
+    assert not error_details(error, error_details_pb2.RetryInfo)
+    served = alice.RegisterOrder(register_request(), compression=grpc.Compression.Gzip)
+    assert served.order.id
 
 
 def test_missing_scope_is_permission_denied_with_error_info(alice, alice_readonly):
