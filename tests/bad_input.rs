@@ -40,6 +40,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 const RSA_KID: &str = "rsa-key";
 const HS256_SECRET: &str = "a-development-secret-of-at-least-32-bytes";
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// RegisterOrder's own request limit, as the proto declares it.
+const REGISTER_ORDER_LIMIT: usize = 16 * 1024;
+/// Every other method's, as the proto declares it.
+const OTHER_METHODS_LIMIT: usize = 4 * 1024;
 /// The domain of the errors of OrderService calls.
 const DOMAIN: &str = "orders.v1.OrderService";
 /// `server.max_timeout_ms` of the limits server.
@@ -217,8 +221,11 @@ fn contract_details(code: Code, domain: &str, d: &tonic_types::ErrorDetails) -> 
         Code::ResourceExhausted => match (info.reason.as_str(), d.retry_info()) {
             ("MESSAGE_TOO_LARGE", Some(_)) => Err("RetryInfo on a message that fails again".into()),
             ("MESSAGE_TOO_LARGE", None)
-                if info.metadata.get("max_message_bytes").map(String::as_str)
-                    != Some(&MAX_MESSAGE_BYTES.to_string()) =>
+                if !info.metadata.get("max_message_bytes").is_some_and(|limit| {
+                    [REGISTER_ORDER_LIMIT, OTHER_METHODS_LIMIT]
+                        .iter()
+                        .any(|l| *limit == l.to_string())
+                }) =>
             {
                 Err(format!("metadata {:?} lacks the limit", info.metadata))
             }
@@ -880,13 +887,28 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         let mut c = client.clone();
         let req = with_token(
             pb::GetOrderRequest {
+                order_id: "0".repeat(OTHER_METHODS_LIMIT - 16),
+            },
+            Some(&alice),
+        );
+        cases.push((
+            "GetOrder: an id just under the method's limit (not echoed whole)".into(),
+            with_reason(Code::NotFound, "ORDER_NOT_FOUND"),
+            Box::pin(async move { Got::from_result(c.get_order(req).await) }),
+        ));
+    }
+
+    {
+        let mut c = client.clone();
+        let req = with_token(
+            pb::GetOrderRequest {
                 order_id: "0".repeat(8 * 1024),
             },
             Some(&alice),
         );
         cases.push((
-            "GetOrder: an 8 KiB id (not echoed whole)".into(),
-            with_reason(Code::NotFound, "ORDER_NOT_FOUND"),
+            "GetOrder: an 8 KiB id, over the method's limit".into(),
+            with_reason(Code::ResourceExhausted, "MESSAGE_TOO_LARGE"),
             Box::pin(async move { Got::from_result(c.get_order(req).await) }),
         ));
     }
@@ -1205,7 +1227,8 @@ async fn the_bad_input_matrix_gets_the_contract_codes_and_the_server_keeps_servi
         ));
     }
 
-    // --- An oversized message (over server.max_message_bytes = 64 KiB).
+    // --- An oversized message (over server.max_message_bytes = 64 KiB, and
+    // so over RegisterOrder's own limit).
     {
         let mut big = valid_request();
         big.address.as_mut().unwrap().street = "x".repeat(MAX_MESSAGE_BYTES + 1024);

@@ -18,11 +18,14 @@ const MIB: u64 = 1024 * 1024;
 /// Calls an attacker holds at once: more than one connection's streams.
 const CALLS: usize = 250;
 /// What the server's peak resident memory may grow by while it refuses
-/// CALLS compressed bombs and then holds CALLS messages at the method's
-/// limit (64 KiB): a few copies of each message (h2's buffer, tonic's,
-/// the decoded one) and each stream's own state, with room for the
-/// allocator. Before the limits, the same calls took gigabytes.
-const GROWTH_BOUND: u64 = 160 * MIB;
+/// CALLS compressed bombs and then holds CALLS messages at UpdateOrder's
+/// limit: per call a few copies of the message (h2's buffer, tonic's, the
+/// decoded one), the stream's state in h2, hyper and tonic, and its task,
+/// all well under 256 KiB, with room for the allocator. Before the limits,
+/// each bomb alone was decoded to 4 MiB, and the same calls took gigabytes.
+const GROWTH_BOUND: u64 = 64 * MIB;
+/// UpdateOrder's own limit, as the proto declares it.
+const UPDATE_ORDER_LIMIT: usize = 4096;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -142,7 +145,10 @@ async fn bombs_and_held_messages_leave_the_server_small_and_serving_others() {
         let details = status.get_error_details();
         let info = details.error_info().expect("ErrorInfo");
         assert_eq!(info.reason, "MESSAGE_TOO_LARGE");
-        assert_eq!(info.metadata["max_message_bytes"], "65536");
+        assert_eq!(
+            info.metadata["max_message_bytes"],
+            UPDATE_ORDER_LIMIT.to_string()
+        );
     }
     others_are_served(&alice).await;
     let (after_bombs, peak) = server.memory();
@@ -190,7 +196,7 @@ async fn hold_messages_open(
                 server,
                 held_open(pb::UpdateOrderRequest {
                     order_id: uuid::Uuid::now_v7().to_string(),
-                    address: Some(address(60 * 1024)),
+                    address: Some(address(UPDATE_ORDER_LIMIT - 200)),
                     expected_version: 0,
                 }),
             );

@@ -735,16 +735,16 @@ def test_oversized_metadata_gets_a_grpc_status_not_http_431(alice):
 
 def test_a_compressed_bomb_is_refused_at_the_methods_limit(alice):
     """A 4 MiB street compresses (gzip, as grpcio sends it) to a few KB; the
-    server decompresses no further than the method's limit (64 KiB) and
+    server decompresses no further than the method's limit (16 KiB) and
     answers RESOURCE_EXHAUSTED naming the limit, without RetryInfo; the same
     call compressed but within the limit is served."""
     bomb = register_request(address=address(street="a" * (4 * 1024 * 1024)))
     assert len(gzip.compress(bomb.SerializeToString())) < 16 * 1024
     error = expect_error(Code.RESOURCE_EXHAUSTED, alice.RegisterOrder, bomb, compression=grpc.Compression.Gzip)
-    assert "limit of 65536 bytes" in error.details(), error.details()
+    assert "limit of 16384 bytes" in error.details(), error.details()
     [info] = error_details(error, error_details_pb2.ErrorInfo)
     assert info.reason == "MESSAGE_TOO_LARGE"
-    assert info.metadata["max_message_bytes"] == "65536"
+    assert info.metadata["max_message_bytes"] == "16384"
     assert not error_details(error, error_details_pb2.RetryInfo)
     served = alice.RegisterOrder(register_request(), compression=grpc.Compression.Gzip)
     assert served.order.id
