@@ -83,6 +83,8 @@ pub mod streams;
 pub mod telemetry;
 #[cfg(feature = "server")]
 pub mod tls;
+#[cfg(feature = "server")]
+pub mod web;
 
 #[cfg(feature = "test-support")]
 pub mod test_support;

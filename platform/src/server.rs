@@ -366,7 +366,25 @@ impl Server {
             s.server.max_request_memory_bytes,
         ));
         // The order of the stack is explained in `crate::middleware`.
+        let health_descriptors: &[u8] = tonic_health::pb::FILE_DESCRIPTOR_SET;
+        let descriptor_sets: Vec<&[u8]> = descriptors
+            .iter()
+            .map(Vec::as_slice)
+            .chain([health_descriptors])
+            .collect();
+        let connect_methods = Arc::new(crate::web::connect::ConnectMethods::new(
+            &methods,
+            &descriptor_sets,
+            s.server.max_request_bytes,
+        ));
         let stack = ServiceBuilder::new()
+            // Browsers: a preflight is answered here, before any token is
+            // asked for; answers carry the origin's permission.
+            .layer(crate::web::cors(&s.cors))
+            // gRPC-Web and Connect become the gRPC calls they mean, so
+            // everything below sees one protocol.
+            .layer(tonic_web::GrpcWebLayer::new())
+            .layer(crate::web::connect::ConnectLayer::new(connect_methods))
             // Only gRPC goes further (HTTP 405 or 415 otherwise).
             .layer(GrpcOnlyLayer)
             // Request id, span, metrics and access log.

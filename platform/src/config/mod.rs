@@ -17,6 +17,7 @@
 
 mod admin;
 mod auth;
+mod cors;
 mod dev;
 pub mod duration;
 mod server;
@@ -26,6 +27,7 @@ mod tls;
 pub use crate::telemetry::{LogFormat, TelemetrySettings};
 pub use admin::AdminSettings;
 pub use auth::AuthSettings;
+pub use cors::CorsSettings;
 pub use dev::DevSettings;
 pub use server::ServerSettings;
 pub use shutdown::ShutdownSettings;
@@ -84,17 +86,19 @@ pub struct PlatformSettings {
     pub admin: AdminSettings,
     pub tls: TlsSettings,
     pub auth: AuthSettings,
+    pub cors: CorsSettings,
     pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
     pub dev: DevSettings,
 }
 
 /// The top-level sections [`PlatformSettings`] holds.
-pub const PLATFORM_SECTIONS: [&str; 7] = [
+pub const PLATFORM_SECTIONS: [&str; 8] = [
     "server",
     "admin",
     "tls",
     "auth",
+    "cors",
     "telemetry",
     "shutdown",
     "dev",
@@ -112,6 +116,7 @@ impl Default for PlatformSettings {
             admin: Default::default(),
             tls: Default::default(),
             auth: Default::default(),
+            cors: Default::default(),
             telemetry: Default::default(),
             shutdown: Default::default(),
             dev: Default::default(),
@@ -367,6 +372,7 @@ pub fn read_layers<S: ServiceSettings>(
         admin: typed.section("admin", &mut sections),
         tls: typed.section("tls", &mut sections),
         auth: typed.section("auth", &mut sections),
+        cors: typed.section("cors", &mut sections),
         telemetry: typed.section("telemetry", &mut sections),
         shutdown: typed.section("shutdown", &mut sections),
         dev: typed.section("dev", &mut sections),
@@ -467,6 +473,7 @@ impl PlatformSettings {
         self.admin.validate(problems);
         self.tls.validate(production, generated, problems);
         self.auth.validate(production, generated, problems);
+        self.cors.validate(production, problems);
         self.telemetry.validate(problems);
         self.dev.validate(production, problems);
     }
