@@ -345,9 +345,9 @@ async fn metadata_over_the_limit_is_resource_exhausted_and_far_over_it_refused_b
     server.stop().await;
 }
 
-/// Only gRPC is served as gRPC: another method is HTTP 405, another
-/// content type HTTP 415, before authentication or any handler, and
-/// neither is counted as a call.
+/// Only gRPC (and gRPC-Web and Connect, which become gRPC) is served:
+/// another method is HTTP 405, another content type HTTP 415, before
+/// authentication or any handler, and neither is counted as a call.
 #[tokio::test]
 async fn what_is_not_a_grpc_request_is_refused_with_405_or_415() {
     let server = TestServer::start(Backend::sqlite()).await;
@@ -357,7 +357,8 @@ async fn what_is_not_a_grpc_request_is_refused_with_405_or_415() {
     tokio::spawn(conn);
     let cases = [
         ("GET", "application/grpc", 405),
-        ("POST", "application/json", 415),
+        ("GET", "application/json", 405),
+        ("POST", "application/xml", 415),
         ("POST", "text/plain", 415),
     ];
     for (method, content_type, status) in cases {
