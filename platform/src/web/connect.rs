@@ -808,3 +808,233 @@ impl Body for StreamBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{GET, THINGS_PROTO, WATCH, descriptors, table};
+    use std::sync::LazyLock;
+    use tower_test::mock;
+
+    type Request = http::Request<tonic::body::Body>;
+    type Response = http::Response<tonic::body::Body>;
+
+    static METHODS: LazyLock<Arc<ConnectMethods>> = LazyLock::new(|| {
+        let set = descriptors(THINGS_PROTO);
+        Arc::new(ConnectMethods::new(table(), &[&set], 64))
+    });
+
+    fn body(bytes: impl Into<Bytes>) -> tonic::body::Body {
+        tonic::body::Body::new(http_body_util::Full::new(bytes.into()))
+    }
+
+    fn request(path: &str, content_type: &str, payload: impl Into<Bytes>) -> Request {
+        http::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("content-type", content_type)
+            .header("connect-timeout-ms", "1500")
+            .header("authorization", "Bearer t")
+            .body(body(payload))
+            .unwrap()
+    }
+
+    /// A gRPC frame of `message`.
+    fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
+        let mut out = vec![flag];
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        out
+    }
+
+    /// `things.v1.Thing { id }` in protobuf.
+    fn thing(id: &str) -> Vec<u8> {
+        let mut out = vec![0x0a, id.len() as u8];
+        out.extend_from_slice(id.as_bytes());
+        out
+    }
+
+    /// A gRPC answer: `frames`, then trailers with `status`.
+    fn grpc_answer(frames: Vec<u8>, status: Status) -> Response {
+        let mut trailers = HeaderMap::new();
+        status.add_header(&mut trailers).unwrap();
+        trailers.insert("x-custom", HeaderValue::from_static("kept"));
+        let frames = http_body::Frame::data(Bytes::from(frames));
+        let stream = futures::stream::iter([
+            Ok::<_, Status>(frames),
+            Ok(http_body::Frame::trailers(trailers)),
+        ]);
+        let mut response = http::Response::new(tonic::body::Body::new(
+            http_body_util::StreamBody::new(stream),
+        ));
+        response
+            .headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+        response
+            .headers_mut()
+            .insert("x-request-id", HeaderValue::from_static("req-1"));
+        response
+    }
+
+    async fn read(body: tonic::body::Body) -> Bytes {
+        body.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_unary_json_call_is_the_grpc_call_it_means_and_its_answer_json() {
+        let (mut svc, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(ConnectLayer::new(METHODS.clone()));
+        assert!(svc.poll_ready().is_ready());
+        let answer = svc.call(request(GET, "application/json", r#"{"id": "a1"}"#));
+        let (grpc, reply) = handle.next_request().await.unwrap();
+        assert_eq!(grpc.headers()["content-type"], "application/grpc+proto");
+        assert_eq!(grpc.headers()["grpc-timeout"], "1500m");
+        assert_eq!(grpc.headers()["authorization"], "Bearer t");
+        assert_eq!(read(grpc.into_body()).await, framed(0, &thing("a1")));
+        reply.send_response(grpc_answer(framed(0, &thing("a1")), Status::ok("")));
+
+        let response = answer.await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["x-request-id"], "req-1");
+        assert_eq!(response.headers()["trailer-x-custom"], "kept");
+        let json: serde_json::Value =
+            serde_json::from_slice(&read(response.into_body()).await).unwrap();
+        assert_eq!(json, serde_json::json!({ "id": "a1" }));
+    }
+
+    #[tokio::test]
+    async fn an_error_is_connects_json_with_its_http_status_and_details() {
+        let (mut svc, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(ConnectLayer::new(METHODS.clone()));
+        assert!(svc.poll_ready().is_ready());
+        let answer = svc.call(request(GET, "application/proto", thing("gone")));
+        let (_, reply) = handle.next_request().await.unwrap();
+        let details = tonic_types::ErrorDetails::with_error_info(
+            "THING_NOT_FOUND",
+            "things.v1",
+            HashMap::new(),
+        );
+        let status = <Status as tonic_types::StatusExt>::with_error_details(
+            Code::NotFound,
+            "no such thing",
+            details,
+        );
+        reply.send_response(status.into_http());
+
+        let response = answer.await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let json: serde_json::Value =
+            serde_json::from_slice(&read(response.into_body()).await).unwrap();
+        assert_eq!(json["code"], "not_found");
+        assert_eq!(json["message"], "no such thing");
+        assert_eq!(json["details"][0]["type"], "google.rpc.ErrorInfo");
+        let value = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(json["details"][0]["value"].as_str().unwrap())
+            .unwrap();
+        let info = tonic_types::pb::ErrorInfo::decode(&value[..]).unwrap();
+        assert_eq!(info.reason, "THING_NOT_FOUND");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_json_is_invalid_argument_and_codes_map_as_connect_says() {
+        let (mut svc, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(ConnectLayer::new(METHODS.clone()));
+        assert!(svc.poll_ready().is_ready());
+        let answer = svc.call(request(GET, "application/json", "{\"id\": "));
+        let (grpc, reply) = handle.next_request().await.unwrap();
+        // What tonic does with a body that fails: answers with its status.
+        let status = grpc.into_body().collect().await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("not a JSON things.v1.Thing"));
+        reply.send_response(status.into_http());
+        let response = answer.await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+        for (code, http) in [
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::ResourceExhausted, 429),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+            (Code::Unimplemented, 501),
+            (Code::Cancelled, 499),
+        ] {
+            assert_eq!(http_status(code).as_u16(), http, "{code:?}");
+        }
+        assert_eq!(code_name(Code::Cancelled), "canceled");
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_methods_limit_is_refused_as_it_arrives() {
+        let (mut svc, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(ConnectLayer::new(METHODS.clone()));
+        assert!(svc.poll_ready().is_ready());
+        // The test table's limit is 64 bytes: JSON may take four times
+        // that and a kilobyte.
+        let long = format!(r#"{{"id": "{}"}}"#, "x".repeat(2000));
+        let _answer = svc.call(request(GET, "application/json", long));
+        let (grpc, _reply) = handle.next_request().await.unwrap();
+        let status = grpc.into_body().collect().await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_enveloped_both_ways_and_ends_with_its_status() {
+        let (mut svc, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(ConnectLayer::new(METHODS.clone()));
+        assert!(svc.poll_ready().is_ready());
+        let envelope = framed(0, br#"{"id":"w"}"#);
+        let answer = svc.call(request(WATCH, "application/connect+json", envelope));
+        let (grpc, reply) = handle.next_request().await.unwrap();
+        assert_eq!(read(grpc.into_body()).await, framed(0, &thing("w")));
+        let mut frames = framed(0, &thing("v1"));
+        frames.extend(framed(0, &thing("v2")));
+        reply.send_response(grpc_answer(
+            frames,
+            Status::unavailable("server shutting down"),
+        ));
+
+        let response = answer.await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/connect+json"
+        );
+        let bytes = read(response.into_body()).await;
+        let mut envelopes = Vec::new();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            let json: serde_json::Value = serde_json::from_slice(&rest[5..5 + len]).unwrap();
+            envelopes.push((rest[0], json));
+            rest = &rest[5 + len..];
+        }
+        assert_eq!(envelopes.len(), 3);
+        assert_eq!(envelopes[0], (0, serde_json::json!({ "id": "v1" })));
+        assert_eq!(envelopes[1], (0, serde_json::json!({ "id": "v2" })));
+        let (flags, end) = &envelopes[2];
+        assert_eq!(*flags, END_STREAM);
+        assert_eq!(end["error"]["code"], "unavailable");
+        assert_eq!(end["metadata"]["x-custom"][0], "kept");
+    }
+
+    #[tokio::test]
+    async fn a_streaming_method_called_as_unary_is_unimplemented_and_never_reaches_the_stack() {
+        let (mut svc, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(ConnectLayer::new(METHODS.clone()));
+        assert!(svc.poll_ready().is_ready());
+        let response = svc
+            .call(request(WATCH, "application/json", "{}"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+        assert!(matches!(handle.poll_request(), Poll::Pending));
+        // Other content types pass as they came.
+        assert!(svc.poll_ready().is_ready());
+        let _grpc = svc.call(request(GET, "application/grpc", framed(0, &thing("g"))));
+        let (passed, _) = handle.next_request().await.unwrap();
+        assert_eq!(passed.headers()["content-type"], "application/grpc");
+    }
+}
