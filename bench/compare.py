@@ -264,8 +264,12 @@ class Bench:
                 # Only shortens the stop between measurements; serving is unchanged.
                 "ORDERS__SHUTDOWN__DRAIN_SECS": "0",
                 # The load generator is one caller standing in for many: its
-                # calls are bounded by the server's limit, not one caller's.
+                # calls are bounded by the server's limit, not one caller's,
+                # and its rate by what the server can serve, not one
+                # caller's rate (0: no rate limit), or the top rate measured
+                # would be the per-caller rate.
                 "ORDERS__SERVER__MAX_CALLS_PER_CALLER": "1000",
+                "ORDERS__SERVER__MAX_CALL_RATE_PER_CALLER": "0",
             }
         )
         env.update(extra or {})

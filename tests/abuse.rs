@@ -441,6 +441,11 @@ async fn one_caller_at_its_quota_cannot_lock_out_another() {
             result.expect("alice's calls succeed while mallory is at her quota");
         }
     }
+    // The replica stays in rotation: it still serves every caller but the
+    // one at its quota, so readiness must stay SERVING. Were it to turn
+    // NOT_SERVING, one caller holding its calls open would take the replica
+    // away from everyone, the lockout the quota exists to prevent.
+    assert_eq!(readiness(&server).await, SERVING);
     // Mallory's held calls end (the client gives up): her quota comes back.
     drop(held);
     drop(send);
@@ -453,6 +458,250 @@ async fn one_caller_at_its_quota_cannot_lock_out_another() {
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
             Err(e) => panic!("mallory's quota did not come back: {e:?}"),
+        }
+    }
+    server.stop().await;
+}
+
+/// The readiness the admin port reports (`readiness`, what Kubernetes'
+/// readiness probe asks).
+async fn readiness(server: &TestServer) -> i32 {
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: "readiness".into(),
+    };
+    server
+        .admin_health()
+        .await
+        .check(request)
+        .await
+        .expect("the admin port answers")
+        .into_inner()
+        .status
+}
+
+const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+
+/// The `google.rpc.QuotaFailure` subject and `RetryInfo` delay of a
+/// RESOURCE_EXHAUSTED answer, whose `ErrorInfo.reason` is `reason`.
+fn quota_refusal(status: &tonic::Status, reason: &str) -> (String, Duration) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let details = tonic_types::StatusExt::get_error_details(status);
+    assert_eq!(
+        details.error_info().map(|i| i.reason.as_str()),
+        Some(reason),
+        "{status:?}"
+    );
+    let failure = details.quota_failure().expect("QuotaFailure");
+    assert!(!failure.violations[0].description.is_empty(), "{status:?}");
+    let delay = details
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo with a delay");
+    (failure.violations[0].subject.clone(), delay)
+}
+
+/// One caller calling faster than its rate gets RESOURCE_EXHAUSTED with a
+/// QuotaFailure naming it and, as RetryInfo, the wait until its next call
+/// is due (and that call is served); another caller is served in full
+/// meanwhile, and the replica stays ready.
+#[tokio::test]
+async fn one_caller_over_its_rate_is_refused_with_the_wait_while_another_is_served() {
+    // Five calls a second with bursts of five: a call every 200 ms once the
+    // burst is spent.
+    let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
+        s.server.max_call_rate_per_caller = 5;
+        s.server.call_burst_per_caller = 5;
+    })
+    .await;
+    let mallory = server.client("mallory", READ_WRITE).await;
+    let alice = server.alice().await;
+    let missing = uuid::Uuid::now_v7().to_string();
+    let start = Instant::now();
+    let mut admitted = 0;
+    let mut refusals = Vec::new();
+    for _ in 0..20 {
+        match mallory.get_order(&missing).await {
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                refusals.push(e.status().expect("a gRPC status").clone())
+            }
+            // Admitted: the order does not exist.
+            Err(e) => {
+                assert_eq!(e.code(), Code::NotFound, "{e:?}");
+                admitted += 1;
+            }
+            Ok(order) => panic!("no such order, yet {order:?}"),
+        }
+    }
+    // Her burst, and what her rate refilled while the calls ran.
+    let allowed = 5 + (start.elapsed().as_secs_f64() * 5.0).ceil() as usize;
+    assert!(
+        (5..=allowed).contains(&admitted),
+        "{admitted} of 20 admitted, at most {allowed} allowed"
+    );
+    assert_eq!(admitted + refusals.len(), 20);
+    for status in &refusals {
+        let (subject, wait) = quota_refusal(status, "CALLER_RATE_EXCEEDED");
+        assert_eq!(subject, "caller:mallory");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(200),
+            "the next call is due within one interval: {wait:?}"
+        );
+    }
+    // Alice has a rate of her own: a burst of calls at once, all served.
+    let calls = (0..5).map(|_| alice.register(register_request("")));
+    for result in futures::future::join_all(calls).await {
+        result.expect("alice's calls succeed while mallory is over her rate");
+    }
+    assert_eq!(readiness(&server).await, SERVING);
+    // Waiting what the last RetryInfo said is enough for mallory's next
+    // call (the time since it was sent counts too).
+    let last = refusals.last().expect("mallory was refused");
+    let (_, wait) = quota_refusal(last, "CALLER_RATE_EXCEEDED");
+    tokio::time::sleep(wait + Duration::from_millis(20)).await;
+    let err = mallory.get_order(&missing).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "admitted after the wait: {err:?}"
+    );
+    server.stop().await;
+}
+
+/// A gRPC request to `path` on the raw HTTP/2 client, with a bearer token
+/// or none.
+fn request_to(server: &TestServer, path: &str, token: Option<&str>) -> http::Request<()> {
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://localhost:{}{path}", server.addr.port()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    request.body(()).unwrap()
+}
+
+/// One gRPC message, length-prefixed, uncompressed.
+fn grpc_message(message: &impl prost::Message) -> bytes::Bytes {
+    let encoded = message.encode_to_vec();
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&encoded);
+    framed.into()
+}
+
+/// A call on `send`'s connection: the request to `path`, its one message,
+/// and the response's headers, or `None` when none came within a second.
+async fn open(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    request: http::Request<()>,
+    message: bytes::Bytes,
+) -> (
+    h2::SendStream<bytes::Bytes>,
+    Option<http::Response<h2::RecvStream>>,
+) {
+    let mut send = send.clone().ready().await.unwrap();
+    let (response, mut body) = send.send_request(request, false).unwrap();
+    body.send_data(message, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(1), response)
+        .await
+        .ok()
+        .map(|r| r.expect("a response, not a reset"));
+    (body, response)
+}
+
+/// Calls without a token (health watches held open) are bounded per
+/// connection: past the bound, RESOURCE_EXHAUSTED with a QuotaFailure on
+/// `connection`, while an authenticated call on the same connection,
+/// another connection's health check and another caller are all served;
+/// a watch that ends gives its place back.
+#[tokio::test]
+async fn calls_without_a_token_are_bounded_per_connection_and_others_are_served() {
+    let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
+        s.server.max_anonymous_calls_per_connection = 4;
+    })
+    .await;
+    let tls = tls_to(&server).await;
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let watch = || request_to(&server, "/grpc.health.v1.Health/Watch", None);
+    let everything = grpc_message(&tonic_health::pb::HealthCheckRequest::default());
+    // Ten watches on one connection: four are admitted and stay open (their
+    // headers carry no status), the other six are refused at once.
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..10 {
+        let (body, response) = open(&send, watch(), everything.clone()).await;
+        let response = response.expect("the server answers the watch's headers at once");
+        match tonic::Status::from_header_map(response.headers()) {
+            Some(status) => refused.push(status),
+            None => held.push((body, response)),
+        }
+    }
+    assert_eq!(held.len(), 4, "the connection's quota of watches is open");
+    assert_eq!(refused.len(), 6);
+    for status in &refused {
+        let (subject, wait) = quota_refusal(status, "CONNECTION_QUOTA_EXCEEDED");
+        assert_eq!(subject, "connection");
+        assert!(wait > Duration::ZERO, "{wait:?}");
+    }
+
+    // An authenticated call on the same connection counts against its
+    // caller, not the connection: it reaches the handler (no such order).
+    let token = server.certs.token("alice", READ_WRITE);
+    let get = orders::sdk::pb::GetOrderRequest {
+        order_id: uuid::Uuid::now_v7().to_string(),
+    };
+    let path = "/orders.v1.OrderService/GetOrder";
+    let (_body, response) = open(
+        &send,
+        request_to(&server, path, Some(&token)),
+        grpc_message(&get),
+    )
+    .await;
+    let mut response = response.expect("answered promptly");
+    let status = match tonic::Status::from_header_map(response.headers()) {
+        Some(status) => status,
+        None => {
+            let trailers = response
+                .body_mut()
+                .trailers()
+                .await
+                .unwrap()
+                .expect("trailers");
+            tonic::Status::from_header_map(&trailers).expect("a gRPC status")
+        }
+    };
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // Another connection's health check, and another caller, are served.
+    let anonymous = server.anonymous().await;
+    let serving = anonymous
+        .health("")
+        .await
+        .expect("another connection's health check");
+    assert_eq!(serving as i32, SERVING);
+    server
+        .bob()
+        .await
+        .register(register_request(""))
+        .await
+        .expect("another caller is served");
+    assert_eq!(readiness(&server).await, SERVING);
+
+    // The watches end (the client resets them): their places come back.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_body, response) = open(&send, watch(), everything.clone()).await;
+        let response = response.expect("answered promptly");
+        match tonic::Status::from_header_map(response.headers()) {
+            None => break,
+            Some(status) if Instant::now() < deadline => {
+                quota_refusal(&status, "CONNECTION_QUOTA_EXCEEDED");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Some(status) => panic!("the connection's places did not come back: {status:?}"),
         }
     }
     server.stop().await;

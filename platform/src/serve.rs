@@ -21,6 +21,7 @@
 //! `crate::goaway_guard` drops it first.
 
 use crate::goaway_guard::GoawayGuard;
+use crate::middleware::caller_quota::ConnectionCalls;
 use crate::tls::PeerIdentity;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -160,6 +161,10 @@ async fn serve_connection<IO, S, ResBody>(
     let identity = crate::tls::of_connection(&info);
     let (recycle, recycled) = watch::channel(false);
     let recycled = ConnectionRecycled(recycled);
+    // The connection's calls without a subject, which the quota layer
+    // bounds (`server.max_anonymous_calls_per_connection`): one counter
+    // for the connection's life, a reference count per request.
+    let anonymous = ConnectionCalls::default();
     let per_request = hyper::service::service_fn(move |request: http::Request<Incoming>| {
         let mut request = request.map(|body| Body::new(body.map_err(client_went_away)));
         request.extensions_mut().insert(info.clone());
@@ -167,6 +172,7 @@ async fn serve_connection<IO, S, ResBody>(
             request.extensions_mut().insert(identity.clone());
         }
         request.extensions_mut().insert(recycled.clone());
+        request.extensions_mut().insert(anonymous.clone());
         let call = service.clone().oneshot(request);
         async move {
             Ok::<_, Infallible>(match call.await {

@@ -25,7 +25,7 @@ use crate::config::{Environment, PlatformSettings};
 use crate::health::{HealthState, ReadinessCheck};
 use crate::methods::{MethodTable, PolicyError};
 use crate::middleware::{
-    caller_quota::CallerQuotaLayer,
+    caller_quota::{CallerQuotaLayer, Limits},
     concurrency::ConcurrencyLimitLayer,
     deadline::DeadlineLayer,
     grpc_only::GrpcOnlyLayer,
@@ -406,8 +406,10 @@ impl Server {
             // Auth: an unauthenticated call costs a header parse, never a
             // handler or a database query.
             .layer(AuthLayer::new(verifier.clone(), methods.clone()))
-            // No caller takes every slot: each subject's calls in flight.
-            .layer(CallerQuotaLayer::new(s.server.max_calls_per_caller))
+            // No caller takes every slot or the whole throughput: each
+            // subject's calls in flight and its rate; calls without a
+            // subject, in flight per connection.
+            .layer(CallerQuotaLayer::new(Limits::of(&s.server)))
             .layer(layer_fn(move |inner| {
                 MessageSize::new(inner, max_metadata as usize, bodies.clone())
             }))

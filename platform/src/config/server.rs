@@ -45,6 +45,24 @@ pub struct ServerSettings {
     /// it, RESOURCE_EXHAUSTED (`CALLER_QUOTA_EXCEEDED`). At or above
     /// `concurrency_limit`, it never binds first.
     pub max_calls_per_caller: usize,
+    /// Calls a second one authenticated caller may make, sustained; past
+    /// it (its burst spent), RESOURCE_EXHAUSTED (`CALLER_RATE_EXCEEDED`)
+    /// with a `RetryInfo` saying when its next call is due. 0 turns the
+    /// rate off, a deliberate choice for a deployment whose gateway already
+    /// limits each client's rate, or whose one caller stands in for many
+    /// (a load generator); the count of calls in flight still binds.
+    pub max_call_rate_per_caller: u32,
+    /// Calls one caller may make at once above its rate, after a quiet
+    /// spell: its burst, refilled at the rate. At least 1 while a rate is
+    /// set.
+    pub call_burst_per_caller: u32,
+    /// Calls without a token (public methods, health, reflection) one
+    /// HTTP/2 connection may have in flight, a health Watch for as long as
+    /// it is open; past it, RESOURCE_EXHAUSTED (`CONNECTION_QUOTA_EXCEEDED`).
+    /// Such calls have no caller to count against, and health and
+    /// reflection go around `concurrency_limit`. A gateway that sends many
+    /// calls to public methods at once over one connection needs it raised.
+    pub max_anonymous_calls_per_connection: usize,
     /// Connections are asked to go away (GOAWAY) after this age, ±10% per
     /// connection (`max_connection_age_secs`; 0: never).
     #[serde(rename = "max_connection_age_secs", with = "secs_or_never")]
@@ -94,6 +112,14 @@ impl Default for ServerSettings {
             max_concurrent_streams: 200,
             concurrency_limit: 1_000,
             max_calls_per_caller: 100,
+            // Far above what one real client sends (its calls, retries and
+            // health checks); a caller in a loop, or a stolen token, is
+            // held to a share of the server's throughput.
+            max_call_rate_per_caller: 1_000,
+            call_burst_per_caller: 2_000,
+            // A client holds one health Watch per service name it follows,
+            // and a reflection stream while a tool lists the methods.
+            max_anonymous_calls_per_connection: 32,
             max_connection_age: Some(Duration::from_secs(300)),
             max_connection_age_grace: Duration::from_secs(30),
             keepalive_interval: Some(Duration::from_secs(30)),
@@ -144,6 +170,22 @@ impl ServerSettings {
         if self.max_calls_per_caller == 0 {
             problems.push("server.max_calls_per_caller: must be more than 0".into());
         }
+        if self.max_call_rate_per_caller > 1_000_000 {
+            problems.push(
+                "server.max_call_rate_per_caller: must be at most 1000000 (0 for no rate limit)"
+                    .into(),
+            );
+        }
+        if self.max_call_rate_per_caller > 0 && self.call_burst_per_caller == 0 {
+            problems.push(
+                "server.call_burst_per_caller: must be more than 0 while \
+                 server.max_call_rate_per_caller is set (0 there turns the rate off)"
+                    .into(),
+            );
+        }
+        if self.max_anonymous_calls_per_connection == 0 {
+            problems.push("server.max_anonymous_calls_per_connection: must be more than 0".into());
+        }
         if self.concurrency_limit == 0 {
             problems.push("server.concurrency_limit: must be more than 0".into());
         }
@@ -168,5 +210,51 @@ impl ServerSettings {
         if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.handshake_timeout) {
             problems.push("server.handshake_timeout_secs: must be 1 to 300".into());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(edit: impl FnOnce(&mut ServerSettings)) -> Vec<String> {
+        let mut server = ServerSettings::default();
+        edit(&mut server);
+        let mut problems = Vec::new();
+        server.validate(&mut problems);
+        problems
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_a_rate_of_zero_turns_the_rate_off() {
+        assert_eq!(problems(|_| {}), Vec::<String>::new());
+        // No rate, and then no burst is needed.
+        let none = problems(|s| {
+            s.max_call_rate_per_caller = 0;
+            s.call_burst_per_caller = 0;
+        });
+        assert_eq!(none, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_rate_without_a_burst_and_a_connection_bound_of_zero_are_refused() {
+        let found = problems(|s| {
+            s.call_burst_per_caller = 0;
+            s.max_anonymous_calls_per_connection = 0;
+        });
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].starts_with("server.call_burst_per_caller: must be more than 0"),
+            "{found:?}"
+        );
+        assert_eq!(
+            found[1],
+            "server.max_anonymous_calls_per_connection: must be more than 0"
+        );
+        let too_fast = problems(|s| s.max_call_rate_per_caller = 2_000_000);
+        assert_eq!(
+            too_fast,
+            ["server.max_call_rate_per_caller: must be at most 1000000 (0 for no rate limit)"]
+        );
     }
 }

@@ -22,8 +22,10 @@
 //!    [`deadline::DeadlineExceeded`], from the call or from its stream.
 //! 5. `auth` (in `crate::auth`): only authenticated calls reach handlers:
 //!    `crate::auth::AuthError`.
-//! 6. `caller_quota`: each subject's calls in flight, out of the server's:
-//!    `caller_quota::QuotaExceeded`.
+//! 6. `caller_quota`: each subject's calls in flight, out of the server's,
+//!    and its rate; calls without a subject, in flight per connection:
+//!    `caller_quota::QuotaExceeded`, `caller_quota::RateExceeded`,
+//!    `caller_quota::ConnectionQuotaExceeded`.
 //! 7. `message_size`: metadata over the limit is
 //!    `message_size::MetadataTooLarge`; tonic's answer to an over-limit request message
 //!    becomes `message_size::MessageTooLarge`. It holds each request body to
@@ -105,9 +107,10 @@ pub struct CallContext {
     pub request_id: String,
     pub subject: OnceLock<String>,
     pub commit: commit::CommitPoint,
-    /// The call's place in its caller's quota (`caller_quota`), given back
-    /// when the last holder of this context lets go: the end of the call.
-    pub(crate) quota: OnceLock<caller_quota::QuotaGuard>,
+    /// The call's place in its caller's quota, or in its connection's for
+    /// a call without a subject (`caller_quota`), given back when the last
+    /// holder of this context lets go: the end of the call.
+    pub(crate) quota: OnceLock<caller_quota::Slot>,
 }
 
 pub use crate::codes::go_name as code_name;

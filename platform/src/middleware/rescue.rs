@@ -22,6 +22,8 @@
 //! | [`ReadTimeout`] ([`super::request_body`]) | DEADLINE_EXCEEDED | `REQUEST_READ_TIMEOUT` | `request_read_timeout_ms`, no `RetryInfo` |
 //! | [`MemoryBusy`] ([`super::request_body`]) | RESOURCE_EXHAUSTED | `REQUEST_MEMORY_BUSY` | `max_request_memory_bytes`, `RetryInfo` |
 //! | [`QuotaExceeded`] ([`super::caller_quota`]) | RESOURCE_EXHAUSTED | `CALLER_QUOTA_EXCEEDED` | `max_calls_per_caller`, `QuotaFailure` naming the caller, `RetryInfo` |
+//! | [`RateExceeded`] ([`super::caller_quota`]) | RESOURCE_EXHAUSTED | `CALLER_RATE_EXCEEDED` | `max_call_rate_per_caller`, `call_burst_per_caller`, `QuotaFailure` naming the caller, `RetryInfo`: the wait until the caller's next call is within its rate |
+//! | [`ConnectionQuotaExceeded`] ([`super::caller_quota`]) | RESOURCE_EXHAUSTED | `CONNECTION_QUOTA_EXCEEDED` | `max_anonymous_calls_per_connection`, `QuotaFailure` with subject `connection`, `RetryInfo` |
 //! | [`Panicked`] ([`super::panic_guard`]) | INTERNAL, opaque | `INTERNAL` | the cause goes to the log |
 //! | a `tonic::Status` | its own | completed as below | |
 //! | anything else (tonic's UNKNOWN wrapping of it too) | INTERNAL, opaque | `INTERNAL` | logged as unexpected |
@@ -60,7 +62,7 @@
 //! covered, while the access log and metrics see the final code, as the
 //! client does. Hand-written: no crate completes gRPC error details.
 
-use super::caller_quota::QuotaExceeded;
+use super::caller_quota::{ConnectionQuotaExceeded, QuotaExceeded, RateExceeded};
 use super::concurrency::SHED_RETRY_DELAY;
 use super::deadline::{DeadlineExceeded, SetBy};
 use super::message_size::{MessageTooLarge, MetadataTooLarge};
@@ -312,6 +314,48 @@ fn answer(error: &(dyn Error + 'static), call: &Call) -> Answer {
             let mut details = info("CALLER_QUOTA_EXCEEDED", [limit].into_iter().collect());
             details.set_quota_failure(vec![tonic_types::QuotaViolation::new(
                 format!("caller:{}", exceeded.subject()),
+                exceeded.to_string(),
+            )]);
+            details.set_retry_info(Some(SHED_RETRY_DELAY));
+            (
+                Code::ResourceExhausted,
+                exceeded.to_string().into(),
+                details,
+            )
+        } else if let Some(exceeded) = cause_ref::<RateExceeded>(error) {
+            // The caller may call again once its rate allows: the wait
+            // governor computed for its next call.
+            let metadata = [
+                (
+                    "max_call_rate_per_caller".to_owned(),
+                    exceeded.per_second().to_string(),
+                ),
+                (
+                    "call_burst_per_caller".to_owned(),
+                    exceeded.burst().to_string(),
+                ),
+            ];
+            let mut details = info("CALLER_RATE_EXCEEDED", metadata.into_iter().collect());
+            details.set_quota_failure(vec![tonic_types::QuotaViolation::new(
+                format!("caller:{}", exceeded.subject()),
+                exceeded.to_string(),
+            )]);
+            details.set_retry_info(Some(exceeded.wait()));
+            (
+                Code::ResourceExhausted,
+                exceeded.to_string().into(),
+                details,
+            )
+        } else if let Some(exceeded) = cause_ref::<ConnectionQuotaExceeded>(error) {
+            // The connection's other calls end and free its quota, as a
+            // caller's do.
+            let limit = (
+                "max_anonymous_calls_per_connection".to_owned(),
+                exceeded.limit().to_string(),
+            );
+            let mut details = info("CONNECTION_QUOTA_EXCEEDED", [limit].into_iter().collect());
+            details.set_quota_failure(vec![tonic_types::QuotaViolation::new(
+                "connection",
                 exceeded.to_string(),
             )]);
             details.set_retry_info(Some(SHED_RETRY_DELAY));
@@ -948,6 +992,49 @@ mod tests {
                     reason: "MESSAGE_TOO_LARGE",
                     metadata: &[("max_message_bytes", "65536")],
                     retry: None,
+                },
+            ),
+            (
+                "a caller at its quota of calls in flight",
+                Box::new(QuotaExceeded::for_test("alice", 5)),
+                Row {
+                    code: Code::ResourceExhausted,
+                    message: "too many calls in flight for this caller: its quota is 5",
+                    reason: "CALLER_QUOTA_EXCEEDED",
+                    metadata: &[("max_calls_per_caller", "5")],
+                    retry: Some(SHED_RETRY_DELAY),
+                },
+            ),
+            (
+                "a caller past its rate",
+                Box::new(RateExceeded::for_test(
+                    "alice",
+                    10,
+                    20,
+                    Duration::from_millis(250),
+                )),
+                Row {
+                    code: Code::ResourceExhausted,
+                    message: "too many calls from this caller: its rate is 10 calls a second, \
+                              with bursts of 20",
+                    reason: "CALLER_RATE_EXCEEDED",
+                    metadata: &[
+                        ("max_call_rate_per_caller", "10"),
+                        ("call_burst_per_caller", "20"),
+                    ],
+                    retry: Some(Duration::from_millis(250)),
+                },
+            ),
+            (
+                "a connection at its quota of calls without a token",
+                Box::new(ConnectionQuotaExceeded::for_test(32)),
+                Row {
+                    code: Code::ResourceExhausted,
+                    message: "too many calls without a token in flight on this connection: \
+                              its quota is 32",
+                    reason: "CONNECTION_QUOTA_EXCEEDED",
+                    metadata: &[("max_anonymous_calls_per_connection", "32")],
+                    retry: Some(SHED_RETRY_DELAY),
                 },
             ),
             (
