@@ -1,5 +1,7 @@
-//! Serving HTTP/2 connections: accept, connection age with a real graceful
-//! phase, and draining.
+//! Serving connections: accept, connection age with a real graceful phase,
+//! and draining. HTTP/2 for gRPC; HTTP/1.1 too, when TLS negotiated it
+//! (ALPN), for the browsers and ingresses that call with gRPC-Web or
+//! Connect over it.
 //!
 //! Written here rather than taken from `tonic::transport::Server`, because
 //! tonic's connection loop gets connection age wrong in the way that
@@ -26,7 +28,7 @@ use crate::tls::PeerIdentity;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http2;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::future::Future;
@@ -41,6 +43,66 @@ use tonic::transport::server::Connected;
 use tower::{Service, ServiceExt};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How connections are served: HTTP/2, and HTTP/1.1 where TLS's ALPN chose
+/// it.
+#[derive(Clone)]
+pub struct Protocols {
+    pub http2: http2::Builder<TokioExecutor>,
+    pub http1: http1::Builder,
+}
+
+/// Whether a connection speaks HTTP/1.1: what its TLS handshake negotiated
+/// (ALPN `http/1.1`). A plaintext connection is HTTP/2 with prior
+/// knowledge, as gRPC clients speak it without TLS.
+pub trait Negotiated {
+    fn http1(&self) -> bool;
+}
+
+impl<T> Negotiated for tokio_rustls::server::TlsStream<T> {
+    fn http1(&self) -> bool {
+        self.get_ref().1.alpn_protocol() == Some(b"http/1.1")
+    }
+}
+
+impl Negotiated for tokio::net::TcpStream {
+    fn http1(&self) -> bool {
+        false
+    }
+}
+
+/// A connection that can be asked to finish its requests and close:
+/// hyper's HTTP/2 and HTTP/1.1 connections alike.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for http2::Connection<I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B> Graceful for http1::Connection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        http1::Connection::graceful_shutdown(self)
+    }
+}
 
 /// gRFC A9 connection management: after `max` (jittered by ±10% per
 /// connection, so connections opened together do not all recycle together)
@@ -84,13 +146,13 @@ impl ConnectionRecycled {
 pub async fn serve<I, IO, IE, S, ResBody>(
     incoming: I,
     service: S,
-    http2: http2::Builder<TokioExecutor>,
+    protocols: Protocols,
     age: Option<ConnectionAge>,
     drain: impl Future<Output = ()>,
 ) where
     I: Stream<Item = Result<IO, IE>>,
     IE: std::fmt::Display,
-    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Negotiated + Unpin + Send + 'static,
     IO::ConnectInfo: PeerIdentity,
     S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError> + Send,
@@ -119,7 +181,7 @@ pub async fn serve<I, IO, IE, S, ResBody>(
             tokio::spawn(serve_connection(
                 io,
                 service.clone(),
-                http2.clone(),
+                protocols.clone(),
                 age,
                 going_away_rx.clone(),
             ));
@@ -141,11 +203,11 @@ fn client_went_away(err: hyper::Error) -> tonic::Status {
 async fn serve_connection<IO, S, ResBody>(
     io: IO,
     service: S,
-    http2: http2::Builder<TokioExecutor>,
+    protocols: Protocols,
     age: Option<ConnectionAge>,
-    mut going_away: watch::Receiver<bool>,
+    going_away: watch::Receiver<bool>,
 ) where
-    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Negotiated + Unpin + Send + 'static,
     IO::ConnectInfo: PeerIdentity,
     S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError> + Send,
@@ -184,18 +246,38 @@ async fn serve_connection<IO, S, ResBody>(
             })
         }
     });
-    // The guard keeps h2 from killing the connection's calls at GOAWAY
-    // (see its module doc).
-    let io = GoawayGuard::new(io);
-    let mut conn = pin!(http2.serve_connection(TokioIo::new(io), per_request));
+    if io.http1() {
+        let conn = protocols
+            .http1
+            .serve_connection(TokioIo::new(io), per_request);
+        drive(pin!(conn), age, going_away, recycle).await;
+    } else {
+        // The guard keeps h2 from killing the connection's calls at GOAWAY
+        // (see its module doc); it reads HTTP/2 frames, so HTTP/2 only.
+        let io = GoawayGuard::new(io);
+        let conn = protocols
+            .http2
+            .serve_connection(TokioIo::new(io), per_request);
+        drive(pin!(conn), age, going_away, recycle).await;
+    }
+}
 
+/// Runs `conn` to its end: asked to go away at its (jittered) age or when
+/// the server stops, and closed whatever it carries once the grace after
+/// its age has passed.
+async fn drive<C: Graceful>(
+    mut conn: std::pin::Pin<&mut C>,
+    age: Option<ConnectionAge>,
+    mut going_away: watch::Receiver<bool>,
+    recycle: watch::Sender<bool>,
+) {
     let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
     let goaway_at = age.map_or(far, |age| Instant::now() + age.jittered());
     let mut timer = pin!(sleep_until(goaway_at));
     let mut closing = false;
     loop {
         tokio::select! {
-            served = &mut conn => {
+            served = conn.as_mut() => {
                 if let Err(err) = served {
                     tracing::debug!(error = %err, "connection ended with an error");
                 }

@@ -383,8 +383,11 @@ impl Server {
             .layer(crate::web::cors(&s.cors))
             // gRPC-Web and Connect become the gRPC calls they mean, so
             // everything below sees one protocol.
-            .layer(tonic_web::GrpcWebLayer::new())
+            // (Connect first: tonic-web refuses any HTTP/1.1 request that
+            // is not gRPC-Web, and a Connect call has become an HTTP/2 gRPC
+            // call by then.)
             .layer(crate::web::connect::ConnectLayer::new(connect_methods))
+            .layer(tonic_web::GrpcWebLayer::new())
             // Only gRPC goes further (HTTP 405 or 415 otherwise).
             .layer(GrpcOnlyLayer)
             // Request id, span, metrics and access log.
@@ -427,6 +430,15 @@ impl Server {
             .max_header_list_size(max_metadata.saturating_mul(HTTP2_HEADER_LIST_FACTOR))
             .max_pending_accept_reset_streams(Some(s.server.http2_max_pending_accept_reset_streams))
             .max_local_error_reset_streams(Some(s.server.http2_max_local_error_reset_streams));
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            // A request's head must arrive in time, as a handshake must.
+            .header_read_timeout(s.server.handshake_timeout)
+            // The head is bounded as HTTP/2 bounds its header block; the
+            // message-size layer answers metadata over the limit.
+            .max_buf_size((max_metadata as usize * HTTP2_HEADER_LIST_FACTOR as usize).max(8192));
+        let protocols = serve::Protocols { http2, http1 };
         let age = s.server.max_connection_age.map(|max| serve::ConnectionAge {
             max,
             grace: s.server.max_connection_age_grace,
@@ -469,11 +481,11 @@ impl Server {
             match tls {
                 Some(state) => {
                     let incoming = tls::incoming(listener, state, limits);
-                    serve::serve(incoming, service, http2, age, signal).await
+                    serve::serve(incoming, service, protocols.clone(), age, signal).await
                 }
                 None => {
                     let incoming = tls::plaintext_incoming(listener);
-                    serve::serve(incoming, service, http2, age, signal).await
+                    serve::serve(incoming, service, protocols.clone(), age, signal).await
                 }
             }
         };

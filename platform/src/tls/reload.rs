@@ -106,7 +106,9 @@ fn build(files: &TlsFiles, contents: &Contents) -> anyhow::Result<Built> {
             files.key.display()
         )
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // HTTP/2 for gRPC; HTTP/1.1 for browsers and ingresses that call with
+    // gRPC-Web or Connect over it.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Built { config, not_after })
 }
 

@@ -240,6 +240,9 @@ fn to_grpc(
     method: Option<ConnectMethod>,
 ) -> http::Request<tonic::body::Body> {
     let (mut parts, body) = request.into_parts();
+    // What the call means is a gRPC call, which is HTTP/2 whatever the
+    // connection under this one speaks.
+    parts.version = http::Version::HTTP_2;
     let headers = &mut parts.headers;
     if let Some(ms) = headers
         .remove("connect-timeout-ms")
