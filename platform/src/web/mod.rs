@@ -8,8 +8,11 @@
 pub mod connect;
 
 use crate::config::CorsSettings;
+use futures::future::Either;
 use http::{HeaderName, Method};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
 /// The request headers a page may send: the token, the protocols' own, and
 /// the trace and request ids a caller may pass.
@@ -37,9 +40,14 @@ const EXPOSED_HEADERS: [&str; 4] = [
     "x-request-id",
 ];
 
-/// The CORS policy `settings` describe. With no origins, no page of another
-/// origin may read an answer (no `Access-Control-Allow-Origin` is sent).
-pub fn cors(settings: &CorsSettings) -> CorsLayer {
+/// The CORS policy `settings` describe, for requests that come from a page
+/// (an `Origin` header). With no origins, no page of another origin may
+/// read an answer (no `Access-Control-Allow-Origin` is sent).
+pub fn cors(settings: &CorsSettings) -> BrowserCorsLayer {
+    BrowserCorsLayer(cors_layer(settings))
+}
+
+fn cors_layer(settings: &CorsSettings) -> CorsLayer {
     let origins = if settings.any() {
         AllowOrigin::any()
     } else {
@@ -56,4 +64,144 @@ pub fn cors(settings: &CorsSettings) -> CorsLayer {
         .allow_headers(ALLOWED_HEADERS.map(HeaderName::from_static))
         .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
         .max_age(settings.max_age)
+}
+
+/// CORS for requests from pages only: a request without `Origin` (every
+/// gRPC client's) goes straight on, its answer without the `Vary` and
+/// `Access-Control-Expose-Headers` headers CORS would add to each.
+#[derive(Clone)]
+pub struct BrowserCorsLayer(CorsLayer);
+
+impl<S> Layer<S> for BrowserCorsLayer {
+    type Service = BrowserCors<S>;
+
+    fn layer(&self, inner: S) -> BrowserCors<S> {
+        BrowserCors {
+            layer: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct BrowserCors<S> {
+    layer: CorsLayer,
+    inner: S,
+}
+
+impl<S, B, R> Service<http::Request<B>> for BrowserCors<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>> + Clone,
+    R: Default,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = Either<S::Future, <Cors<S> as Service<http::Request<B>>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if !request.headers().contains_key(http::header::ORIGIN) {
+            return Either::Left(self.inner.call(request));
+        }
+        // The readied service goes into the policy; a clone stays for the
+        // next call, which readies it first.
+        let readied = self.inner.clone();
+        let readied = std::mem::replace(&mut self.inner, readied);
+        Either::Right(self.layer.layer(readied).call(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_test::mock;
+
+    type Request = http::Request<()>;
+    type Response = http::Response<()>;
+
+    fn settings(origins: &[&str]) -> CorsSettings {
+        CorsSettings {
+            allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn preflight(origin: &str) -> Request {
+        http::Request::builder()
+            .method("OPTIONS")
+            .uri("/things.v1.ThingService/GetThing")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .body(())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_preflight_is_answered_here_and_only_allowed_origins_may_read() {
+        let (mut svc, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(cors(&settings(&["https://shop.example"])));
+        assert!(svc.poll_ready().is_ready());
+        let answer = svc.call(preflight("https://shop.example")).await.unwrap();
+        assert!(
+            matches!(handle.poll_request(), Poll::Pending),
+            "a preflight never reaches the stack (nor auth)"
+        );
+        let headers = answer.headers();
+        assert_eq!(
+            headers["access-control-allow-origin"],
+            "https://shop.example"
+        );
+        let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+        assert!(allowed.contains("authorization"), "{allowed}");
+
+        assert!(svc.poll_ready().is_ready());
+        let answer = svc.call(preflight("https://evil.example")).await.unwrap();
+        assert!(
+            answer
+                .headers()
+                .get("access-control-allow-origin")
+                .is_none()
+        );
+
+        // A page's call passes, its answer readable by the allowed origin
+        // with the status headers exposed.
+        assert!(svc.poll_ready().is_ready());
+        let call = svc.call(
+            http::Request::builder()
+                .method("POST")
+                .header("origin", "https://shop.example")
+                .body(())
+                .unwrap(),
+        );
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_response(http::Response::new(()));
+        let answer = call.await.unwrap();
+        assert_eq!(
+            answer.headers()["access-control-allow-origin"],
+            "https://shop.example"
+        );
+        let exposed = answer.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap();
+        assert!(exposed.contains("grpc-status-details-bin"), "{exposed}");
+    }
+
+    #[tokio::test]
+    async fn a_call_without_an_origin_passes_untouched() {
+        let (mut svc, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(cors(&settings(&["*"])));
+        assert!(svc.poll_ready().is_ready());
+        let call = svc.call(http::Request::builder().method("POST").body(()).unwrap());
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_response(http::Response::new(()));
+        let answer = call.await.unwrap();
+        assert!(answer.headers().is_empty(), "{:?}", answer.headers());
+    }
 }
