@@ -979,3 +979,221 @@ async fn streams_sent_after_the_shutdown_ping_are_ignored_and_calls_in_flight_go
     assert_eq!(pong, b"stillup!");
     still_serving(&server).await;
 }
+
+/// One request on an HTTP/2 connection: `path` with `headers` and `body`;
+/// the answer's status, headers, body and trailers.
+async fn h2_call(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    server: &TestServer,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> (
+    http::StatusCode,
+    http::HeaderMap,
+    Vec<u8>,
+    Option<http::HeaderMap>,
+) {
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://localhost:{}{path}", server.addr.port()));
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let mut send = send.clone().ready().await.unwrap();
+    let (response, mut stream) = send.send_request(request.body(()).unwrap(), false).unwrap();
+    stream.send_data(body.into(), true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("answered in time")
+        .expect("an answer");
+    let (parts, mut body) = response.into_parts();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap();
+    (parts.status, parts.headers, data, trailers)
+}
+
+/// A gRPC frame of `message`.
+fn frame_of(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// The `grpc-status` in a gRPC-Web body's trailer frame (flag 0x80).
+fn grpc_web_status(body: &[u8]) -> Option<String> {
+    let mut rest = body;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        if rest[0] & 0x80 != 0 {
+            let text = String::from_utf8_lossy(&rest[5..5 + len]).to_lowercase();
+            return text
+                .lines()
+                .find_map(|l| l.strip_prefix("grpc-status:"))
+                .map(|s| s.trim().to_owned());
+        }
+        rest = &rest[5 + len..];
+    }
+    None
+}
+
+/// gRPC-Web and Connect calls meet the same authentication, load shedding
+/// and deadlines as gRPC calls: they are turned into gRPC calls before
+/// any of those layers.
+#[tokio::test]
+async fn grpc_web_and_connect_calls_meet_authentication_load_shedding_and_deadlines() {
+    let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
+        s.server.concurrency_limit = 1;
+    })
+    .await;
+    let token = server.certs.token("alice", READ_WRITE);
+    let bearer = format!("Bearer {token}");
+    let order = server
+        .alice()
+        .await
+        .register_order(vec![item("A", 1, 1)], address("A"))
+        .await
+        .unwrap();
+    let get = "/orders.v1.OrderService/GetOrder";
+    let watch = "/orders.v1.OrderService/WatchOrder";
+    let json = |id: &str| format!(r#"{{"orderId":"{id}"}}"#).into_bytes();
+    // `orders.v1.GetOrderRequest { order_id }` in protobuf.
+    let proto = |id: &str| {
+        let mut out = vec![0x0a, id.len() as u8];
+        out.extend_from_slice(id.as_bytes());
+        out
+    };
+    let connect = |auth: Option<&str>, extra: &[(&'static str, &str)]| {
+        let mut headers = vec![("content-type", "application/json".to_owned())];
+        if let Some(auth) = auth {
+            headers.push(("authorization", auth.to_owned()));
+        }
+        headers.extend(extra.iter().map(|(n, v)| (*n, v.to_string())));
+        headers
+    };
+    let grpc_web = |auth: Option<&str>, extra: &[(&'static str, &str)]| {
+        let mut headers = vec![
+            ("content-type", "application/grpc-web+proto".to_owned()),
+            ("x-grpc-web", "1".to_owned()),
+        ];
+        if let Some(auth) = auth {
+            headers.push(("authorization", auth.to_owned()));
+        }
+        headers.extend(extra.iter().map(|(n, v)| (*n, v.to_string())));
+        headers
+    };
+    let tls = tls_to(&server).await;
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+
+    // Served, with a token.
+    let (status, _, body, _) = h2_call(
+        &send,
+        &server,
+        get,
+        &connect(Some(&bearer), &[]),
+        json(&order.id),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, _, body, _) = h2_call(
+        &send,
+        &server,
+        get,
+        &grpc_web(Some(&bearer), &[]),
+        frame_of(&proto(&order.id)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(grpc_web_status(&body).as_deref(), Some("0"));
+
+    // Authentication: no token, no call.
+    let (status, _, body, _) =
+        h2_call(&send, &server, get, &connect(None, &[]), json(&order.id)).await;
+    assert_eq!(status, 401);
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["code"], "unauthenticated");
+    let (_, headers, body, _) = h2_call(
+        &send,
+        &server,
+        get,
+        &grpc_web(None, &[]),
+        frame_of(&proto(&order.id)),
+    )
+    .await;
+    let status = headers
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .or_else(|| grpc_web_status(&body));
+    assert_eq!(status.as_deref(), Some("16"), "UNAUTHENTICATED");
+
+    // Deadlines: a stream that would run for ever ends at the caller's.
+    let envelope = frame_of(&json(&order.id));
+    let mut headers = connect(Some(&bearer), &[("connect-timeout-ms", "300")]);
+    headers[0].1 = "application/connect+json".into();
+    let started = Instant::now();
+    let (status, _, body, _) = h2_call(&send, &server, watch, &headers, envelope).await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains(r#""code":"deadline_exceeded""#), "{text}");
+    let started = Instant::now();
+    let (_, _, body, _) = h2_call(
+        &send,
+        &server,
+        watch,
+        &grpc_web(Some(&bearer), &[("grpc-timeout", "300m")]),
+        frame_of(&proto(&order.id)),
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        grpc_web_status(&body).as_deref(),
+        Some("4"),
+        "DEADLINE_EXCEEDED"
+    );
+
+    // Load shedding: with the one slot held by a gRPC call whose body
+    // never ends, a Connect call and a gRPC-Web call are shed.
+    let mut holder = send.clone().ready().await.unwrap();
+    let (held, mut held_body) = holder
+        .send_request(grpc_request(&server, &token), false)
+        .unwrap();
+    held_body
+        .send_data(frame_of(&proto(&order.id)).into(), false)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _, body, _) = h2_call(
+        &send,
+        &server,
+        get,
+        &connect(Some(&bearer), &[]),
+        json(&order.id),
+    )
+    .await;
+    assert_eq!(status, 429, "{}", String::from_utf8_lossy(&body));
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["code"], "resource_exhausted");
+    let (_, headers, body, _) = h2_call(
+        &send,
+        &server,
+        get,
+        &grpc_web(Some(&bearer), &[]),
+        frame_of(&proto(&order.id)),
+    )
+    .await;
+    let status = headers
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .or_else(|| grpc_web_status(&body));
+    assert_eq!(status.as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
+    drop(held_body);
+    drop(held);
+    server.stop().await;
+}
