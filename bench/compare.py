@@ -20,7 +20,7 @@ fan-out (watchers, memory, delivery latency); idle memory; start to SERVING;
 GetOrder again with ``h2load`` as an independent load generator; the cost of
 authentication. Results: ``latest.md`` (tables, ratios, targets),
 ``latest.json`` (every figure) and ``latest.png`` (a chart) in the output
-folder, and in a full run the README's benchmark table.
+folder, and in a full run the README's short table of the headline figures.
 """
 
 from __future__ import annotations
@@ -853,8 +853,56 @@ def compute_targets(res: dict) -> list[dict]:
     return targets
 
 
+def idle_rss(res: dict, kind: str):
+    """A server's idle resident memory, KiB; the full service's from its start-up runs when made."""
+    if kind == "full":
+        return get(res, "startup", "median_idle_rss_kib") or get(res, "idle_full", "rss_kib")
+    return get(res, f"idle_{kind}", "rss_kib")
+
+
+def watch_rss(res: dict, kind: str):
+    """A server's resident memory with the watchers' streams open, KiB."""
+    return max(
+        (x for x in (get(res, f"watch_{kind}", "watch", "server_rss_kib_open"), get(res, f"watch_{kind}", "server", "rss_kib_max")) if x),
+        default=None,
+    )
+
+
+def readme_summary(res: dict, meta: dict, targets: list[dict]) -> str:
+    """The README's short table: the headline figures of a full run and where
+    it ran. Every figure, ratio and target is in latest.md, which the README
+    links to, so the README stays short."""
+    L: list[str] = []
+    add = L.append
+    cpu = meta["machine"].split(", Linux")[0]
+    add(f"From the latest full run of `bench/compare` (commit `{meta['commit']}`, {cpu}; each server "
+        "on one core, the load generator on the other):")
+    add("")
+    add("| measure | bare tonic | full service | Python grpc.aio |")
+    add("|---|---:|---:|---:|")
+    kinds = ("bare", "full", "python")
+    gb, gf, gp = (get(res, f"get_{k}", "rps") for k in kinds)
+    add(f"| GetOrder, calls/s | {fmt_rate(gb)} | {fmt_rate(gf)} | {fmt_rate(gp)} |")
+    b, f, p = (get(res, f"get_{k}", "latency", "p99_us") for k in kinds)
+    add(f"| GetOrder p99 latency at top rate, ms | {fmt_ms(b)} | {fmt_ms(f)} | {fmt_ms(p)} |")
+    rb, rf, rp = (get(res, f"register_{k}", "rps") for k in kinds)
+    add(f"| RegisterOrder, calls/s (full: durable; others: in memory) | {fmt_rate(rb)} | {fmt_rate(rf)} | {fmt_rate(rp)} |")
+    ib, i_f, ip = (idle_rss(res, k) for k in kinds)
+    add(f"| idle resident memory, MiB | {fmt_mib(ib)} | {fmt_mib(i_f)} | {fmt_mib(ip)} |")
+    watchers = get(res, "watch_full", "watch", "watchers") or meta["plan"]["watchers"]
+    wb, wf, wp = (watch_rss(res, k) for k in kinds)
+    add(f"| resident memory with {watchers:,} WatchOrder streams, MiB | {fmt_mib(wb)} | {fmt_mib(wf)} | {fmt_mib(wp)} |")
+    st = get(res, "startup", "median_ms")
+    add(f"| start to SERVING, ms | — | {'—' if st is None else f'{st:.0f}'} | — |")
+    add("")
+    judged = [t for t in targets if t["met"] is not None]
+    met = sum(1 for t in judged if t["met"])
+    add(f"The run met {met} of its {len(judged)} targets.")
+    return "\n".join(L)
+
+
 def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> tuple[str, str]:
-    """The summary (figures, ratios, targets: what the README shows) and the details."""
+    """The summary (figures, ratios, targets) and the details, for latest.md."""
     L: list[str] = []
     add = L.append
     plan = meta["plan"]
@@ -889,19 +937,11 @@ def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> tu
     for q, label in (("p50_us", "p50"), ("p99_us", "p99")):
         b, f, p = (get(res, f"register_{k}", "latency", q) for k in ("bare", "full", "python"))
         add(f"| RegisterOrder {label} latency, ms | {fmt_ms(b)} | {fmt_ms(f)} | {fmt_ms(p)} | {ratio(f, b)} | {ratio(f, p)} |")
-    ib = get(res, "idle_bare", "rss_kib")
-    i_f = get(res, "startup", "median_idle_rss_kib") or get(res, "idle_full", "rss_kib")
-    ip = get(res, "idle_python", "rss_kib")
+    ib, i_f, ip = (idle_rss(res, k) for k in ("bare", "full", "python"))
     add(f"| idle resident memory, MiB | {fmt_mib(ib)} | {fmt_mib(i_f)} | {fmt_mib(ip)} | {ratio(i_f, ib)} | {ratio(i_f, ip)} |")
     watchers = get(res, "watch_full", "watch", "watchers") or plan["watchers"]
 
-    def watch_rss(kind):
-        return max(
-            (x for x in (get(res, f"watch_{kind}", "watch", "server_rss_kib_open"), get(res, f"watch_{kind}", "server", "rss_kib_max")) if x),
-            default=None,
-        )
-
-    wb, wf, wp = (watch_rss(k) for k in ("bare", "full", "python"))
+    wb, wf, wp = (watch_rss(res, k) for k in ("bare", "full", "python"))
     add(f"| resident memory with {watchers:,} WatchOrder streams, MiB | {fmt_mib(wb)} | {fmt_mib(wf)} | {fmt_mib(wp)} | {ratio(wf, wb)} | {ratio(wf, wp)} |")
     for q, label in (("p50_us", "p50"), ("p99_us", "p99")):
         b, f, p = (get(res, f"watch_{k}", "watch", "delivery_latency", q) for k in ("bare", "full", "python"))
@@ -1085,9 +1125,10 @@ def update_readme(table: str) -> None:
     head, rest = text.split(README_BEGIN, 1)
     _, tail_ = rest.split(README_END, 1)
     body = (
-        f"{README_BEGIN}\n{table}\nEvery figure, the load generator's and the servers' CPU, and notes: "
-        "[`bench/results/latest.md`](bench/results/latest.md).\n\n"
-        f"![bench/compare: throughput, latency, memory](bench/results/latest.png)\n{README_END}"
+        f"{README_BEGIN}\n{table}\nEvery figure, ratio and target, and the CPU of the servers and of the load "
+        "generator: [`bench/results/latest.md`](bench/results/latest.md) (chart: "
+        "[`latest.png`](bench/results/latest.png)).\n"
+        f"{README_END}"
     )
     README.write_text(head + body + tail_)
 
@@ -1169,7 +1210,7 @@ def main() -> int:
 
 
 def write_results(out: Path, meta: dict, results: dict, failures: list, args, notes: list) -> int:
-    """latest.json, latest.md, latest.png in `out`; the README table after a full run."""
+    """latest.json, latest.md, latest.png in `out`; the README's short table after a full run."""
     targets = compute_targets(results)
     summary, details = markdown(results, meta, targets, notes)
     table = f"{summary}\n{details}"
@@ -1182,7 +1223,7 @@ def write_results(out: Path, meta: dict, results: dict, failures: list, args, no
     except Exception:  # noqa: BLE001 - the figures matter more than the picture
         failures.append(("chart", traceback.format_exc()))
     if meta["mode"] == "full" and not args.no_readme and out == RESULTS:
-        update_readme(summary)
+        update_readme(readme_summary(results, meta, targets))
     print(table)
     log(f"results in {out}")
     if failures:

@@ -267,7 +267,7 @@ async fn an_oversized_message_is_refused_and_the_server_still_answers() {
     let mut big = register_request("");
     big.address.as_mut().unwrap().street = "x".repeat(100 * 1024);
     let err = alice.register(big).await.unwrap_err();
-    // README "Errors": RESOURCE_EXHAUSTED (tonic's OUT_OF_RANGE, translated).
+    // docs/reference.md "Errors": RESOURCE_EXHAUSTED (tonic's OUT_OF_RANGE, translated).
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     alice.register(register_request("")).await.unwrap();
     still_serving(&server).await;

@@ -1,4 +1,4 @@
-//! Every RPC and every error row of the API reference (the proto, README
+//! Every RPC and every error row of the API reference (the proto, docs/reference.md
 //! "Errors", "Authentication and authorization") that the core
 //! owns, through the SDK, against real servers on SQLite and PostgreSQL.
 

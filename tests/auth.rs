@@ -1,4 +1,4 @@
-//! Authentication and authorization (README "Authentication and authorization") against a running
+//! Authentication and authorization (docs/reference.md "Authentication and authorization") against a running
 //! TLS server: real ES256/EdDSA/HS256 tokens, spoiled one way at a time.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Key rotation without restarts and the verified-token cache (README "Authentication and
+//! Key rotation without restarts and the verified-token cache (docs/reference.md "Authentication and
 //! authorization"): a JWKS served over real HTTPS from inside the test
 //! (its own CA: `auth.jwks_ca`), a JWKS file rewritten by atomic rename, and
 //! tokens signed with keys the test adds and removes.

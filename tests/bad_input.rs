@@ -1,5 +1,5 @@
 //! The bad-input matrix: one table of hostile or malformed calls,
-//! each with the gRPC code README "Errors" promises and, where it
+//! each with the gRPC code docs/reference.md "Errors" promises and, where it
 //! names one, the `ErrorInfo` reason or the `BadRequest` field path, all run
 //! against ONE running TLS server (and a second with small limits, for the
 //! stream cap and load shedding). Afterwards the server must still answer a
@@ -184,7 +184,7 @@ impl From<tonic::Status> for Got {
     }
 }
 
-/// What the details of an error with `code` must hold (README
+/// What the details of an error with `code` must hold (docs/reference.md
 /// "Errors"): `Err` says what is missing.
 fn contract_details(code: Code, domain: &str, d: &tonic_types::ErrorDetails) -> Result<(), String> {
     let info = d.error_info().ok_or("no ErrorInfo")?;

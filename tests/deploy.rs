@@ -18,7 +18,8 @@
 //!   `shutdown.drain_secs` and the longest call (`server.max_timeout_ms`, and
 //!   the server's own in-flight grace);
 //! - every Secret or ConfigMap the pods need but the overlay does not
-//!   create is one the README's deployment section tells you to create.
+//!   create is one the deployment guide (`docs/deployment.md`) tells you
+//!   to create.
 //!
 //! Schemas and security rules are `scripts/check-deploy` (kubernetes-validate,
 //! checkov); this test is about agreement with the code.
@@ -191,16 +192,11 @@ fn port_of(container: &Value, name: &str) -> u16 {
         .unwrap_or_else(|| panic!("container has no port named {name}")) as u16
 }
 
-/// The README's deployment section, where every hand-made Secret and
-/// ConfigMap must be explained.
-fn readme_deployment() -> String {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let start = readme
-        .find("\n## Deployment")
-        .expect("README has ## Deployment");
-    let rest = &readme[start + 1..];
-    let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
-    rest[..end].to_owned()
+/// The deployment guide, where every hand-made Secret and ConfigMap must be
+/// explained.
+fn deployment_guide() -> String {
+    let path = repo().join("docs/deployment.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Every check common to the overlays; returns the settings the pods get
@@ -288,7 +284,7 @@ fn check(overlay: &'static str) -> Option<(Settings, Rendered)> {
         std::fs::create_dir_all(local.parent().unwrap()).unwrap();
         let (kind, name, key_in_source) = &file.source;
         // A rendered source must hold the key; a hand-made one is checked
-        // against the README below.
+        // against the deployment guide below.
         let content = match rendered.find(kind, name) {
             Some(obj) => {
                 let data = obj["data"][key_in_source.as_str()]
@@ -473,8 +469,8 @@ fn check(overlay: &'static str) -> Option<(Settings, Rendered)> {
         );
     }
 
-    // --- hand-made Secrets and ConfigMaps are the README's to explain: those
-    // of every workload (the dev overlay's PostgreSQL too).
+    // --- hand-made Secrets and ConfigMaps are the deployment guide's to
+    // explain: those of every workload (the dev overlay's PostgreSQL too).
     let mut needed_objects: Vec<(&str, String)> =
         secret_vars.into_iter().map(|n| ("Secret", n)).collect();
     needed_objects.extend(provided);
@@ -502,7 +498,7 @@ fn check(overlay: &'static str) -> Option<(Settings, Rendered)> {
         .all("Certificate")
         .map(|c| s(&c["spec"]["secretName"]))
         .collect();
-    let readme = readme_deployment();
+    let guide = deployment_guide();
     let namespace = s(&deployment["metadata"]["namespace"]);
     for (kind, name) in needed_objects {
         if rendered.find(kind, &name).is_some()
@@ -517,11 +513,11 @@ fn check(overlay: &'static str) -> Option<(Settings, Rendered)> {
         };
         let in_namespace = format!("-n {namespace} ");
         assert!(
-            readme
+            guide
                 .lines()
                 .any(|l| l.contains(&in_namespace) && l.contains(verb) && l.contains(&name)),
             "{overlay}: the pods need the {kind} {name}, which the overlay does not create: \
-             README's Deployment section must show `kubectl {in_namespace}{verb} ... {name}`"
+             docs/deployment.md must show `kubectl {in_namespace}{verb} ... {name}`"
         );
     }
     Some((settings, rendered))

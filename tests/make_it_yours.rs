@@ -1,4 +1,4 @@
-//! The README's "Make it yours", followed mechanically: `examples/greeter`
+//! "Make it yours" (docs/make-it-yours.md), followed mechanically: `examples/greeter`
 //! copied under a new name (`shop`) and a new proto package (`shop.v1`)
 //! with its own scope and configuration prefix, as the member of a
 //! workspace of its own; built; started as production runs it; called.
@@ -38,7 +38,7 @@ fn edit(path: &Path, replacements: &[(&str, &str)]) {
     for (old, new) in replacements {
         assert!(
             text.contains(old),
-            "{}: {old:?} is not there any more; update the README's steps and this test",
+            "{}: {old:?} is not there any more; update the steps in docs/make-it-yours.md and this test",
             path.display()
         );
         text = text.replace(old, new);

@@ -1,4 +1,4 @@
-//! Operability (README "Operations" and "Configuration"): metrics with exact counts,
+//! Operability (docs/operations.md; docs/reference.md "Configuration"): metrics with exact counts,
 //! deadlines that stop the work, load shedding, request ids, and health on
 //! the admin port.
 

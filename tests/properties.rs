@@ -60,7 +60,7 @@ fn config(cases: u32) -> ProptestConfig {
 // 1. proto → domain: `NewOrder::try_from(pb::RegisterOrderRequest)`
 // =====================================================================
 
-/// The contract's limits (the proto's field comments and README), written
+/// The contract's limits (the proto's field comments and docs/reference.md), written
 /// independently of `src/domain`. Returns every violated field path.
 ///
 /// Readings of the contract text, stated so they can be argued with:

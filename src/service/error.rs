@@ -1,5 +1,5 @@
 //! One error type for the handlers and its one mapping to `tonic::Status`
-//! (README "Errors"). Every status carries a `google.rpc.ErrorInfo`
+//! (docs/reference.md "Errors"). Every status carries a `google.rpc.ErrorInfo`
 //! (a stable UPPER_SNAKE_CASE reason, the service's gRPC name as domain, as
 //! the layers name theirs from the call's path) and the detail that fits its
 //! code: `BadRequest`, `ResourceInfo`, `PreconditionFailure`, `RetryInfo`.

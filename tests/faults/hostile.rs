@@ -82,7 +82,7 @@ fn normal_load(
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         let id = &ids[n % ids.len()];
                         assert_eq!(&client.get_order(id).await.unwrap().id, id);
                     } else {

@@ -1,5 +1,5 @@
 //! Authentication and authorization: bearer JWTs checked against configured
-//! keys, and the scopes each method declares in the proto (README
+//! keys, and the scopes each method declares in the proto (docs/reference.md
 //! "Authentication and authorization").
 //!
 //! - [`Verifier`] checks a token: signature by a key chosen by `kid` (or, for

@@ -38,7 +38,7 @@ test('a WatchOrder whose deadline passes ends DEADLINE_EXCEEDED', async () => {
     assert.equal(error.code, grpc.status.DEADLINE_EXCEEDED, error.details);
     // The server answers a margin before the client's deadline, so its
     // DEADLINE_EXCEEDED (with details) arrives before the client gives up
-    // on its own: min(t/20, t/100 + 20 ms), README "Deadlines". Not earlier.
+    // on its own: min(t/20, t/100 + 20 ms), docs/operations.md "Deadlines, load and failures". Not earlier.
     const margin = Math.min(300 / 20, 300 / 100 + 20);
     const elapsed = Date.now() - started;
     assert.ok(elapsed >= 300 - margin - 2, `ended after ${elapsed} ms, before its deadline less the server's margin`);
