@@ -157,6 +157,20 @@ async fn the_readme_examples_work_as_written() {
         "{out}"
     );
 
+    // curl, with Connect's JSON: an order registered, and an error as
+    // Connect's JSON with its code.
+    let curl = block(
+        &readme,
+        "### With `curl` (Connect JSON), or from a browser",
+        "sh",
+    )
+    .replace("localhost:50051", &format!("localhost:{port}"));
+    let out = run(&curl, dir.path(), &envs).await;
+    assert!(
+        out.contains(r#""status":"ORDER_STATUS_PENDING""#) && out.contains(r#""code":"not_found""#),
+        "{out}"
+    );
+
     // The admin port's probe and scrape, as an operator types them.
     let admin = block(&readme, "### Ports and probes", "sh").replace(
         "localhost:8081",
