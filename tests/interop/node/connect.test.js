@@ -108,13 +108,10 @@ function errorInfo(error) {
 
 /**
  * A response stream read as it comes, so a test can make changes meanwhile;
- * each wait has a timeout. `close()` cancels the call.
+ * each wait has a timeout. `close()` cancels the call through `controller`.
  */
-function follow(client, request, options = {}) {
-  const controller = new AbortController();
-  const iterator = client
-    .watchOrder(request, { timeoutMs: TIMEOUT_MS * 3, signal: controller.signal, ...options })
-    [Symbol.asyncIterator]();
+function reader(stream, controller) {
+  const iterator = stream[Symbol.asyncIterator]();
   const within = (promise, what) => {
     let timer;
     const timeout = new Promise((_, reject) => {
@@ -141,6 +138,50 @@ function follow(client, request, options = {}) {
     },
     close() {
       controller.abort();
+      // One more read sees the cancellation, and connect then clears the
+      // call's deadline timer, which would keep the process alive.
+      iterator.next().catch(() => {});
+    },
+  };
+}
+
+/** WatchOrder, read with `reader`. */
+function follow(client, request, options = {}) {
+  const controller = new AbortController();
+  const stream = client.watchOrder(request, {
+    timeoutMs: TIMEOUT_MS * 3,
+    signal: controller.signal,
+    ...options,
+  });
+  return reader(stream, controller);
+}
+
+/**
+ * Request messages for a client or bidirectional stream, sent as they are
+ * pushed; `close()` half-closes.
+ */
+function requests() {
+  const queue = [];
+  let wake = null;
+  let closed = false;
+  return {
+    push(message) {
+      queue.push(message);
+      if (wake) wake();
+    },
+    close() {
+      closed = true;
+      if (wake) wake();
+    },
+    async *[Symbol.asyncIterator]() {
+      for (;;) {
+        while (queue.length > 0) yield queue.shift();
+        if (closed) return;
+        await new Promise((resolve) => {
+          wake = resolve;
+        });
+        wake = null;
+      }
     },
   };
 }
@@ -201,6 +242,49 @@ for (const protocol of PROTOCOLS) {
         assert.equal(second.order.status, OrderStatus.CONFIRMED);
       } finally {
         watch.close();
+      }
+    });
+
+    test('client streaming: UpdateOrder applies each address as its own version', async () => {
+      const { order } = await alice.registerOrder({ items: lineItems(), address: address() }, call);
+      const updates = requests();
+      updates.push({ orderId: order.id, address: address({ street: 'Oak Lane' }), expectedVersion: 1n });
+      updates.push({ orderId: order.id, address: address({ street: 'Elm Road' }), expectedVersion: 1n });
+      updates.close();
+      const response = await alice.updateOrder(updates, call);
+      assert.equal(response.updatesApplied, 2);
+      assert.equal(response.order.version, 3n);
+      assert.equal(response.order.address.street, 'Elm Road');
+    });
+
+    test('bidirectional streaming: TrackOrders follows what each request subscribes', async () => {
+      const first = (await alice.registerOrder({ items: lineItems(), address: address() }, call)).order;
+      const second = (await alice.registerOrder({ items: lineItems(), address: address() }, call)).order;
+      const subscriptions = requests();
+      const controller = new AbortController();
+      const track = reader(
+        alice.trackOrders(subscriptions, { timeoutMs: TIMEOUT_MS * 3, signal: controller.signal }),
+        controller,
+      );
+      const event = async () => {
+        const { order } = await track.next();
+        return [order.id, order.version, order.status];
+      };
+      try {
+        // Each subscription is sent after the answer to the one before.
+        subscriptions.push({ action: { case: 'subscribe', value: first.id } });
+        assert.deepEqual(await event(), [first.id, 1n, OrderStatus.PENDING]);
+        subscriptions.push({ action: { case: 'subscribe', value: second.id } });
+        assert.deepEqual(await event(), [second.id, 1n, OrderStatus.PENDING]);
+        await alice.cancelOrder({ orderId: second.id }, call);
+        assert.deepEqual(await event(), [second.id, 2n, OrderStatus.CANCELLED]);
+        await alice.cancelOrder({ orderId: first.id }, call);
+        assert.deepEqual(await event(), [first.id, 2n, OrderStatus.CANCELLED]);
+        // Half-closed, and nothing followed can change: the stream ends OK.
+        subscriptions.close();
+        assert.equal(await track.end(), null);
+      } finally {
+        track.close();
       }
     });
 
