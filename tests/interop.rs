@@ -84,8 +84,8 @@ async fn python_grpcio_and_grpcurl_clients_work_against_the_server() {
 /// right after their half-close are recorded (admin port metrics) as what
 /// happened to the order. With connectrpc's connect-node
 /// (`connect.test.js`), over Connect (JSON and protobuf), gRPC and gRPC-Web
-/// on HTTP/2: unary and server-streaming calls, errors with their details,
-/// and deadlines.
+/// on HTTP/2: unary, server, client and bidirectional streaming calls,
+/// errors with their details, and deadlines.
 ///
 /// The Node modules are installed by `scripts/node-env` (idempotent; `.ci/run`
 /// calls it too); this test fails, never skips, when it cannot.
