@@ -4,19 +4,28 @@
 //!   it: answers in the proto3 JSON mapping, errors as Connect's JSON with
 //!   their `google.rpc` details and the HTTP status Connect gives the code;
 //! - CORS: a preflight is answered before any token is asked for, with
-//!   `access-control-allow-origin` for an allowed origin only.
+//!   `access-control-allow-origin` for an allowed origin only;
+//! - the order-tracking page of `web/` in headless Chromium, served from
+//!   another origin than the service's: it registers an order, shows the
+//!   change staff make at once, and shows refusals readably.
 //!
-//! Needs `curl` with HTTP/2. These tests fail, never skip, when it is
-//! missing: plain HTTP is part of the contract. HTTP/2 throughout: the port
-//! offers only h2 by ALPN, which curl negotiates.
+//! Needs `curl` with HTTP/2, Node.js and Debian's `chromium` (`.ci/run`
+//! installs it; `CHROMIUM` names another binary); the page is built by
+//! `scripts/web-env` (idempotent; `.ci/run` calls it too). These tests fail,
+//! never skip, when a tool is missing: browsers and plain HTTP are part of
+//! the contract. HTTP/2 throughout: the port offers only h2 by ALPN, which
+//! curl and Chromium both negotiate.
 
 mod common;
 
 use base64::Engine;
 use common::*;
 use prost::Message;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 // --- curl ----------------------------------------------------------------------
 
@@ -419,5 +428,174 @@ async fn cors_preflights_are_answered_before_any_token_for_allowed_origins_only(
     let answer = call_from("https://elsewhere.example").await;
     assert_eq!(answer.status, 404, "{answer:?}");
     assert_eq!(answer.header("access-control-allow-origin"), None);
+    server.stop().await;
+}
+
+// --- the page in Chromium -------------------------------------------------------
+
+/// Serves the files of `root` (no folders) over plain HTTP/1.1: the page's
+/// own origin, another than the service's.
+async fn serve_files(listener: tokio::net::TcpListener, root: PathBuf) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            return;
+        };
+        let root = root.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match conn.read(&mut byte).await {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split(' ').nth(1).unwrap_or("/");
+            let path = path.split('?').next().unwrap_or("/");
+            let name = match path.trim_start_matches('/') {
+                "" => "index.html",
+                name => name,
+            };
+            let content_type = match name.rsplit('.').next() {
+                Some("html") => Some("text/html; charset=utf-8"),
+                Some("js") => Some("text/javascript; charset=utf-8"),
+                Some("map") => Some("application/json"),
+                _ => None,
+            };
+            let safe = name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+                && !name.starts_with('.');
+            let file = match content_type {
+                Some(content_type) if safe => tokio::fs::read(root.join(name))
+                    .await
+                    .ok()
+                    .map(|body| (content_type, body)),
+                _ => None,
+            };
+            let (status, content_type, body) = match file {
+                Some((content_type, body)) => ("200 OK", content_type, body),
+                None => ("404 Not Found", "text/plain", b"not found".to_vec()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(&body).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+/// Debian's chromium, or the binary `CHROMIUM` names: the test fails
+/// without it.
+fn chromium() -> PathBuf {
+    let path =
+        PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned()));
+    assert!(
+        path.is_file(),
+        "no Chromium at {}: install Debian's (apt-get install -y chromium; .ci/run does) or set CHROMIUM",
+        path.display()
+    );
+    path
+}
+
+/// Where the test leaves its screenshots: `target/web-artifacts/`.
+fn artifacts_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target folder")
+        .join("web-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn the_order_tracking_page_tracks_an_order_live_in_chromium() {
+    let chromium = chromium();
+    let repo = repo();
+    let setup = std::process::Command::new(repo.join("scripts/web-env"))
+        .status()
+        .expect("scripts/web-env runs");
+    assert!(
+        setup.success(),
+        "scripts/web-env failed: cannot build the page"
+    );
+    let artifacts = artifacts_dir();
+
+    // The page's origin first, so the service can be told to allow it.
+    let files = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_origin = format!("http://127.0.0.1:{}", files.local_addr().unwrap().port());
+    let serving = tokio::spawn(serve_files(files, repo.join("web/dist")));
+    let origin = page_origin.clone();
+    let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), move |s| {
+        s.cors.allowed_origins = vec![origin];
+    })
+    .await;
+    let certs = server.certs.clone();
+
+    let mut node = tokio::process::Command::new("node");
+    node.current_dir(repo.join("web"))
+        .arg("e2e.mjs")
+        .env("PAGE_URL", format!("{page_origin}/"))
+        .env("ORDERS_API", server.endpoint())
+        .env(
+            "ORDERS_SERVER_CERT",
+            certs.dev.path(grpc_platform::dev::SERVER_CERT),
+        )
+        .env("ORDERS_TOKEN", certs.token("alice", READ_WRITE))
+        .env("ORDERS_TOKEN_READONLY", certs.token("alice", "orders:read"))
+        .env("CHROMIUM", &chromium)
+        .env("ARTIFACTS_DIR", &artifacts)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = node.spawn().expect("node runs");
+    let mut stderr = child.stderr.take().unwrap();
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let staff = server.staff().await;
+    let mut output = Vec::new();
+    let mut advanced = Vec::new();
+    let reading = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            println!("e2e: {line}");
+            // The page shows the order PENDING and follows it: staff move it
+            // on, and the page must show that without being asked.
+            if let Some(rest) = line.strip_prefix("REGISTERED ") {
+                let (protocol, id) = rest.split_once(' ').expect("REGISTERED protocol id");
+                let order = staff.advance_order(id, 1).await.unwrap();
+                assert_eq!(order.status(), orders::sdk::pb::OrderStatus::Confirmed);
+                advanced.push(protocol.to_owned());
+            }
+            output.push(line);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(240), reading)
+        .await
+        .expect("the page test ends within 240 s");
+    let status = child.wait().await.unwrap();
+    let errors = errors.await.unwrap();
+    eprintln!("{errors}");
+    assert!(
+        status.success(),
+        "the page test failed (screenshots in {}):\n{}\n{errors}",
+        artifacts.display(),
+        output.join("\n")
+    );
+    assert_eq!(output.last().map(String::as_str), Some("DONE"));
+    assert_eq!(advanced, ["connect", "grpc-web"]);
+    for protocol in ["connect", "grpc-web"] {
+        let shot = artifacts.join(format!("order-tracking-{protocol}.png"));
+        let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
+        assert!(png.starts_with(b"\x89PNG"), "{} is a PNG", shot.display());
+    }
+    serving.abort();
     server.stop().await;
 }
