@@ -13,8 +13,8 @@
 //! installs it; `CHROMIUM` names another binary); the page is built by
 //! `scripts/web-env` (idempotent; `.ci/run` calls it too). These tests fail,
 //! never skip, when a tool is missing: browsers and plain HTTP are part of
-//! the contract. HTTP/2 throughout: the port offers only h2 by ALPN, which
-//! curl and Chromium both negotiate.
+//! the contract. HTTP/2 throughout: curl is told to use it, and Chromium
+//! prefers it by ALPN.
 
 mod common;
 
@@ -63,7 +63,7 @@ fn require_curl() {
     let text = String::from_utf8_lossy(&version.stdout);
     assert!(
         version.status.success() && text.contains("HTTP2"),
-        "this curl cannot speak HTTP/2, the only version the gRPC port offers:\n{text}"
+        "this curl cannot speak HTTP/2, which these tests use:\n{text}"
     );
 }
 
