@@ -1,6 +1,6 @@
 //! Interop from outside Rust: the Python `grpcio`, `grpc.aio` and `grpcurl`
-//! suites and the Node `@grpc/grpc-js` suite in `tests/interop/` run against
-//! a real TLS server with real tokens.
+//! suites and the Node `@grpc/grpc-js` and connectrpc suites in
+//! `tests/interop/` run against a real TLS server with real tokens.
 //!
 //! The Python environment (`.venv/`) is made by `scripts/python-env`, the
 //! Node packages by `scripts/node-env` (both idempotent; `.ci/run` calls
@@ -77,11 +77,15 @@ async fn python_grpcio_and_grpcurl_clients_work_against_the_server() {
     server.stop().await;
 }
 
-/// The Node `@grpc/grpc-js` suite (`tests/interop/node/*.test.js`, run with
-/// Node's own test runner) against one real TLS server with real tokens: every
-/// method, deadlines, cancellation, rich errors, gzip, health, reflection,
-/// keepalive, and whether UpdateOrder calls cancelled right after their
-/// half-close are recorded (admin port metrics) as what happened to the order.
+/// The Node suite (`tests/interop/node/*.test.js`, run with Node's own test
+/// runner) against one real TLS server with real tokens. With
+/// `@grpc/grpc-js`: every method, deadlines, cancellation, rich errors, gzip,
+/// health, reflection, keepalive, and whether UpdateOrder calls cancelled
+/// right after their half-close are recorded (admin port metrics) as what
+/// happened to the order. With connectrpc's connect-node
+/// (`connect.test.js`), over Connect (JSON and protobuf), gRPC and gRPC-Web
+/// on HTTP/2: unary, server, client and bidirectional streaming calls,
+/// errors with their details, and deadlines.
 ///
 /// The Node modules are installed by `scripts/node-env` (idempotent; `.ci/run`
 /// calls it too); this test fails, never skips, when it cannot.

@@ -326,6 +326,7 @@ pub fn read_layers<S: ServiceSettings>(
                 .with_list_parse_key("auth.algorithms")
                 .with_list_parse_key("auth.public_keys")
                 .with_list_parse_key("auth.token_types")
+                .with_list_parse_key("cors.allowed_origins")
                 .try_parsing(true)
                 .source(vars),
         );
@@ -576,6 +577,10 @@ mod tests {
         let vars = [
             ("THINGS_TEST__AUTH__TOKEN_TYPES", "JWT,application/at+jwt"),
             ("THINGS_TEST__AUTH__ALGORITHMS", "ES256,EdDSA"),
+            (
+                "THINGS_TEST__CORS__ALLOWED_ORIGINS",
+                "https://shop.example,http://localhost:8000",
+            ),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
         let (platform, _) = read_layers::<Things>(
@@ -589,6 +594,10 @@ mod tests {
         .unwrap();
         assert_eq!(platform.auth.token_types, ["JWT", "application/at+jwt"]);
         assert_eq!(platform.auth.algorithms, ["ES256", "EdDSA"]);
+        assert_eq!(
+            platform.cors.allowed_origins,
+            ["https://shop.example", "http://localhost:8000"]
+        );
     }
 
     #[test]
