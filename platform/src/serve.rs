@@ -52,16 +52,19 @@ pub struct Protocols {
     pub http1: http1::Builder,
 }
 
-/// Whether a connection speaks HTTP/1.1: what its TLS handshake negotiated
-/// (ALPN `http/1.1`). A plaintext connection is HTTP/2 with prior
-/// knowledge, as gRPC clients speak it without TLS.
+/// Whether a connection speaks HTTP/1.1: what its TLS handshake negotiated.
+/// ALPN `h2` is HTTP/2, as every gRPC client over TLS asks for it; `http/1.1`
+/// or no ALPN at all is HTTP/1.1, which is what a TLS client that names no
+/// protocol speaks (Node's `https`, many HTTP libraries). A plaintext
+/// connection is HTTP/2 with prior knowledge, as gRPC clients speak it
+/// without TLS.
 pub trait Negotiated {
     fn http1(&self) -> bool;
 }
 
 impl<T> Negotiated for tokio_rustls::server::TlsStream<T> {
     fn http1(&self) -> bool {
-        self.get_ref().1.alpn_protocol() == Some(b"http/1.1")
+        self.get_ref().1.alpn_protocol() != Some(b"h2")
     }
 }
 
