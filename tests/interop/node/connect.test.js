@@ -1,10 +1,10 @@
 'use strict';
 // The connectrpc clients (@connectrpc/connect-node) against the real Rust
 // server, over each protocol it serves on its one TLS port: Connect (JSON,
-// and protobuf), gRPC and gRPC-Web, all on HTTP/2. The code for the messages
-// and the service is protoc-gen-es's (gen/, made by scripts/node-env from the
-// repository's protos), so these are the calls a TypeScript client of the
-// service makes. Every call has a deadline and every wait on a stream a
+// and protobuf), gRPC and gRPC-Web on HTTP/2, and the browser protocols on
+// HTTP/1.1 too. The code for the messages and the service is protoc-gen-es's
+// (gen/, made by scripts/node-env from the repository's protos), so these
+// are the calls a TypeScript client of the service makes. Every call has a deadline and every wait on a stream a
 // timeout: nothing can hang.
 
 const assert = require('node:assert/strict');
@@ -364,6 +364,47 @@ for (const protocol of PROTOCOLS) {
       } finally {
         watch.close();
       }
+    });
+  });
+}
+
+// HTTP/1.1, as browsers behind an HTTP/1.1 ingress and clients that ask TLS
+// for no protocol reach the port: the two protocols that work over it.
+for (const protocol of PROTOCOLS.filter((p) => p.name !== 'gRPC')) {
+  describe(`connect-node over ${protocol.name}, HTTP/1.1`, () => {
+    const clientFor = (token) =>
+      createClient(
+        OrderService,
+        protocol.transport({
+          baseUrl,
+          httpVersion: '1.1',
+          nodeOptions: { ca },
+          interceptors: [bearer(token)],
+        }),
+      );
+    const alice = clientFor(tokens.alice);
+    const staff = clientFor(tokens.staff);
+    const call = { timeoutMs: TIMEOUT_MS };
+
+    test('unary and server streaming, with the change staff make', async () => {
+      const { order } = await alice.registerOrder({ items: lineItems(), address: address() }, call);
+      assert.equal((await alice.getOrder({ orderId: order.id }, call)).id, order.id);
+      const watch = follow(alice, { orderId: order.id });
+      try {
+        assert.equal((await watch.next()).order.version, 1n);
+        await staff.advanceOrder({ orderId: order.id, expectedVersion: 1n }, call);
+        assert.equal((await watch.next()).order.status, OrderStatus.CONFIRMED);
+      } finally {
+        watch.close();
+      }
+    });
+
+    test('NOT_FOUND with ErrorInfo ORDER_NOT_FOUND', async () => {
+      const error = await failure(
+        alice.getOrder({ orderId: '0190a6b4-0000-7000-8000-000000000000' }, call),
+        Code.NotFound,
+      );
+      assert.equal(errorInfo(error).reason, 'ORDER_NOT_FOUND');
     });
   });
 }
