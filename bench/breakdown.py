@@ -164,7 +164,7 @@ def perf_symbols(data: Path) -> list[tuple[int, str, str]]:
     return rows
 
 
-def profile(bench, kind: str, seconds: float, warmup: float, out: Path) -> dict:
+def profile(bench, kind: str, seconds: float, warmup: float, out: Path, call_graph: bool = True) -> dict:
     """One server under GetOrder load, profiled for its measured window."""
     plan = bench.plan
     server = bench.start(kind)
@@ -190,7 +190,7 @@ def profile(bench, kind: str, seconds: float, warmup: float, out: Path) -> dict:
         perf = subprocess.run(
             [
                 "taskset", "-c", compare.LOAD_CORE,
-                "perf", "record", "-e", "cpu-clock", "-F", str(FREQUENCY), "-g", "--quiet",
+                "perf", "record", "-e", "cpu-clock", "-F", str(FREQUENCY), *(["-g"] if call_graph else []), "--quiet",
                 "-p", str(server.pid), "-o", str(data), "--", "sleep", f"{seconds - 0.6:g}",
             ],
             capture_output=True,
@@ -261,6 +261,15 @@ def markdown(floor: dict, full: dict, meta: dict) -> str:
     fa, fb = floor["cpu_us_per_call"] or 0, full["cpu_us_per_call"] or 0
     add(f"| **total** | **{fa:.2f}** | **{fb:.2f}** | **{fb - fa:+.2f}** |")
     add("")
+    shares = [r["server_cpu_percent"] for r in (floor, full) if r.get("server_cpu_percent") is not None]
+    if shares and min(shares) < 90:
+        add(f"The servers had {' and '.join(f'{x:.0f}%' for x in shares)} of their core here (floor, full), "
+            "not all of it: other jobs on the machine, or perf's own work on the load generator's core, "
+            "held the closed loop back, and a server that is not kept busy batches less (fewer calls per "
+            "wake-up, per TLS record, per system call), so every figure is higher than in "
+            "`bench/compare`'s rounds, where the server has its whole core. Read the split and the "
+            "differences; take the CPU per call itself from `bench/results/latest.md`.")
+        add("")
     add("| run | calls/s | calls profiled | server CPU | generator CPU | cores busy | samples | sampled µs per call |")
     add("|---|---:|---:|---:|---:|---|---:|---:|")
     for r in (floor, full):
@@ -287,8 +296,21 @@ def main() -> int:
     parser.add_argument("--profile", default="production", help="cargo profile of the binaries (set by bench/breakdown)")
     parser.add_argument("--seconds", type=float, default=10, help="seconds profiled per server (default 10)")
     parser.add_argument("--smoke", action="store_true", help="2 s per server, results in a temporary folder")
+    parser.add_argument(
+        "--no-call-graph",
+        action="store_true",
+        help="sample without -g: the table uses self time only, and each sample then costs less",
+    )
     parser.add_argument("--out", type=Path, help="folder for breakdown.md and breakdown.json (default bench/results)")
+    parser.add_argument("--from-json", type=Path, help="profile nothing: write breakdown.md again from a breakdown.json")
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        text = markdown(saved["results"]["floor"], saved["results"]["full"], saved["meta"])
+        out = args.out or compare.RESULTS
+        (out / "breakdown.md").write_text(text + "\n")
+        print(text)
+        return 0
     if not shutil.which("perf"):
         print("bench/breakdown: perf is missing (Debian linux-perf)", file=sys.stderr)
         return 1
@@ -302,7 +324,10 @@ def main() -> int:
     loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     try:
         bench.prepare()
-        results = {kind: profile(bench, kind, seconds, warmup, work) for kind in ("floor", "full")}
+        results = {
+            kind: profile(bench, kind, seconds, warmup, work, call_graph=not args.no_call_graph)
+            for kind in ("floor", "full")
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
