@@ -1,21 +1,27 @@
-//! `bench-bare-server`: the baseline of `bench/compare`. The same
-//! `orders.v1.OrderService` proto on plain tonic, plaintext, with no
-//! middleware, no authentication and no database: orders live in a
-//! `HashMap`, changes go to watchers through a `tokio::sync::broadcast` per
-//! order. What it costs to answer is what tonic itself costs, so the full
-//! service's figures divided by these are the price of everything the service
-//! adds (TLS, JWT, tracing, metrics, deadlines, durable storage).
+//! `bench-bare-server`: the floor of `bench/compare`. The same
+//! `orders.v1.OrderService` proto on plain tonic, with no middleware, no
+//! authentication and no database: orders live in a `HashMap`, changes go to
+//! watchers through a `tokio::sync::broadcast` per order.
+//!
+//! With `--tls-cert` and `--tls-key` it serves TLS through tonic's own
+//! `ServerTlsConfig` (rustls), and `bench/compare` sends it the same
+//! `authorization` header as the full service: that is the floor, what any
+//! secure tonic server pays (TLS, and receiving the token), so the full
+//! service's figures divided by these are the price of everything it adds on
+//! top (checking the token, tracing, metrics, deadlines, durable storage).
+//! Without them it serves plaintext: a reference for what TLS itself costs.
 //!
 //! ```sh
-//! cargo run --release --bin bench-bare-server -- --addr 127.0.0.1:50061
+//! cargo run --profile production --bin bench-bare-server -- --addr 127.0.0.1:50061 \
+//!     --tls-cert certs/dev/server.pem --tls-key certs/dev/server.key
 //! ```
 //!
 //! It answers `GetOrder`, `RegisterOrder` (idempotent per `request_id`, in
 //! memory), `ListOrders` (the first page), `UpdateOrder` and `WatchOrder`, the
-//! calls `orders-load` makes; the others are UNIMPLEMENTED. It ignores the
-//! `authorization` header. On SIGTERM or Ctrl-C it prints the number of
-//! calls it answered by gRPC code (for `h2load`, which cannot see
-//! `grpc-status`) and exits 0.
+//! calls `orders-load` makes; the others are UNIMPLEMENTED. It receives the
+//! `authorization` header with the rest of the metadata and reads nothing
+//! from it. On SIGTERM or Ctrl-C it prints the number of calls it answered
+//! by gRPC code (for `h2load`, which cannot see `grpc-status`) and exits 0.
 #![forbid(unsafe_code)]
 
 use orders::pb;
@@ -279,12 +285,16 @@ fn main() -> anyhow::Result<()> {
                 println!(
                     "bench-bare-server [--addr HOST:PORT] [--tls-cert PEM --tls-key PEM]  (default 127.0.0.1:50061, plaintext)\n\
                      With a certificate and key it serves TLS through tonic's own TLS (rustls): \
-                     what TLS alone adds to bare tonic."
+                     the floor any secure tonic server pays, which bench/compare measures the service against."
                 );
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other:?} (see --help)"),
         }
+    }
+    // Half a TLS configuration would quietly measure plaintext.
+    if cert.is_some() != key.is_some() {
+        anyhow::bail!("--tls-cert and --tls-key go together");
     }
     // The default runtime: one worker per CPU this process may run on, as the
     // full service has.

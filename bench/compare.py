@@ -1,31 +1,43 @@
-"""bench/compare: the orders service side by side with bare tonic and a Python
-grpc.aio server, in one run on one machine. Run it through ``bench/compare``,
-which prepares the Python environment, h2load and the binaries first.
+"""bench/compare: the orders service measured against the floor (bare tonic
+with TLS, sent the same bearer token) and side by side with a Python grpc.aio
+server, in one run on one machine. Run it through ``bench/compare``, which
+prepares the Python environment, h2load and the binaries first.
 
 Servers (each started fresh for each measurement, pinned to one core with
 ``taskset``; the load generator is pinned to the other):
 
-1. bare tonic: ``bench-bare-server``, the same proto, plaintext, in memory, no
-   middleware;
+1. the floor: ``bench-bare-server --tls-cert --tls-key``, the same proto on
+   tonic's own TLS (rustls) with the full service's certificate, in memory,
+   no middleware, sent the same ``authorization`` header by the same client.
+   Any secure tonic server pays for TLS and for receiving the token, so this
+   is what the full service is measured against;
 2. the full service: ``orders-server`` in production mode (TLS, ES256 JWTs,
    every middleware layer, JSON access logs, SQLite with ``synchronous =
    FULL``);
 3. Python grpc.aio: ``bench/python/server.py``, TLS and PyJWT ES256 per call,
-   in memory.
+   in memory;
+4. a reference for GetOrder only: the same bare server in plaintext.
 
-Measurements: GetOrder at the top rate (closed loop) and at half of bare
-tonic's top rate (open loop, for p99); RegisterOrder (the full service
-durable, with group commit and with one transaction per call); WatchOrder
-fan-out (watchers, memory, delivery latency); idle memory; start to SERVING;
-GetOrder again with ``h2load`` as an independent load generator; the cost of
-authentication. Results: ``latest.md`` (tables, ratios, targets),
-``latest.json`` (every figure) and ``latest.png`` (a chart) in the output
-folder, and in a full run the README's short table of the headline figures.
+Measurements: GetOrder at the top rate (closed loop) in interleaved rounds
+(floor, full, plaintext, floor, full, ...: the machine's drift hits each
+server alike), with the server's CPU time per call from ``/proc/PID/stat``,
+and medians over the rounds; GetOrder at half of the floor's top rate (open
+loop, for p99); RegisterOrder (the full service durable, with group commit
+and with one transaction per call); WatchOrder fan-out (watchers, memory,
+delivery latency); idle memory; start to SERVING; GetOrder again with
+``h2load`` as an independent load generator; the cost of authentication.
+Results: ``latest.md`` (tables, ratios, targets), ``latest.json`` (every
+figure) and ``latest.png`` (a chart) in the output folder, and in a full run
+the README's benchmark table. ``--only-rounds`` runs the GetOrder rounds alone,
+and ``--also LABEL=PATH`` adds another build of orders-server to them (a
+profile or a change measured against the same floor, interleaved).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import datetime
 import json
 import os
@@ -76,6 +88,10 @@ class Plan:
     h2load_duration: float
     h2load_clients: int
     h2load_streams: int
+    # GetOrder at the top rate: this many rounds of `round_duration` seconds
+    # (after the warm-up) per server, interleaved.
+    rounds: int
+    round_duration: float
 
 
 FULL = Plan(
@@ -93,6 +109,8 @@ FULL = Plan(
     h2load_duration=12,
     h2load_clients=4,
     h2load_streams=16,
+    rounds=3,
+    round_duration=6,
 )
 
 SMOKE = Plan(
@@ -110,6 +128,9 @@ SMOKE = Plan(
     h2load_duration=1,
     h2load_clients=2,
     h2load_streams=4,
+    # Two, so the smoke run checks the interleaving and the medians too.
+    rounds=2,
+    round_duration=0.5,
 )
 
 
@@ -161,7 +182,7 @@ class Failure(Exception):
 
 @dataclass
 class Server:
-    kind: str  # bare | full | python
+    kind: str  # floor | bare | full | full:LABEL | python
     endpoint: str
     proc: subprocess.Popen
     log_path: Path
@@ -202,6 +223,8 @@ class Bench:
     results: dict = field(default_factory=dict)
     failures: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    # Other builds of orders-server for the GetOrder rounds: label -> binary.
+    also: dict = field(default_factory=dict)
 
     def bin(self, name: str) -> str:
         return str(self.bin_dir / name)
@@ -265,10 +288,14 @@ class Bench:
                 "ORDERS__SHUTDOWN__DRAIN_SECS": "0",
                 # The load generator is one caller standing in for many: its
                 # calls are bounded by the server's limit, not one caller's,
-                # and its rate by what the server can serve, not one
-                # caller's rate (0: no rate limit), or the top rate measured
-                # would be the per-caller rate.
-                "ORDERS__SERVER__MAX_CALLS_PER_CALLER": "1000",
+                # and its rate by what the server can serve, not one caller's
+                # rate (0: no rate limit), or the top rate measured would be
+                # the per-caller rate. A WatchOrder stream counts against the
+                # quota for as long as it is open, so the quota is above all
+                # the harness holds open at once (1,000 watchers and their
+                # updates; at 1,000 the updates were refused
+                # RESOURCE_EXHAUSTED).
+                "ORDERS__SERVER__MAX_CALLS_PER_CALLER": "100000",
                 "ORDERS__SERVER__MAX_CALL_RATE_PER_CALLER": "0",
             }
         )
@@ -283,10 +310,11 @@ class Bench:
             )
             server = Server(kind, f"http://127.0.0.1:{port}", proc, log_path, tls=False)
             wait_tcp(server, port)
-        elif kind == "bare_tls":
+        elif kind == "floor":
             # Bare tonic with tonic's own TLS and the full service's
-            # certificate: a reference that splits the gap between bare and
-            # full into what TLS costs and what everything else costs.
+            # certificate; the load generator sends it the same bearer token
+            # as the full service (it ignores it, as a server that checks
+            # nothing would).
             port = free_port()
             argv = [
                 self.bin("bench-bare-server"),
@@ -300,10 +328,11 @@ class Bench:
             proc, log_path = self._spawn(kind, argv, clean_env())
             server = Server(kind, f"https://127.0.0.1:{port}", proc, log_path, tls=True)
             wait_tcp(server, port)
-        elif kind == "full":
+        elif kind == "full" or kind.startswith("full:"):
+            binary = self.bin("orders-server") if kind == "full" else str(self.also[kind[5:]])
             port, admin = free_port(), free_port()
             proc, log_path = self._spawn(
-                kind, [self.bin("orders-server")], self.full_env(port, admin, extra_env)
+                kind.replace(":", "-"), [binary], self.full_env(port, admin, extra_env)
             )
             server = Server(kind, f"https://127.0.0.1:{port}", proc, log_path, tls=True, admin=admin)
             wait_serving(server, admin)
@@ -335,6 +364,21 @@ class Bench:
     # --- the load generator ------------------------------------------------------
 
     def load(self, server: Server, call: str, *extra: str, timeout: float = 300) -> dict:
+        argv = self.load_argv(server, call, *extra)
+        before = cores_busy()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=clean_env())
+        after = cores_busy()
+        if done.returncode != 0:
+            raise Failure(
+                f"orders-load --call {call} against {server.kind} failed: {done.stderr.strip()}\n"
+                f"server output (last lines): {tail(server.output())}"
+            )
+        report = json.loads(done.stdout)
+        report["cores_busy_percent"] = busy_percent(before, after)
+        return report
+
+    def load_argv(self, server: Server, call: str, *extra: str) -> list[str]:
+        """orders-load against `server`, on the load generator's core, with the token."""
         argv = [
             "taskset",
             "-c",
@@ -356,19 +400,9 @@ class Bench:
         ]
         if server.tls:
             argv += ["--ca-cert", str(self.certs / "ca.pem"), "--tls-domain", "localhost"]
-        before = cores_busy()
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=clean_env())
-        after = cores_busy()
-        if done.returncode != 0:
-            raise Failure(
-                f"orders-load --call {call} against {server.kind} failed: {done.stderr.strip()}\n"
-                f"server output (last lines): {tail(server.output())}"
-            )
-        report = json.loads(done.stdout)
-        report["cores_busy_percent"] = busy_percent(before, after)
-        return report
+        return argv
 
-    def closed(self, server: Server, call: str, concurrency: int) -> dict:
+    def closed(self, server: Server, call: str, concurrency: int, duration: float | None = None) -> dict:
         p = self.plan
         return self.load(
             server,
@@ -380,22 +414,30 @@ class Bench:
             "--warmup",
             f"{p.warmup}s",
             "--duration",
-            f"{p.duration}s",
+            f"{p.duration if duration is None else duration}s",
         )
 
     # --- measurements ------------------------------------------------------------
 
-    def measure(self, name: str, fn) -> None:
+    def measure(self, name: str, fn, store: bool = True):
+        """Runs one measurement; a failure is recorded and the run goes on.
+        Returns the result (None when it failed)."""
         log(f"{name} ...")
         started = time.monotonic()
+        result = None
         try:
-            self.results[name] = fn()
+            result = fn()
         except Exception as e:  # noqa: BLE001 - recorded, reported, fails the run at the end
             message = str(e) if isinstance(e, Failure) else traceback.format_exc()
             log(f"{name} FAILED: {message}")
             self.failures.append((name, message))
-            self.results[name] = {"error": message.splitlines()[0] if message else "failed"}
+            if store:
+                self.results[name] = {"error": message.splitlines()[0] if message else "failed"}
+        else:
+            if store:
+                self.results[name] = result
         log(f"{name} done in {time.monotonic() - started:.1f} s")
+        return result
 
     def with_server(self, kind: str, fn, extra_env: dict | None = None):
         server = self.start(kind, extra_env)
@@ -405,20 +447,49 @@ class Bench:
             output = server.stop()
         if isinstance(result, dict):
             result["server_exit"] = server.proc.returncode
-            if server.kind in ("bare", "bare_tls"):
+            if server.kind in ("bare", "floor"):
                 result["bare_handled"] = parse_bare_handled(output)
         return result
+
+    def get_rounds(self) -> None:
+        """GetOrder at the top rate, `plan.rounds` rounds per server,
+        interleaved: floor, full (and each --also build), plaintext, floor,
+        full, ... A drift of the shared machine (another job starting or
+        ending) then falls on every server alike rather than on whichever
+        ran in its path. Each round is a fresh server; its CPU time
+        per call is what orders-load read from `/proc/PID/stat` at the
+        start and end of the measured window, divided by the calls answered
+        in it. Results: `get_<kind>` with the medians and every round."""
+        p = self.plan
+        kinds = ["floor", "full", *(f"full:{label}" for label in self.also), "bare"]
+        rounds: dict[str, list] = {k: [] for k in kinds}
+        for r in range(p.rounds):
+            for kind in kinds:
+                report = self.measure(
+                    f"get_{kind} round {r + 1} of {p.rounds}",
+                    lambda k=kind: self.with_server(
+                        k, lambda s: self.closed(s, "get", p.concurrency, p.round_duration)
+                    ),
+                    store=False,
+                )
+                if report is not None:
+                    rounds[kind].append(report)
+        for kind in kinds:
+            if rounds[kind]:
+                self.results[f"get_{kind}"] = median_of_rounds(rounds[kind])
+            else:
+                self.results[f"get_{kind}"] = {"error": "every round failed"}
 
     def run_all(self) -> None:
         p = self.plan
         self.measure("startup", self.startup)
-        for kind in ("bare", "full", "python"):
+        for kind in ("floor", "full", "python"):
             self.measure(f"idle_{kind}", lambda k=kind: self.with_server(k, self.idle))
-        for kind in ("bare", "bare_tls", "full", "python"):
-            self.measure(
-                f"get_{kind}",
-                lambda k=kind: self.with_server(k, lambda s: self.closed(s, "get", p.concurrency)),
-            )
+        self.get_rounds()
+        self.measure(
+            "get_python",
+            lambda: self.with_server("python", lambda s: self.closed(s, "get", p.concurrency)),
+        )
         self.measure(
             "get_full_nocache",
             lambda: self.with_server(
@@ -427,15 +498,15 @@ class Bench:
                 {"ORDERS__AUTH__TOKEN_CACHE_SIZE": "0"},
             ),
         )
-        bare_top = self.results.get("get_bare", {}).get("rps")
-        if bare_top:
-            rate = max(1, round(bare_top / 2))
-            for kind in ("bare", "full"):
+        floor_top = self.results.get("get_floor", {}).get("rps")
+        if floor_top:
+            rate = max(1, round(floor_top / 2))
+            for kind in ("floor", "full"):
                 self.measure(
                     f"get_open_{kind}",
                     lambda k=kind: self.with_server(k, lambda s: self.open_loop(s, rate)),
                 )
-        for kind in ("bare", "full", "python"):
+        for kind in ("floor", "full", "python"):
             self.measure(
                 f"register_{kind}",
                 lambda k=kind: self.with_server(
@@ -455,10 +526,10 @@ class Bench:
                 one_tx,
             ),
         )
-        for kind in ("bare", "full", "python"):
+        for kind in ("floor", "full", "python"):
             self.measure(f"watch_{kind}", lambda k=kind: self.with_server(k, self.fanout))
         if shutil.which("h2load"):
-            for kind in ("bare", "full"):
+            for kind in ("floor", "full"):
                 self.measure(f"h2load_{kind}", lambda k=kind: self.with_server(k, self.h2load))
         else:
             self.notes.append("h2load is not installed: its checks were skipped.")
@@ -729,6 +800,48 @@ def parse_bare_handled(output: str) -> dict | None:
     return dict(zip(["OK", "NotFound", "other"], map(int, m.groups()))) if m else None
 
 
+LATENCY_KEYS = ("p50_us", "p90_us", "p99_us", "p999_us", "max_us")
+
+
+def median_of_rounds(reports: list[dict]) -> dict:
+    """One report for a server's GetOrder rounds: the round of median
+    throughput, with its calls/s, server CPU per call, CPU shares and latency
+    percentiles replaced by their medians over the rounds (each taken on its
+    own), and every round's figures under `rounds`."""
+    def med(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    ordered = sorted(reports, key=lambda r: r.get("rps") or 0)
+    out = copy.deepcopy(ordered[(len(ordered) - 1) // 2])
+    out["rps"] = med(r.get("rps") for r in reports)
+    out["client_cpu_percent"] = med(r.get("client_cpu_percent") for r in reports)
+    server = out.get("server") or {}
+    for key in ("cpu_us_per_call", "cpu_percent", "cpu_seconds"):
+        server[key] = med(get(r, "server", key) for r in reports)
+    out["latency"] = {
+        **(out.get("latency") or {}),
+        **{q: med(get(r, "latency", q) for r in reports) for q in ("mean_us", *LATENCY_KEYS)},
+    }
+    out["median_of"] = len(reports)
+    out["rounds"] = [
+        {
+            "rps": r.get("rps"),
+            "requests": r.get("requests"),
+            "cpu_seconds": get(r, "server", "cpu_seconds"),
+            "cpu_us_per_call": get(r, "server", "cpu_us_per_call"),
+            "server_cpu_percent": get(r, "server", "cpu_percent"),
+            "client_cpu_percent": r.get("client_cpu_percent"),
+            "cores_busy_percent": r.get("cores_busy_percent"),
+            "p50_us": get(r, "latency", "p50_us"),
+            "p99_us": get(r, "latency", "p99_us"),
+            "errors": r.get("errors"),
+        }
+        for r in reports
+    ]
+    return out
+
+
 # --- report ------------------------------------------------------------------------
 
 
@@ -750,6 +863,10 @@ def fmt_ms(us) -> str:
         return "—"
     ms = us / 1000
     return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:,.0f}"
+
+
+def fmt_us(us) -> str:
+    return "—" if us is None else f"{us:.1f}" if us < 100 else f"{us:,.0f}"
 
 
 def fmt_mib(kib) -> str:
@@ -780,32 +897,38 @@ def compute_targets(res: dict) -> list[dict]:
             {"target": name, "measured": measured, "value": value, "met": None if value is None else ok}
         )
 
-    bare = get(res, "get_bare", "rps")
+    floor = get(res, "get_floor", "rps")
     full = get(res, "get_full", "rps")
     py = get(res, "get_python", "rps")
     # Two generators, and the lower ratio counts: a generator that runs out
-    # of CPU before bare tonic does understates bare tonic, which flatters
+    # of CPU before the floor does understates the floor, which flatters
     # the ratio (see the bottleneck check in the details).
     ratios = {}
-    if full and bare:
-        ratios["orders-load"] = full / bare
-    h_full, h_bare = get(res, "h2load_full", "rps"), get(res, "h2load_bare", "rps")
-    if h_full and h_bare:
-        ratios["h2load"] = h_full / h_bare
+    if full and floor:
+        ratios["orders-load"] = full / floor
+    h_full, h_floor = get(res, "h2load_full", "rps"), get(res, "h2load_floor", "rps")
+    if h_full and h_floor:
+        ratios["h2load"] = h_full / h_floor
+    # A server bound by its one core answers 1 / (CPU per call) calls a
+    # second: the floor's CPU per call over the full service's is the
+    # throughput ratio that other jobs on the machine cannot skew.
+    c_full, c_floor = get(res, "get_full", "server", "cpu_us_per_call"), get(res, "get_floor", "server", "cpu_us_per_call")
+    if c_full and c_floor:
+        ratios["CPU per call"] = c_floor / c_full
     v = min(ratios.values()) if ratios else None
     target(
-        "full GetOrder throughput ≥ 70% of bare tonic's",
+        "full GetOrder throughput ≥ 70% of the floor's (bare tonic, TLS, the same token)",
         ", ".join(f"{r:.0%} ({name})" for name, r in ratios.items()) or "—",
         v,
         v is not None and v >= 0.70,
     )
 
-    p99_bare = get(res, "get_open_bare", "latency", "p99_us")
+    p99_floor = get(res, "get_open_floor", "latency", "p99_us")
     p99_full = get(res, "get_open_full", "latency", "p99_us")
-    v = p99_full / p99_bare if p99_full and p99_bare else None
+    v = p99_full / p99_floor if p99_full and p99_floor else None
     target(
-        "p99 at half of bare tonic's top rate ≤ 2× bare tonic's",
-        f"{v:.2f}× ({fmt_ms(p99_full)} vs {fmt_ms(p99_bare)} ms)" if v else "—",
+        "p99 at half of the floor's top rate ≤ 2× the floor's",
+        f"{v:.2f}× ({fmt_ms(p99_full)} vs {fmt_ms(p99_floor)} ms)" if v else "—",
         v,
         v is not None and v <= 2.0,
     )
@@ -878,9 +1001,9 @@ def readme_summary(res: dict, meta: dict, targets: list[dict]) -> str:
     add(f"From the latest full run of `bench/compare` (commit `{meta['commit']}`, {cpu}; each server "
         "on one core, the load generator on the other):")
     add("")
-    add("| measure | bare tonic | full service | Python grpc.aio |")
+    add("| measure | floor: bare tonic with TLS | full service | Python grpc.aio |")
     add("|---|---:|---:|---:|")
-    kinds = ("bare", "full", "python")
+    kinds = ("floor", "full", "python")
     gb, gf, gp = (get(res, f"get_{k}", "rps") for k in kinds)
     add(f"| GetOrder, calls/s | {fmt_rate(gb)} | {fmt_rate(gf)} | {fmt_rate(gp)} |")
     b, f, p = (get(res, f"get_{k}", "latency", "p99_us") for k in kinds)
@@ -907,48 +1030,63 @@ def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> tu
     add = L.append
     plan = meta["plan"]
     add(f"Made by `{meta['command']}` on {meta['date']} (commit `{meta['commit']}`, {meta['mode']} mode, "
-        f"{meta['elapsed_s']:.0f} s). Machine: {meta['machine']}. Server on core {SERVER_CORE}, load "
-        f"generator on core {LOAD_CORE} (`taskset`); load average before the run: {meta['loadavg']}.")
+        f"{meta['elapsed_s']:.0f} s, cargo profile `{meta.get('profile', 'release')}`). Machine: {meta['machine']}. "
+        f"Server on core {SERVER_CORE}, load generator on core {LOAD_CORE} (`taskset`); load average before "
+        f"the run: {meta['loadavg']}{'; after: ' + meta['loadavg_after'] if meta.get('loadavg_after') else ''} "
+        "(the run itself keeps about two cores busy; more than that was other jobs).")
     add("")
 
-    add("| measure | bare tonic | full service | Python grpc.aio | full / bare | full / Python |")
+    rounds = plan.get("rounds")
+    round_s = plan.get("round_duration")
+    add("| measure | floor: bare tonic, TLS, the same token | full service | Python grpc.aio | full / floor | full / Python |")
     add("|---|---:|---:|---:|---:|---:|")
-    gb, gf, gp = (get(res, f"get_{k}", "rps") for k in ("bare", "full", "python"))
-    add(f"| GetOrder, calls/s (closed loop, {plan['concurrency']} in flight) | {fmt_rate(gb)} | {fmt_rate(gf)} | {fmt_rate(gp)} | {ratio(gf, gb)} | {ratio(gf, gp, 1)} |")
+    gb, gf, gp = (get(res, f"get_{k}", "rps") for k in ("floor", "full", "python"))
+    how = f"; median of {rounds} interleaved rounds of {round_s:g} s" if rounds else ""
+    add(f"| **GetOrder, calls/s** (closed loop, {plan['concurrency']} in flight{how}) | {fmt_rate(gb)} | {fmt_rate(gf)} | {fmt_rate(gp)} | **{ratio(gf, gb)}** | {ratio(gf, gp, 1)} |")
+    cb, cf, cp = (get(res, f"get_{k}", "server", "cpu_us_per_call") for k in ("floor", "full", "python"))
+    add(f"| **server CPU per GetOrder, µs** (`/proc/PID/stat`; median of the rounds) | {fmt_us(cb)} | {fmt_us(cf)} | {fmt_us(cp)} | **{ratio(cf, cb)}** | {ratio(cf, cp)} |")
     for q, label in (("p50_us", "p50"), ("p99_us", "p99")):
-        b, f, p = (get(res, f"get_{k}", "latency", q) for k in ("bare", "full", "python"))
+        b, f, p = (get(res, f"get_{k}", "latency", q) for k in ("floor", "full", "python"))
         add(f"| GetOrder {label} latency at top rate, ms | {fmt_ms(b)} | {fmt_ms(f)} | {fmt_ms(p)} | {ratio(f, b)} | {ratio(f, p)} |")
-    rate = get(res, "get_open_bare", "rate")
+    pr, pc = get(res, "get_bare", "rps"), get(res, "get_bare", "server", "cpu_us_per_call")
+    if pr:
+        add(f"| reference: bare tonic in plaintext (the same rounds), GetOrder calls/s; CPU per call, µs | "
+            f"{fmt_rate(pr)}; {fmt_us(pc)} | {fmt_rate(gf)}; {fmt_us(cf)} | — | {ratio(gf, pr)}; {ratio(cf, pc)} | — |")
+    for key in sorted(k for k in res if k.startswith("get_full:")):
+        ar, ac = get(res, key, "rps"), get(res, key, "server", "cpu_us_per_call")
+        add(f"| the full service built as `{key[9:]}` (the same rounds), GetOrder calls/s; CPU per call, µs | — | "
+            f"{fmt_rate(ar)}; {fmt_us(ac)} | — | {ratio(ar, gb)}; {ratio(ac, cb)} | — |")
+    shares = [r.get("server_cpu_percent") for k in ("get_floor", "get_full") for r in get(res, k, "rounds") or []]
+    shares = [x for x in shares if x is not None]
+    if shares and statistics.median(shares) < 90:
+        add(f"| *a noisy run: in the GetOrder rounds the server had a median {statistics.median(shares):.0f}% of its "
+            "core, other jobs the rest, so calls/s measure the share it got; read CPU per call* | | | | | |")
+    rate = get(res, "get_open_floor", "rate")
     if rate:
         for q, label in (("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9")):
-            b, f = (get(res, f"get_open_{k}", "latency", q) for k in ("bare", "full"))
-            add(f"| GetOrder {label} at {rate:,.0f}/s (half of bare's top; open loop), ms | {fmt_ms(b)} | {fmt_ms(f)} | — | {ratio(f, b)} | — |")
-    cb, cf, cp = (get(res, f"get_{k}", "server", "cpu_us_per_call") for k in ("bare", "full", "python"))
-    add(f"| server CPU per GetOrder, µs | {fmt_rate(cb)} | {fmt_rate(cf)} | {fmt_rate(cp)} | {ratio(cf, cb)} | {ratio(cf, cp)} |")
-    tls, tls_cpu = get(res, "get_bare_tls", "rps"), get(res, "get_bare_tls", "server", "cpu_us_per_call")
-    if tls:
-        add(f"| reference: bare tonic with TLS (tonic's rustls), GetOrder calls/s; server CPU per call, µs | "
-            f"{fmt_rate(tls)}; {fmt_rate(tls_cpu)} | {fmt_rate(get(res, 'get_full', 'rps'))}; {fmt_rate(cf)} | — | "
-            f"{ratio(get(res, 'get_full', 'rps'), tls)} | — |")
-    rb, rf, rp = (get(res, f"register_{k}", "rps") for k in ("bare", "full", "python"))
+            b, f = (get(res, f"get_open_{k}", "latency", q) for k in ("floor", "full"))
+            add(f"| GetOrder {label} at {rate:,.0f}/s (half of the floor's top; open loop), ms | {fmt_ms(b)} | {fmt_ms(f)} | — | {ratio(f, b)} | — |")
+    rb, rf, rp = (get(res, f"register_{k}", "rps") for k in ("floor", "full", "python"))
     add(f"| RegisterOrder, calls/s (full: durable, group commit; others: memory) | {fmt_rate(rb)} | {fmt_rate(rf)} | {fmt_rate(rp)} | {ratio(rf, rb)} | {ratio(rf, rp, 1)} |")
     one = get(res, "register_full_one_tx", "rps")
     add(f"| RegisterOrder, calls/s, one transaction per call (durable) | — | {fmt_rate(one)} | — | — | — |")
     for q, label in (("p50_us", "p50"), ("p99_us", "p99")):
-        b, f, p = (get(res, f"register_{k}", "latency", q) for k in ("bare", "full", "python"))
+        b, f, p = (get(res, f"register_{k}", "latency", q) for k in ("floor", "full", "python"))
         add(f"| RegisterOrder {label} latency, ms | {fmt_ms(b)} | {fmt_ms(f)} | {fmt_ms(p)} | {ratio(f, b)} | {ratio(f, p)} |")
-    ib, i_f, ip = (idle_rss(res, k) for k in ("bare", "full", "python"))
+    ib = get(res, "idle_floor", "rss_kib")
+    i_f = get(res, "startup", "median_idle_rss_kib") or get(res, "idle_full", "rss_kib")
+    ip = get(res, "idle_python", "rss_kib")
     add(f"| idle resident memory, MiB | {fmt_mib(ib)} | {fmt_mib(i_f)} | {fmt_mib(ip)} | {ratio(i_f, ib)} | {ratio(i_f, ip)} |")
     watchers = get(res, "watch_full", "watch", "watchers") or plan["watchers"]
 
-    wb, wf, wp = (watch_rss(res, k) for k in ("bare", "full", "python"))
+    wb, wf, wp = (watch_rss(res, k) for k in ("floor", "full", "python"))
     add(f"| resident memory with {watchers:,} WatchOrder streams, MiB | {fmt_mib(wb)} | {fmt_mib(wf)} | {fmt_mib(wp)} | {ratio(wf, wb)} | {ratio(wf, wp)} |")
     for q, label in (("p50_us", "p50"), ("p99_us", "p99")):
-        b, f, p = (get(res, f"watch_{k}", "watch", "delivery_latency", q) for k in ("bare", "full", "python"))
+        b, f, p = (get(res, f"watch_{k}", "watch", "delivery_latency", q) for k in ("floor", "full", "python"))
         add(f"| event delivery {label} to {watchers:,} watchers, ms | {fmt_ms(b)} | {fmt_ms(f)} | {fmt_ms(p)} | {ratio(f, b)} | {ratio(f, p)} |")
     st = get(res, "startup", "median_ms")
     add(f"| start to SERVING (median of {plan['startups']}), ms | — | {'—' if st is None else f'{st:.0f}'} | — | — | — |")
-    hb, hf = get(res, "h2load_bare", "rps"), get(res, "h2load_full", "rps")
+    hb, hf = get(res, "h2load_floor", "rps"), get(res, "h2load_full", "rps")
     add(f"| GetOrder with h2load, calls/s | {fmt_rate(hb)} | {fmt_rate(hf)} | — | {ratio(hf, hb)} | — |")
     add("")
 
@@ -983,25 +1121,51 @@ def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> tu
             f"{'/'.join(f'{c:.0f}%' for c in r.get('cores_busy_percent', []))} |"
         )
     add("")
-    for kind in ("bare", "full", "python"):
+    round_keys = [k for k in res if k.startswith("get_") and get(res, k, "rounds")]
+    if round_keys:
+        add("GetOrder rounds, in the order they ran (the rows above for these servers are the medians; "
+            "CPU per call is the server's utime + stime over the measured window, in 10 ms ticks, divided "
+            "by the calls answered in it):")
+        add("")
+        add("| round | server | calls/s | server CPU per call, µs | server CPU | generator CPU | cores busy | p99 ms |")
+        add("|---|---|---:|---:|---:|---:|---|---:|")
+        for i in range(max(len(res[k]["rounds"]) for k in round_keys)):
+            for key in round_keys:
+                rounds_ = res[key]["rounds"]
+                if i < len(rounds_):
+                    r = rounds_[i]
+                    add(f"| {i + 1} | {key[4:]} | {fmt_rate(r.get('rps'))} | {fmt_us(r.get('cpu_us_per_call'))} | "
+                        f"{pct(r.get('server_cpu_percent'))} | {pct(r.get('client_cpu_percent'))} | "
+                        f"{'/'.join(f'{c:.0f}%' for c in r.get('cores_busy_percent') or [])} | {fmt_ms(r.get('p99_us'))} |")
+        spread = []
+        for key in round_keys:
+            values = [r["rps"] for r in res[key]["rounds"] if r.get("rps")]
+            if len(values) > 1:
+                spread.append(f"{key[4:]} {min(values):,.0f}–{max(values):,.0f} "
+                              f"({(max(values) - min(values)) / statistics.median(values):.0%} of its median)")
+        if spread:
+            add("")
+            add(f"- Spread of the rounds, calls/s: {'; '.join(spread)}.")
+        add("")
+    for kind in ("floor", "full", "python"):
         w = get(res, f"watch_{kind}", "watch")
         if w:
             add(f"- WatchOrder {kind}: {w['watchers']:,} watchers on {w['orders']} orders over "
                 f"{w['connections']} connections, all open in {w['open_ms']:.0f} ms; "
                 f"{w['events_sent']} updates, {w['deliveries_received']:,} of {w['deliveries_expected']:,} "
                 f"deliveries received{'; stream errors ' + str(w['stream_errors']) if w['stream_errors'] else ''}.")
-    for kind in ("bare", "full"):
+    for kind in ("floor", "full"):
         o = get(res, f"get_open_{kind}", "open_loop")
         if o:
             add(f"- GetOrder open loop, {kind}: {o['sent']:,} calls sent on schedule; the latest send was "
                 f"{fmt_ms(o['max_send_lag_us'])} ms behind it (more than a few ms: the server held "
                 f"{plan['open_concurrency']:,} calls in flight, or the generator lacked CPU; latency counts "
                 "from the schedule either way).")
-    for kind in ("bare", "full"):
+    for kind in ("floor", "full"):
         h = res.get(f"h2load_{kind}")
         if h and "error" not in h:
             req = h.get("requests") or {}
-            if kind == "bare":
+            if kind == "floor":
                 counted = h.get("bare_handled") or {}
                 errors = counted.get("NotFound", 0) + counted.get("other", 0)
                 source = f"the bare server's own count over its life: {counted.get('OK', 0):,} OK"
@@ -1017,17 +1181,19 @@ def markdown(res: dict, meta: dict, targets: list[dict], notes: list[str]) -> tu
                 f"max {fmt_ms(get(h, 'request_time_us', 'max'))} ms; gRPC codes other than OK: {errors:,} ({source}; "
                 f"h2load cannot see `grpc-status`; it cuts off the calls in flight, up to {in_flight}, when its "
                 "time is up, which would account for that many Canceled or Unknown).")
-    sc, gc = get(res, "get_bare", "server", "cpu_percent"), get(res, "get_bare", "client_cpu_percent")
-    if sc is not None and gc is not None:
+    for kind, label in (("floor", "the floor"), ("bare", "bare tonic in plaintext")):
+        sc, gc = get(res, f"get_{kind}", "server", "cpu_percent"), get(res, f"get_{kind}", "client_cpu_percent")
+        if sc is None or gc is None:
+            continue
         verdict = ""
         if gc >= 90 and gc > sc + 5:
             verdict = "; the load generator, not the server, was the limit"
         elif sc >= 90:
             verdict = "; the server was CPU-bound, as it should be"
-        hb = get(res, "h2load_bare", "rps")
+        hb = get(res, f"h2load_{kind}", "rps")
         h2 = f"; h2load, a lighter generator, got {ratio(hb, gb)} of orders-load's rate" if hb and gb else ""
-        add(f"- Bottleneck check, GetOrder on bare tonic: server {sc:.0f}% of its core, load generator "
-            f"{gc:.0f}% of its core{verdict}{h2}.")
+        add(f"- Bottleneck check, GetOrder on {label} (medians of the rounds): server {sc:.0f}% of its core, "
+            f"load generator {gc:.0f}% of its core{verdict}{h2}.")
     starts = get(res, "startup", "starts")
     if starts:
         each = ", ".join(f"{s['ms']:.0f} ms" for s in starts)
@@ -1061,7 +1227,7 @@ def chart(res: dict, path: Path, meta: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = [("bare", "bare tonic", "#4c72b0"), ("full", "full service", "#dd8452"), ("python", "Python grpc.aio", "#55a868")]
+    kinds = [("floor", "floor (bare tonic, TLS, token)", "#4c72b0"), ("full", "full service", "#dd8452"), ("python", "Python grpc.aio", "#55a868")]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
 
     ax = axes[0]
@@ -1095,7 +1261,7 @@ def chart(res: dict, path: Path, meta: dict) -> None:
     ax.set_xticks(list(x), labels, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("GetOrder latency, ms (log)")
-    ax.set_xlabel("top: closed loop at the top rate; half: open loop at half of bare tonic's top rate", fontsize=8)
+    ax.set_xlabel("top: closed loop at the top rate; half: open loop at half of the floor's top rate", fontsize=8)
     ax.set_title("GetOrder latency")
 
     ax = axes[2]
@@ -1150,9 +1316,24 @@ def main() -> int:
         prog="bench/compare", description=__doc__.split("\n\n")[0].replace("\n", " ")
     )
     parser.add_argument("--smoke", action="store_true", help="the whole pipeline in seconds (CI)")
-    parser.add_argument("--profile", default="release", help="cargo profile of the binaries (set by bench/compare)")
-    parser.add_argument("--release", action="store_true", help="with --smoke: use the release build")
-    parser.add_argument("--out", type=Path, help="results folder (default: bench/results; --smoke: a temporary one)")
+    parser.add_argument("--profile", default="production", help="cargo profile of the binaries (set by bench/compare)")
+    parser.add_argument("--release", action="store_true", help="with --smoke: use the production build")
+    parser.add_argument(
+        "--only-rounds",
+        action="store_true",
+        help="only the interleaved GetOrder rounds (floor, full, plaintext); results in a temporary folder unless --out",
+    )
+    parser.add_argument("--rounds", type=int, help="GetOrder rounds per server (default: 3; --smoke: 2)")
+    parser.add_argument("--round-duration", type=float, help="seconds measured per round (default: 6)")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="another orders-server binary to put in the GetOrder rounds (a profile or a change, "
+        "measured interleaved against the same floor); repeatable",
+    )
+    parser.add_argument("--out", type=Path, help="results folder (default: bench/results; --smoke, --only-rounds: a temporary one)")
     parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (certificates, logs, databases)")
     parser.add_argument(
@@ -1176,15 +1357,29 @@ def main() -> int:
     profile_dir = {"dev": "debug", "test": "debug", "bench": "release"}.get(args.profile, args.profile)
     bin_dir = REPO / "target" / profile_dir
     plan = SMOKE if args.smoke else FULL
-    out = args.out or (Path(tempfile.mkdtemp(prefix="orders-bench-smoke-")) if args.smoke else RESULTS)
+    if args.rounds is not None:
+        plan = dataclasses.replace(plan, rounds=max(1, args.rounds))
+    if args.round_duration is not None:
+        plan = dataclasses.replace(plan, round_duration=args.round_duration)
+    also = {}
+    for spec in args.also:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not Path(path).is_file():
+            parser.error(f"--also {spec!r}: LABEL=PATH to an orders-server binary")
+        also[label] = Path(path).resolve()
+    temporary = args.smoke or args.only_rounds
+    out = args.out or (Path(tempfile.mkdtemp(prefix="orders-bench-smoke-")) if temporary else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="orders-bench-"))
     started = time.monotonic()
-    bench = Bench(args=args, plan=plan, bin_dir=bin_dir, work=work)
+    bench = Bench(args=args, plan=plan, bin_dir=bin_dir, work=work, also=also)
     loadavg = Path("/proc/loadavg").read_text().split()[:3]
     try:
         bench.prepare()
-        bench.run_all()
+        if args.only_rounds:
+            bench.get_rounds()
+        else:
+            bench.run_all()
     finally:
         if args.keep:
             log(f"work folder kept: {work}")
@@ -1194,14 +1389,17 @@ def main() -> int:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
     ).stdout.strip() or "unknown"
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    command = "bench/compare" + (" --smoke" if args.smoke else "") + (" --only-rounds" if args.only_rounds else "")
     meta = {
-        "command": "bench/compare --smoke" if args.smoke else "bench/compare",
+        "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit + ("+changes" if dirty else ""),
-        "mode": "smoke" if args.smoke else "full",
+        "mode": "smoke" if args.smoke else "rounds" if args.only_rounds else "full",
         "profile": args.profile,
+        "also": {label: path.name for label, path in also.items()},
         "machine": machine(),
         "loadavg": " ".join(loadavg),
+        "loadavg_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "elapsed_s": time.monotonic() - started,
         "plan": plan.__dict__,
         "failures": bench.failures,

@@ -377,8 +377,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let total = stats.total();
     let server = server.map(|mut s| {
-        if let (Some(cpu), true) = (s.cpu_percent, total > 0) {
-            s.cpu_us_per_call = Some(cpu / 100.0 * seconds * 1e6 / total as f64);
+        if let (Some(cpu), true) = (s.cpu_seconds, total > 0) {
+            s.cpu_us_per_call = Some(cpu * 1e6 / total as f64);
         }
         s
     });
@@ -480,6 +480,7 @@ impl ServerSampler {
             rss_kib_max: (max > 0).then_some(max),
             rss_kib_end: end,
             cpu_percent: self.cpu.percent(),
+            cpu_seconds: self.cpu.used(),
             cpu_us_per_call: None,
         }
     }

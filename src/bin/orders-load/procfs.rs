@@ -62,9 +62,14 @@ impl CpuMeter {
         }
     }
 
+    /// CPU seconds used since `start`, in whole clock ticks.
+    pub fn used(&self) -> Option<f64> {
+        Some(cpu_seconds(self.pid)? - self.start?)
+    }
+
     /// Percent of one core since `start` (200 = two cores busy).
     pub fn percent(&self) -> Option<f64> {
-        let used = cpu_seconds(self.pid)? - self.start?;
+        let used = self.used()?;
         let wall = self.at.elapsed().as_secs_f64();
         (wall > 0.0).then(|| 100.0 * used / wall)
     }
@@ -79,7 +84,10 @@ pub struct ServerReport {
     pub rss_kib_end: Option<u64>,
     /// Share of one core; 100 means the server's core was busy all the time.
     pub cpu_percent: Option<f64>,
-    /// Server CPU time divided by the calls completed in the window.
+    /// Server CPU time (user + system, every thread) in the window, read
+    /// from `/proc/PID/stat` at its start and end: whole 10 ms ticks.
+    pub cpu_seconds: Option<f64>,
+    /// `cpu_seconds` divided by the calls completed in the window.
     pub cpu_us_per_call: Option<f64>,
 }
 
