@@ -529,6 +529,13 @@ async fn the_order_tracking_page_tracks_an_order_live_in_chromium() {
     let files = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let page_origin = format!("http://127.0.0.1:{}", files.local_addr().unwrap().port());
     let serving = tokio::spawn(serve_files(files, repo.join("web/dist")));
+    // The same page from an origin the service is not told to allow.
+    let foreign_files = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let foreign_origin = format!(
+        "http://127.0.0.1:{}",
+        foreign_files.local_addr().unwrap().port()
+    );
+    let foreign_serving = tokio::spawn(serve_files(foreign_files, repo.join("web/dist")));
     let origin = page_origin.clone();
     let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), move |s| {
         s.cors.allowed_origins = vec![origin];
@@ -540,6 +547,7 @@ async fn the_order_tracking_page_tracks_an_order_live_in_chromium() {
     node.current_dir(repo.join("web"))
         .arg("e2e.mjs")
         .env("PAGE_URL", format!("{page_origin}/"))
+        .env("FOREIGN_PAGE_URL", format!("{foreign_origin}/"))
         .env("ORDERS_API", server.endpoint())
         .env(
             "ORDERS_SERVER_CERT",
@@ -596,6 +604,9 @@ async fn the_order_tracking_page_tracks_an_order_live_in_chromium() {
         let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
         assert!(png.starts_with(b"\x89PNG"), "{} is a PNG", shot.display());
     }
+    let shot = artifacts.join("order-tracking-origin-not-allowed.png");
+    assert!(shot.exists(), "{} is missing", shot.display());
     serving.abort();
+    foreign_serving.abort();
     server.stop().await;
 }

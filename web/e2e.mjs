@@ -10,9 +10,10 @@
 // For each protocol (Connect, gRPC-Web): type the token, register, see
 // PENDING, see CONFIRMED arrive on the open watch; see INVALID_ARGUMENT
 // naming the field for an empty city; then, with a token without
-// orders:write, see PERMISSION_DENIED and the missing scope. Every
-// wait has a timeout; any failure exits non-zero, saying what the page
-// showed.
+// orders:write, see PERMISSION_DENIED and the missing scope. Last, the
+// same page from an origin the service does not allow: the browser refuses
+// the call itself (no CORS grant came), and the page says so. Every wait has
+// a timeout; any failure exits non-zero, saying what the page showed.
 
 import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -27,6 +28,7 @@ const REQUIRED_ENV = {
   ORDERS_TOKEN_READONLY: 'a JWT with orders:read only',
   CHROMIUM: 'the Chromium binary',
   ARTIFACTS_DIR: 'where screenshots go',
+  FOREIGN_PAGE_URL: 'the same page from an origin the service does not allow',
 };
 
 function env(name) {
@@ -122,6 +124,21 @@ async function run() {
         await page.screenshot({ path: refused, fullPage: true });
         console.log(`SCREENSHOT ${refused}`);
       }
+
+      // Another origin, not in cors.allowed_origins: the service grants
+      // nothing, so Chromium refuses the call before the page sees an answer.
+      const foreign = new URL(env('FOREIGN_PAGE_URL'));
+      foreign.searchParams.set('api', api);
+      await page.goto(foreign.href);
+      await page.fill('#token', env('ORDERS_TOKEN'));
+      await page.click('#register');
+      await expectText(page, '#error-code', 'UNKNOWN', 'a page of an origin not allowed');
+      await expectText(page, '#error-details', 'cors.allowed_origins', 'the page says why it may be');
+      const blocked = console_.some((line) => line.includes('blocked by CORS policy'));
+      if (!blocked) throw new Error('Chromium did not report the call blocked by CORS policy');
+      const refused = join(artifacts, 'order-tracking-origin-not-allowed.png');
+      await page.screenshot({ path: refused, fullPage: true });
+      console.log(`SCREENSHOT ${refused}`);
     } catch (error) {
       await page.screenshot({ path: join(artifacts, 'order-tracking-failure.png'), fullPage: true }).catch(() => {});
       throw new Error(`${error.message}\nthe page's console:\n${console_.join('\n') || '(empty)'}`);
