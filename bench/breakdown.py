@@ -1,7 +1,9 @@
 """bench/breakdown: a GetOrder's server CPU, in µs per call, by component, on
 the floor (bare tonic with TLS, sent the same bearer token) and on the full
 service, under the same closed-loop load. Run it through ``bench/breakdown``,
-which installs perf and builds the binaries first.
+which installs perf and builds the binaries first; ``bench/compare`` runs it
+too, after its own measurements, with its binaries and into its folder.
+Writes ``breakdown.md``, ``breakdown.json`` and the chart ``breakdown.png``.
 
 For each server (started fresh, pinned to core 0; the load generator and perf
 itself on core 1): ``orders-load`` runs GetOrder as ``bench/compare`` does (4
@@ -40,12 +42,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("compare", REPO / "bench" / "compare.py")
-compare = importlib.util.module_from_spec(spec)
-sys.modules["compare"] = compare  # dataclasses look their module up by name
-spec.loader.exec_module(compare)
+# bench/compare.py, which runs this breakdown after its own measurements,
+# registers itself as `compare` before importing this file: one copy of it,
+# so the Failure raised here is the one its measurements catch.
+compare = sys.modules.get("compare")
+if compare is None:
+    spec = importlib.util.spec_from_file_location("compare", REPO / "bench" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    sys.modules["compare"] = compare  # dataclasses look their module up by name
+    spec.loader.exec_module(compare)
 
 FREQUENCY = 4999  # samples a second of CPU: an odd rate, so no timer beats in step with it
+SECONDS = 10.0  # profiled per server by default, here and in bench/compare's full run
 
 # (component, patterns): the first whose pattern matches wins. Patterns are
 # matched against a symbol's first non-standard-library crate path (with its
@@ -164,9 +172,41 @@ def perf_symbols(data: Path) -> list[tuple[int, str, str]]:
     return rows
 
 
+def windows(smoke: bool, seconds: float) -> tuple[float, float]:
+    """(seconds profiled, seconds of warm-up) per server: 2 and 1 in the smoke
+    form, which checks the pipeline and not the figures; otherwise at least
+    2 s profiled, after 2 s of warm-up."""
+    return (2.0, 1.0) if smoke else (max(2.0, seconds), 2.0)
+
+
+def perf_unusable(work: Path) -> str | None:
+    """Why perf cannot profile on this machine, or None when it can: it is
+    missing, or `perf record` fails (a kernel or container that refuses perf
+    events, Debian's `perf` with no build for the running kernel)."""
+    if not shutil.which("perf"):
+        return "perf is not installed (Debian linux-perf)"
+    try:
+        done = subprocess.run(
+            ["perf", "record", "-e", "cpu-clock", "-F", str(FREQUENCY), "--quiet",
+             "-o", str(work / "probe.perf.data"), "--", "true"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"perf record could not run: {e}"
+    if done.returncode != 0:
+        lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        return "perf record fails here: " + (lines[-1] if lines else f"exit {done.returncode}")
+    return None
+
+
 def profile(bench, kind: str, seconds: float, warmup: float, out: Path, call_graph: bool = True) -> dict:
     """One server under GetOrder load, profiled for its measured window."""
-    plan = bench.plan
+    # The load of bench/compare's full rounds, whatever plan the bench has
+    # (bench/compare --smoke hands over its smoke one): the split depends on
+    # how many calls share a connection and a wake-up.
+    plan = compare.FULL
     server = bench.start(kind)
     data = out / f"{kind}.perf.data"
     try:
@@ -236,10 +276,110 @@ def profile(bench, kind: str, seconds: float, warmup: float, out: Path, call_gra
     }
 
 
+def profile_servers(bench, seconds: float, warmup: float, work: Path, call_graph: bool = True) -> dict:
+    """The floor, then the full service, each profiled under the same load."""
+    return {kind: profile(bench, kind, seconds, warmup, work, call_graph) for kind in ("floor", "full")}
+
+
+def make_meta(command: str, profile_name: str, seconds: float, loadavg: str) -> dict:
+    """Where and how a breakdown was made; `loadavg` is the one read before it."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    return {
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": (commit or "unknown") + ("+changes" if dirty else ""),
+        "profile": profile_name,
+        "seconds": seconds,
+        "machine": compare.machine(),
+        "loadavg": loadavg,
+        "loadavg_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    }
+
+
+def write(out: Path, results: dict, meta: dict) -> str:
+    """breakdown.md and breakdown.json in `out`; returns the markdown. The
+    chart, breakdown.png, is drawn by `chart`, which the markdown links."""
+    text = markdown(results["floor"], results["full"], meta)
+    (out / "breakdown.md").write_text(text + "\n")
+    (out / "breakdown.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    return text
+
+
+def shown(floor: dict, full: dict) -> list[str]:
+    """The components either server spent a measurable share on, in ORDER."""
+    return [
+        name for name in ORDER
+        if floor["components"].get(name, 0.0) >= 0.005 or full["components"].get(name, 0.0) >= 0.005
+    ]
+
+
+def component_table(floor: dict, full: dict) -> list[str]:
+    """The table of µs per call by component, floor, full and the difference,
+    with the totals: in breakdown.md and in bench/compare's latest.md. Takes
+    `profile`'s results, or any dicts with their `components` and
+    `cpu_us_per_call`."""
+    L = [
+        "| component | floor, µs per call | full service, µs per call | full − floor, µs |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in shown(floor, full):
+        a, b = floor["components"].get(name, 0.0), full["components"].get(name, 0.0)
+        L.append(f"| {name} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
+    fa, fb = floor["cpu_us_per_call"] or 0, full["cpu_us_per_call"] or 0
+    L.append(f"| **total** | **{fa:.2f}** | **{fb:.2f}** | **{fb - fa:+.2f}** |")
+    return L
+
+
+def chart(floor: dict, full: dict, path: Path, meta: dict) -> None:
+    """breakdown.png: each component's µs per call on the floor and on the
+    full service (left), and what the full service spends beyond the floor
+    (right), the largest differences first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = shown(floor, full)
+    a = {n: floor["components"].get(n, 0.0) for n in names}
+    b = {n: full["components"].get(n, 0.0) for n in names}
+    names.sort(key=lambda n: b[n] - a[n], reverse=True)
+    y = list(range(len(names)))
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(13, 1.6 + 0.3 * len(names)), sharey=True, width_ratios=[1, 1]
+    )
+    height = 0.4
+    left.barh([i - height / 2 for i in y], [a[n] for n in names], height, label="floor (bare tonic, TLS, token)", color="#4c72b0")
+    left.barh([i + height / 2 for i in y], [b[n] for n in names], height, label="full service", color="#dd8452")
+    left.set_yticks(y, names, fontsize=8)
+    left.invert_yaxis()
+    left.set_xlabel("server CPU per GetOrder, µs")
+    left.set_title("Each server, by component")
+    left.legend(fontsize=8, loc="lower right")
+    diff = [b[n] - a[n] for n in names]
+    bars = right.barh(y, diff, 0.6, color=["#c44e52" if d >= 0 else "#55a868" for d in diff])
+    right.bar_label(bars, labels=[f"{d:+.2f}" for d in diff], padding=3, fontsize=7)
+    right.axvline(0, color="grey", linewidth=0.8)
+    right.margins(x=0.15)
+    right.set_xlabel("full − floor, µs per call")
+    fa, fb = floor["cpu_us_per_call"] or 0, full["cpu_us_per_call"] or 0
+    right.set_title(f"What the full service adds: {fb - fa:+.2f} µs ({fa:.2f} → {fb:.2f})")
+    fig.suptitle(
+        f"Server CPU per GetOrder by component ({meta.get('command', 'bench/breakdown')}, {meta['date']}, "
+        f"commit {meta['commit']}, profile {meta['profile']}, {meta['seconds']:g} s per server)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def markdown(floor: dict, full: dict, meta: dict) -> str:
     L = ["# Server CPU per GetOrder, by component", ""]
     add = L.append
-    add(f"Made by `bench/breakdown` on {meta['date']} (commit `{meta['commit']}`, cargo profile "
+    add(f"Made by `{meta.get('command', 'bench/breakdown')}` on {meta['date']} (commit `{meta['commit']}`, cargo profile "
         f"`{meta['profile']}`, {meta['seconds']:g} s profiled per server). Machine: {meta['machine']}; "
         f"load average before: {meta['loadavg']}, after: {meta['loadavg_after']} (shared: other jobs ran "
         "beside it when it is well above 2, the two cores this run keeps busy).")
@@ -251,15 +391,10 @@ def markdown(floor: dict, full: dict, meta: dict) -> str:
         "in (self time, `perf report --no-children`). With fat LTO, code inlined into another crate's "
         "function counts for that crate: read a platform layer's row as at least what it costs.")
     add("")
-    add("| component | floor, µs per call | full service, µs per call | full − floor, µs |")
-    add("|---|---:|---:|---:|")
-    for name in ORDER:
-        a, b = floor["components"].get(name, 0.0), full["components"].get(name, 0.0)
-        if a < 0.005 and b < 0.005:
-            continue
-        add(f"| {name} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
-    fa, fb = floor["cpu_us_per_call"] or 0, full["cpu_us_per_call"] or 0
-    add(f"| **total** | **{fa:.2f}** | **{fb:.2f}** | **{fb - fa:+.2f}** |")
+    L.extend(component_table(floor, full))
+    add("")
+    add("Chart: [`breakdown.png`](breakdown.png) (each component on both servers, and the differences, "
+        "largest first).")
     add("")
     shares = [r["server_cpu_percent"] for r in (floor, full) if r.get("server_cpu_percent") is not None]
     if shares and min(shares) < 90:
@@ -294,28 +429,26 @@ def markdown(floor: dict, full: dict, meta: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench/breakdown", description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--profile", default="production", help="cargo profile of the binaries (set by bench/breakdown)")
-    parser.add_argument("--seconds", type=float, default=10, help="seconds profiled per server (default 10)")
+    parser.add_argument("--seconds", type=float, default=SECONDS, help=f"seconds profiled per server (default {SECONDS:g})")
     parser.add_argument("--smoke", action="store_true", help="2 s per server, results in a temporary folder")
     parser.add_argument(
         "--no-call-graph",
         action="store_true",
         help="sample without -g: the table uses self time only, and each sample then costs less",
     )
-    parser.add_argument("--out", type=Path, help="folder for breakdown.md and breakdown.json (default bench/results)")
-    parser.add_argument("--from-json", type=Path, help="profile nothing: write breakdown.md again from a breakdown.json")
+    parser.add_argument("--out", type=Path, help="folder for breakdown.md, breakdown.json and breakdown.png (default bench/results)")
+    parser.add_argument("--from-json", type=Path, help="profile nothing: write breakdown.md and its chart again from a breakdown.json")
     args = parser.parse_args()
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
-        text = markdown(saved["results"]["floor"], saved["results"]["full"], saved["meta"])
+        floor, full, meta = saved["results"]["floor"], saved["results"]["full"], saved["meta"]
+        text = markdown(floor, full, meta)
         out = args.out or compare.RESULTS
         (out / "breakdown.md").write_text(text + "\n")
+        chart(floor, full, out / "breakdown.png", meta)
         print(text)
         return 0
-    if not shutil.which("perf"):
-        print("bench/breakdown: perf is missing (Debian linux-perf)", file=sys.stderr)
-        return 1
-    seconds = 2.0 if args.smoke else max(2.0, args.seconds)
-    warmup = 1.0 if args.smoke else 2.0
+    seconds, warmup = windows(args.smoke, args.seconds)
     out = args.out or (Path(tempfile.mkdtemp(prefix="orders-breakdown-")) if args.smoke else compare.RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     profile_dir = {"dev": "debug", "test": "debug"}.get(args.profile, args.profile)
@@ -323,29 +456,17 @@ def main() -> int:
     bench = compare.Bench(args=args, plan=compare.FULL, bin_dir=REPO / "target" / profile_dir, work=work)
     loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     try:
+        unusable = perf_unusable(work)
+        if unusable:
+            print(f"bench/breakdown: {unusable}", file=sys.stderr)
+            return 1
         bench.prepare()
-        results = {
-            kind: profile(bench, kind, seconds, warmup, work, call_graph=not args.no_call_graph)
-            for kind in ("floor", "full")
-        }
+        results = profile_servers(bench, seconds, warmup, work, call_graph=not args.no_call_graph)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO
-    ).stdout.strip()
-    meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": (commit or "unknown") + ("+changes" if dirty else ""),
-        "profile": args.profile,
-        "seconds": seconds,
-        "machine": compare.machine(),
-        "loadavg": loadavg,
-        "loadavg_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
-    }
-    text = markdown(results["floor"], results["full"], meta)
-    (out / "breakdown.md").write_text(text + "\n")
-    (out / "breakdown.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    meta = make_meta("bench/breakdown" + (" --smoke" if args.smoke else ""), args.profile, seconds, loadavg)
+    text = write(out, results, meta)
+    chart(results["floor"], results["full"], out / "breakdown.png", meta)
     print(text)
     print(f"bench/breakdown: results in {out}", file=sys.stderr)
     return 0
