@@ -237,6 +237,87 @@ async fn connect_json_from_curl_is_answered_in_the_proto3_json_mapping() {
 }
 
 #[tokio::test]
+async fn with_web_protocols_off_only_grpc_over_http2_is_served() {
+    require_curl();
+    let server = TestServer::start_with(Arc::new(Certs::new()), Backend::sqlite(), |s| {
+        s.server.web_protocols = false;
+        // Even an allowed origin gets no grant: CORS is for the protocols
+        // that are off.
+        s.cors.allowed_origins = vec!["https://shop.example".into()];
+    })
+    .await;
+    let ca = ca_file(&server);
+    let token = server.certs.token("alice", READ_WRITE);
+
+    // gRPC is served as ever.
+    let id = server
+        .alice()
+        .await
+        .register_order(vec![item("WEB-OFF", 1, 100)], address("Main Street"))
+        .await
+        .unwrap()
+        .id;
+
+    // Connect JSON is not gRPC: 415, before any token is looked at.
+    let request = format!(r#"{{"orderId": "{id}"}}"#);
+    let answer = connect_json(&server, ca.path(), "GetOrder", Some(&token), &request).await;
+    assert_eq!(answer.status, 415, "{answer:?}");
+    // gRPC-Web neither.
+    let url = format!("{}/orders.v1.OrderService/GetOrder", server.endpoint());
+    let authorization = format!("authorization: Bearer {token}");
+    let answer = curl(
+        &server,
+        ca.path(),
+        &[
+            "-H",
+            "content-type: application/grpc-web+proto",
+            "-H",
+            &authorization,
+            "--data-binary",
+            "",
+            &url,
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 415, "{answer:?}");
+    // A preflight gets no permission.
+    let answer = curl(
+        &server,
+        ca.path(),
+        &preflight("origin: https://shop.example", &url),
+    )
+    .await;
+    assert_eq!(
+        answer.header("access-control-allow-origin"),
+        None,
+        "{answer:?}"
+    );
+
+    // A connection that negotiates HTTP/1.1 is closed without an answer.
+    let output = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--http1.1", "--max-time", "20"])
+        .arg("--cacert")
+        .arg(ca.path())
+        .args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &request,
+        ])
+        .args(["-H", &authorization, &url])
+        .output()
+        .await
+        .expect("curl runs");
+    assert!(
+        !output.status.success() && output.stdout.is_empty(),
+        "HTTP/1.1 was answered: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn connect_errors_from_curl_carry_code_message_details_and_http_status() {
     require_curl();
     let server = TestServer::start(Backend::sqlite()).await;

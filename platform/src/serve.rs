@@ -45,11 +45,11 @@ use tower::{Service, ServiceExt};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How connections are served: HTTP/2, and HTTP/1.1 where TLS's ALPN chose
-/// it.
+/// it, if HTTP/1.1 is served at all (`None`: such a connection is closed).
 #[derive(Clone)]
 pub struct Protocols {
     pub http2: http2::Builder<TokioExecutor>,
-    pub http1: http1::Builder,
+    pub http1: Option<http1::Builder>,
 }
 
 /// Whether a connection speaks HTTP/1.1: what its TLS handshake negotiated.
@@ -250,9 +250,13 @@ async fn serve_connection<IO, S, ResBody>(
         }
     });
     if io.http1() {
-        let conn = protocols
-            .http1
-            .serve_connection(TokioIo::new(io), per_request);
+        let Some(http1) = &protocols.http1 else {
+            tracing::debug!(
+                "HTTP/1.1 is not served (server.web_protocols = false): connection closed"
+            );
+            return;
+        };
+        let conn = http1.serve_connection(TokioIo::new(io), per_request);
         drive(pin!(conn), age, going_away, recycle).await;
     } else {
         // The guard keeps h2 from killing the connection's calls at GOAWAY

@@ -377,17 +377,18 @@ impl Server {
             &descriptor_sets,
             s.server.max_request_bytes,
         ));
+        let web = s.server.web_protocols;
         let stack = ServiceBuilder::new()
             // Browsers: a preflight is answered here, before any token is
             // asked for; answers carry the origin's permission.
-            .layer(crate::web::cors(&s.cors))
+            .option_layer(web.then(|| crate::web::cors(&s.cors)))
             // gRPC-Web and Connect become the gRPC calls they mean, so
             // everything below sees one protocol.
             // (Connect first: tonic-web refuses any HTTP/1.1 request that
             // is not gRPC-Web, and a Connect call has become an HTTP/2 gRPC
             // call by then.)
-            .layer(crate::web::connect::ConnectLayer::new(connect_methods))
-            .layer(tonic_web::GrpcWebLayer::new())
+            .option_layer(web.then(|| crate::web::connect::ConnectLayer::new(connect_methods)))
+            .option_layer(web.then(tonic_web::GrpcWebLayer::new))
             // Only gRPC goes further (HTTP 405 or 415 otherwise).
             .layer(GrpcOnlyLayer)
             // Request id, span, metrics and access log.
@@ -438,7 +439,10 @@ impl Server {
             // The head is bounded as HTTP/2 bounds its header block; the
             // message-size layer answers metadata over the limit.
             .max_buf_size((max_metadata as usize * HTTP2_HEADER_LIST_FACTOR as usize).max(8192));
-        let protocols = serve::Protocols { http2, http1 };
+        let protocols = serve::Protocols {
+            http2,
+            http1: web.then_some(http1),
+        };
         let age = s.server.max_connection_age.map(|max| serve::ConnectionAge {
             max,
             grace: s.server.max_connection_age_grace,

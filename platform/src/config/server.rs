@@ -13,6 +13,11 @@ pub struct ServerSettings {
     pub addr: SocketAddr,
     /// Serve gRPC reflection (v1 and v1alpha) so grpcurl works without protos.
     pub reflection: bool,
+    /// Serve gRPC-Web and the Connect protocol beside gRPC on the same port,
+    /// under the same policy, with CORS for the origins `cors` allows and
+    /// HTTP/1.1 for them. Off: gRPC over HTTP/2 only; any other request is
+    /// answered 415, and a connection that negotiates HTTP/1.1 is closed.
+    pub web_protocols: bool,
     /// The deadline of a call that sends none (`default_timeout_ms`).
     #[serde(rename = "default_timeout_ms")]
     #[serde_as(as = "DurationMilliSeconds<u64>")]
@@ -103,6 +108,7 @@ impl Default for ServerSettings {
         Self {
             addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
             reflection: true,
+            web_protocols: true,
             default_timeout: Duration::from_secs(10),
             max_timeout: Duration::from_secs(60),
             max_message_bytes: 4 * 1024 * 1024,
