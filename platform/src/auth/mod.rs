@@ -411,7 +411,7 @@ impl Verifier {
         let Some(cache) = &shared.cache else {
             return shared.verify_with(&keys, token).map(|(p, _)| p);
         };
-        let digest = TokenCache::digest(token);
+        let digest = cache.digest(token);
         if let Some(principal) = cache.get(
             &digest,
             keys.generation,
