@@ -186,6 +186,63 @@ impl RunningServer {
         command
     }
 
+    /// `curl` POSTing `body` to `path` on the gRPC port as `content_type`,
+    /// with `token` as the bearer token (none when empty), over `http`
+    /// (`--http1.1` or `--http2`), trusting the server's CA: how a browser's
+    /// protocols (Connect, gRPC-Web) are tried by hand. Returns the body as
+    /// sent, the HTTP status and the HTTP version (`2`, `1.1`). Needs curl
+    /// (Debian package `curl`).
+    pub fn curl(
+        &self,
+        token: &str,
+        http: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> (Vec<u8>, u16, String) {
+        use std::io::Write;
+        let mut command = Command::new("curl");
+        command
+            .args(["-sS", http, "--max-time", "20", "--cacert"])
+            .arg(self.ca_file())
+            .args(["-H", &format!("content-type: {content_type}")])
+            .args([
+                "--data-binary",
+                "@-",
+                "-w",
+                "\n%{http_code} %{http_version}",
+            ])
+            .arg(format!("https://{}{path}", self.target()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !token.is_empty() {
+            command.args(["-H", &format!("authorization: Bearer {token}")]);
+        }
+        let mut child = command.spawn().expect("curl runs (Debian package curl)");
+        child
+            .stdin
+            .take()
+            .expect("curl's stdin")
+            .write_all(body)
+            .expect("the body reaches curl");
+        let output = child.wait_with_output().expect("curl ends");
+        assert!(output.status.success(), "curl {path}: {output:?}");
+        let mut out = output.stdout;
+        let at = out
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .expect("curl's status line");
+        let tail = String::from_utf8_lossy(&out[at + 1..]).into_owned();
+        out.truncate(at);
+        let (status, version) = tail.split_once(' ').expect("status and version");
+        (
+            out,
+            status.parse().expect("an HTTP status"),
+            version.to_owned(),
+        )
+    }
+
     /// The health status of `name` (`liveness`, `readiness`, a service's
     /// name) on the admin port, as its gRPC health service answers it.
     pub async fn health(&self, name: &str) -> Result<i32, tonic::Status> {

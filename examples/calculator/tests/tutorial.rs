@@ -102,3 +102,47 @@ async fn reflection_lists_and_describes_the_calculator() {
     assert!(out.contains("1.5"), "{out}");
     assert!(server.stop().success());
 }
+
+/// The calculator answers a browser's protocols on the same port under the
+/// same policy: the public method with Connect JSON and no token, the other
+/// refused without one (HTTP 401) and answered with its scope, and gRPC-Web.
+#[tokio::test]
+async fn curl_reaches_the_calculator_with_connect_json_and_grpc_web_under_the_same_policy() {
+    let server = start(false);
+    const SQRT: &str = "/calculator.Calculator/SquareRoot";
+    const ADD: &str = "/calculator.Calculator/Add";
+
+    let (out, status, _) = server.curl("", "--http2", SQRT, "application/json", br#"{"value":16}"#);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status, 200, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["value"], 4.0, "{out}");
+
+    let pair = br#"{"first":1.5,"second":2.5}"#;
+    let (out, status, _) = server.curl("", "--http1.1", ADD, "application/json", pair);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status, 401, "{out}");
+    let error: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(error["code"], "unauthenticated", "{out}");
+
+    let token = server.token("alice", "calculator:use");
+    let (out, status, _) = server.curl(&token, "--http1.1", ADD, "application/json", pair);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status, 200, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["value"], 4.0, "{out}");
+
+    // gRPC-Web: Number { value = 9.0 } (field 1, a double), framed.
+    let mut framed = vec![0u8, 0, 0, 0, 9, 0x09];
+    framed.extend_from_slice(&9.0f64.to_le_bytes());
+    let (out, status, _) = server.curl("", "--http2", SQRT, "application/grpc-web+proto", &framed);
+    let mut three = vec![0u8, 0, 0, 0, 9, 0x09];
+    three.extend_from_slice(&3.0f64.to_le_bytes());
+    assert_eq!(status, 200);
+    assert!(out.starts_with(&three), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out).contains("grpc-status:0"),
+        "{out:?}"
+    );
+    assert!(server.stop().success(), "a clean stop on SIGTERM");
+}

@@ -111,53 +111,28 @@ async fn reflection_is_off_in_production_unless_turned_on() {
 #[tokio::test]
 async fn curl_reaches_the_greeter_with_connect_json_and_grpc_web_under_the_same_policy() {
     let server = start(false);
-    let url = format!("https://{}/helloworld.Greeter/SayHello", server.target());
-    let curl = |token: &str, http: &str, content_type: &str, body: &[u8]| {
-        let mut command = std::process::Command::new("curl");
-        command
-            .args(["-sS", http, "--cacert"])
-            .arg(server.ca_file())
-            .args(["-H", &format!("authorization: Bearer {token}")])
-            .args(["-H", &format!("content-type: {content_type}")])
-            .args([
-                "--data-binary",
-                "@-",
-                "-w",
-                "\n%{http_code} %{http_version}",
-            ])
-            .arg(&url)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = command.spawn().expect("curl runs (Debian package curl)");
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(body).unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{output:?}");
-        output.stdout
-    };
+    const PATH: &str = "/helloworld.Greeter/SayHello";
     let alice = server.token("alice", "greeter:use");
     for http in ["--http1.1", "--http2"] {
-        let out = curl(&alice, http, "application/json", br#"{"name":"web"}"#);
+        let (out, status, version) =
+            server.curl(&alice, http, PATH, "application/json", br#"{"name":"web"}"#);
         let out = String::from_utf8_lossy(&out);
-        assert!(
-            out.starts_with(r#"{"message":"Hello, web!"}"#),
-            "{http}: {out}"
-        );
-        let version = if http == "--http2" {
-            "200 2"
-        } else {
-            "200 1.1"
-        };
-        assert!(out.ends_with(version), "{http}: {out}");
+        assert_eq!(out, r#"{"message":"Hello, web!"}"#, "{http}");
+        let expected = if http == "--http2" { "2" } else { "1.1" };
+        assert_eq!((status, version.as_str()), (200, expected), "{http}: {out}");
     }
 
     let other = server.token("alice", "routes:read");
-    let out = curl(&other, "--http2", "application/json", br#"{"name":"web"}"#);
+    let (out, status, _) = server.curl(
+        &other,
+        "--http2",
+        PATH,
+        "application/json",
+        br#"{"name":"web"}"#,
+    );
     let out = String::from_utf8_lossy(&out);
-    let (json, status) = out.rsplit_once('\n').unwrap();
-    assert_eq!(status, "403 2", "{out}");
-    let error: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(status, 403, "{out}");
+    let error: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(error["code"], "permission_denied", "{out}");
     assert!(
         error["message"].as_str().unwrap().contains("greeter:use"),
@@ -170,10 +145,16 @@ async fn curl_reaches_the_greeter_with_connect_json_and_grpc_web_under_the_same_
     let name = b"web";
     let mut framed = vec![0u8, 0, 0, 0, (name.len() + 2) as u8, 0x0a, name.len() as u8];
     framed.extend_from_slice(name);
-    let out = curl(&alice, "--http1.1", "application/grpc-web+proto", &framed);
+    let (out, status, version) = server.curl(
+        &alice,
+        "--http1.1",
+        PATH,
+        "application/grpc-web+proto",
+        &framed,
+    );
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("Hello, web!"), "{text}");
     assert!(text.contains("grpc-status:0"), "{text}");
-    assert!(text.ends_with("200 1.1"), "{text}");
+    assert_eq!((status, version.as_str()), (200, "1.1"), "{text}");
     assert!(server.stop().success(), "a clean stop on SIGTERM");
 }

@@ -324,3 +324,76 @@ async fn an_open_chat_ends_with_unavailable_when_the_server_stops() {
     assert!(err.contains("Code: Unavailable"), "{err}");
     assert!(err.contains("server shutting down"), "{err}");
 }
+
+/// The route guide answers a browser's protocols on the same port under the
+/// same policy: GetFeature with Connect JSON, ListFeatures as a Connect
+/// server stream (enveloped JSON messages, then the end of the stream), and
+/// a token without the scope refused (HTTP 403).
+#[tokio::test]
+async fn curl_reaches_the_route_guide_with_connect_under_the_same_policy() {
+    let server = start(false);
+    let (point, name) = places()
+        .into_iter()
+        .find(|(_, name)| !name.is_empty())
+        .expect("a named place");
+    let at = format!(
+        r#"{{"latitude":{},"longitude":{}}}"#,
+        point.latitude, point.longitude
+    );
+    let reader = server.token("alice", "routes:read");
+
+    let (out, status, _) = server.curl(
+        &reader,
+        "--http2",
+        "/routeguide.RouteGuide/GetFeature",
+        "application/json",
+        at.as_bytes(),
+    );
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status, 200, "{out}");
+    let feature: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(feature["name"], name.as_str(), "{out}");
+
+    let writer = server.token("alice", "routes:write");
+    let (out, status, _) = server.curl(
+        &writer,
+        "--http2",
+        "/routeguide.RouteGuide/GetFeature",
+        "application/json",
+        at.as_bytes(),
+    );
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status, 403, "{out}");
+    assert!(out.contains("permission_denied"), "{out}");
+
+    // A rectangle around the one place: one feature, then the end.
+    let rectangle = format!(r#"{{"lo":{at},"hi":{at}}}"#);
+    let mut enveloped = vec![0u8];
+    enveloped.extend_from_slice(&(rectangle.len() as u32).to_be_bytes());
+    enveloped.extend_from_slice(rectangle.as_bytes());
+    let (out, status, _) = server.curl(
+        &reader,
+        "--http1.1",
+        "/routeguide.RouteGuide/ListFeatures",
+        "application/connect+json",
+        &enveloped,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+    let mut messages = Vec::new();
+    let mut rest = out.as_slice();
+    while rest.len() >= 5 {
+        let flags = rest[0];
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let json: serde_json::Value = serde_json::from_slice(&rest[5..5 + len]).unwrap();
+        messages.push((flags, json));
+        rest = &rest[5 + len..];
+    }
+    assert!(rest.is_empty(), "trailing bytes: {rest:?}");
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0].0, 0, "{messages:?}");
+    assert_eq!(messages[0].1["name"], name.as_str(), "{messages:?}");
+    // The end of the stream: flag 2, and no error in it.
+    assert_eq!(messages[1].0, 2, "{messages:?}");
+    assert!(messages[1].1.get("error").is_none(), "{messages:?}");
+    assert!(server.stop().success(), "a clean stop on SIGTERM");
+}
