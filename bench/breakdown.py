@@ -72,6 +72,10 @@ COMPONENTS: list[tuple[str, list[str]]] = [
             r"^__rust_(alloc|dealloc|realloc|alloc_zeroed)",
             r"^__rdl_",
             r"^alloc::alloc::",
+            # mimalloc (orders-server's allocator): its entry points and
+            # internals, and the crate's GlobalAlloc glue.
+            r"^_?mi_",
+            r"^<mimalloc::MiMalloc as core::alloc::global::GlobalAlloc>",
         ],
     ),
     ("TLS (rustls, ring)", [r"^(rustls|tokio_rustls|ring|rustls_pki_types|webpki)::", r"^ring_core_"]),
