@@ -379,16 +379,6 @@ impl Server {
         ));
         let web = s.server.web_protocols;
         let stack = ServiceBuilder::new()
-            // Browsers: a preflight is answered here, before any token is
-            // asked for; answers carry the origin's permission.
-            .option_layer(web.then(|| crate::web::cors(&s.cors)))
-            // gRPC-Web and Connect become the gRPC calls they mean, so
-            // everything below sees one protocol.
-            // (Connect first: tonic-web refuses any HTTP/1.1 request that
-            // is not gRPC-Web, and a Connect call has become an HTTP/2 gRPC
-            // call by then.)
-            .option_layer(web.then(|| crate::web::connect::ConnectLayer::new(connect_methods)))
-            .option_layer(web.then(tonic_web::GrpcWebLayer::new))
             // Only gRPC goes further (HTTP 405 or 415 otherwise).
             .layer(GrpcOnlyLayer)
             // Request id, span, metrics and access log.
@@ -418,7 +408,25 @@ impl Server {
                 MessageSize::new(inner, max_metadata as usize, bodies.clone())
             }))
             .layer(PanicGuardLayer);
-        let service = stack.service(routes.prepare());
+        let grpc = stack.service(routes.prepare());
+        // Browsers' protocols go through their own layers first, which end
+        // in the same stack; gRPC calls go to it directly
+        // (`crate::web::ByProtocol`).
+        let browsers = web.then(|| {
+            ServiceBuilder::new()
+                // A preflight is answered here, before any token is asked
+                // for; answers carry the origin's permission.
+                .layer(crate::web::cors(&s.cors))
+                // gRPC-Web and Connect become the gRPC calls they mean, so
+                // everything below sees one protocol. (Connect first:
+                // tonic-web refuses any HTTP/1.1 request that is not
+                // gRPC-Web, and a Connect call has become an HTTP/2 gRPC
+                // call by then.)
+                .layer(crate::web::connect::ConnectLayer::new(connect_methods))
+                .layer(tonic_web::GrpcWebLayer::new())
+                .service(grpc.clone())
+        });
+        let service = crate::web::ByProtocol::new(grpc, browsers);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())

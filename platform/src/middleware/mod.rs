@@ -2,6 +2,11 @@
 //!
 //! Order, outermost first (each file says why it sits where it does):
 //!
+//! Above it all, `crate::web::ByProtocol` sends a gRPC call straight in
+//! and any other request through the browser layers first (CORS, Connect,
+//! gRPC-Web), which turn it into the gRPC call it means; both paths then
+//! take the same stack.
+//!
 //! 0. `grpc_only`: what is not a gRPC request (not `POST`, or not an
 //!    `application/grpc` content type) is answered HTTP 405 or 415 and goes
 //!    no further.

@@ -3,7 +3,7 @@
 //! Connect protocol ([`connect`]) are each turned into the gRPC call they
 //! mean before anything else sees the call, and CORS ([`cors`]) answers a
 //! browser's preflight before authentication, since a preflight carries no
-//! token.
+//! token. A gRPC call does not pass through any of them ([`ByProtocol`]).
 
 pub mod connect;
 
@@ -114,6 +114,66 @@ where
     }
 }
 
+/// Sends each request down one of two stacks over the same service: a gRPC
+/// call (HTTP/2, an `application/grpc` content type, no `Origin`) straight
+/// to it, anything else through the browser layers first (CORS, Connect,
+/// gRPC-Web), which turn it into the gRPC call it means or answer it. So
+/// serving the browsers' protocols adds one look at two headers to a gRPC
+/// call and nothing else; with them off (`web: None`), every request takes
+/// the gRPC stack, whose gRPC-only layer refuses what is not gRPC.
+#[derive(Clone)]
+pub struct ByProtocol<G, W> {
+    grpc: G,
+    web: Option<W>,
+}
+
+impl<G, W> ByProtocol<G, W> {
+    /// `web` must end in (a clone of) `grpc`.
+    pub fn new(grpc: G, web: Option<W>) -> Self {
+        Self { grpc, web }
+    }
+}
+
+/// A call as every gRPC client makes it: HTTP/2, `application/grpc` or
+/// `application/grpc+…` (not `application/grpc-web…`), and not from a page.
+fn plain_grpc<B>(request: &http::Request<B>) -> bool {
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .map(http::HeaderValue::as_bytes)
+        .is_some_and(|t| {
+            t.strip_prefix(b"application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+        });
+    grpc && request.version() == http::Version::HTTP_2
+        && !request.headers().contains_key(http::header::ORIGIN)
+}
+
+impl<G, W, B> Service<http::Request<B>> for ByProtocol<G, W>
+where
+    G: Service<http::Request<B>>,
+    W: Service<http::Request<B>, Response = G::Response, Error = G::Error> + Clone,
+{
+    type Response = G::Response;
+    type Error = G::Error;
+    type Future = Either<G::Future, tower::util::Oneshot<W, http::Request<B>>>;
+
+    /// Readiness of the gRPC stack; a request for the browser layers readies
+    /// its own copy of them (they end in the same service).
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.grpc.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        match &self.web {
+            Some(web) if !plain_grpc(&request) => {
+                Either::Right(tower::ServiceExt::oneshot(web.clone(), request))
+            }
+            _ => Either::Left(self.grpc.call(request)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +201,70 @@ mod tests {
             )
             .body(())
             .unwrap()
+    }
+
+    fn request(version: http::Version, content_type: &str, origin: Option<&str>) -> Request {
+        let mut builder = http::Request::builder()
+            .method("POST")
+            .version(version)
+            .uri("/things.v1.ThingService/GetThing")
+            .header("content-type", content_type);
+        if let Some(origin) = origin {
+            builder = builder.header("origin", origin);
+        }
+        builder.body(()).unwrap()
+    }
+
+    /// Which of the two stacks `request` went down: "grpc" or "web".
+    async fn routed(web_on: bool, request: Request) -> &'static str {
+        let (grpc, mut grpc_handle) = mock::pair::<Request, Response>();
+        let (web, mut web_handle) = mock::pair::<Request, Response>();
+        let mut router = ByProtocol::new(grpc, web_on.then_some(web));
+        let answered = tokio::spawn(async move {
+            tower::ServiceExt::ready(&mut router).await.unwrap();
+            router.call(request).await.unwrap()
+        });
+        let which = tokio::select! {
+            Some((_, reply)) = grpc_handle.next_request() => {
+                reply.send_response(Response::default());
+                "grpc"
+            }
+            Some((_, reply)) = web_handle.next_request() => {
+                reply.send_response(Response::default());
+                "web"
+            }
+        };
+        answered.await.unwrap();
+        which
+    }
+
+    #[tokio::test]
+    async fn grpc_calls_go_straight_to_the_stack_and_the_rest_through_the_browser_layers() {
+        use http::Version;
+        let h2 = Version::HTTP_2;
+        for content_type in ["application/grpc", "application/grpc+proto"] {
+            let call = request(h2, content_type, None);
+            assert_eq!(routed(true, call).await, "grpc", "{content_type}");
+        }
+        for (version, content_type, origin) in [
+            (h2, "application/grpc-web+proto", None),
+            (h2, "application/grpc-web-text", None),
+            (h2, "application/json", None),
+            (h2, "application/connect+json", None),
+            (h2, "application/grpcx", None),
+            (h2, "application/grpc", Some("https://shop.example")),
+            (Version::HTTP_11, "application/grpc", None),
+        ] {
+            let call = request(version, content_type, origin);
+            assert_eq!(
+                routed(true, call).await,
+                "web",
+                "{version:?} {content_type} {origin:?}"
+            );
+        }
+        // Off: everything takes the gRPC stack, which refuses what is not gRPC.
+        let call = request(h2, "application/json", None);
+        assert_eq!(routed(false, call).await, "grpc");
     }
 
     #[tokio::test]
