@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 
 /// Whether `content-type` names gRPC: `application/grpc`, optionally
 /// followed by `+format` or `;parameters`, case-insensitively.
-fn is_grpc(content_type: Option<&http::HeaderValue>) -> bool {
+pub(crate) fn is_grpc(content_type: Option<&http::HeaderValue>) -> bool {
     let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };

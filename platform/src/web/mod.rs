@@ -137,15 +137,8 @@ impl<G, W> ByProtocol<G, W> {
 /// A call as every gRPC client makes it: HTTP/2, `application/grpc` or
 /// `application/grpc+…` (not `application/grpc-web…`), and not from a page.
 fn plain_grpc<B>(request: &http::Request<B>) -> bool {
-    let grpc = request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .map(http::HeaderValue::as_bytes)
-        .is_some_and(|t| {
-            t.strip_prefix(b"application/grpc")
-                .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
-        });
-    grpc && request.version() == http::Version::HTTP_2
+    request.version() == http::Version::HTTP_2
+        && crate::middleware::grpc_only::is_grpc(request.headers().get(http::header::CONTENT_TYPE))
         && !request.headers().contains_key(http::header::ORIGIN)
 }
 
