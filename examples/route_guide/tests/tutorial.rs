@@ -341,28 +341,23 @@ async fn curl_reaches_the_route_guide_with_connect_under_the_same_policy() {
         point.latitude, point.longitude
     );
     let reader = server.token("alice", "routes:read");
+    let get_feature = |token: &str| {
+        let (out, status, _) = server.curl(
+            token,
+            "--http2",
+            "/routeguide.RouteGuide/GetFeature",
+            "application/json",
+            at.as_bytes(),
+        );
+        (String::from_utf8_lossy(&out).into_owned(), status)
+    };
 
-    let (out, status, _) = server.curl(
-        &reader,
-        "--http2",
-        "/routeguide.RouteGuide/GetFeature",
-        "application/json",
-        at.as_bytes(),
-    );
-    let out = String::from_utf8_lossy(&out);
+    let (out, status) = get_feature(&reader);
     assert_eq!(status, 200, "{out}");
     let feature: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(feature["name"], name.as_str(), "{out}");
 
-    let writer = server.token("alice", "routes:write");
-    let (out, status, _) = server.curl(
-        &writer,
-        "--http2",
-        "/routeguide.RouteGuide/GetFeature",
-        "application/json",
-        at.as_bytes(),
-    );
-    let out = String::from_utf8_lossy(&out);
+    let (out, status) = get_feature(&server.token("alice", "routes:write"));
     assert_eq!(status, 403, "{out}");
     assert!(out.contains("permission_denied"), "{out}");
 
