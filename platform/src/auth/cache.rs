@@ -16,7 +16,8 @@
 //!   can only be found by knowing the keys (aHash is built to resist
 //!   collision floods from callers who do not). Two independently keyed
 //!   64-bit hashes make an accidental collision between live tokens as
-//!   unlikely as a 128-bit one. SHA-256 cost several times more per call;
+//!   unlikely as a 128-bit one. The SHA-256 it replaced was most of a
+//!   cache hit's cost (the auth row of `bench/results/breakdown.md`);
 //! - only successful verifications are cached (a refusal costs what it always
 //!   did, and no attacker can fill the cache without valid tokens);
 //! - a hit is used only while `now <= exp + leeway` (the same rule as a full
@@ -24,8 +25,6 @@
 //!   (its generation), so a removed key's tokens stop working at the next
 //!   refresh even if a verification raced with the swap; the cache is also
 //!   cleared on every key change to free the memory.
-
-//!   `bench/results/breakdown.md` shows the auth row.
 
 use super::Principal;
 use quick_cache::sync::Cache;
