@@ -1,13 +1,13 @@
-//! Valid values for the domain's unit tests, at a fixed time.
+//! Valid values for the crate's unit tests, at a fixed time.
 
 use super::{Address, CustomerId, LineItem, NewOrder, Order, OrderId, Violations};
 use chrono::{DateTime, Utc};
 
-pub(super) fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(1_700_000_000, 0).unwrap()
 }
 
-pub(super) fn address(street: &str) -> Address {
+pub(crate) fn address(street: &str) -> Address {
     let mut v = Violations::default();
     Address::parse(
         street.into(),
@@ -20,13 +20,18 @@ pub(super) fn address(street: &str) -> Address {
     .expect("valid address")
 }
 
-pub(super) fn item(sku: &str, quantity: i32, price: i64) -> LineItem {
+pub(crate) fn item(sku: &str, quantity: i32, price: i64) -> LineItem {
     let mut v = Violations::default();
     LineItem::parse(sku.into(), quantity, price, "items[0]", &mut v).expect("valid item")
 }
 
 /// Alice's order of two lines (3 × 250 and 2 × 99 cents), registered at [`now`].
-pub(super) fn order() -> Order {
+pub(crate) fn order() -> Order {
+    order_of("alice")
+}
+
+/// The same order, of another customer.
+pub(crate) fn order_of(customer: &str) -> Order {
     let new = NewOrder::new(
         vec![item("APPLE-1", 3, 250), item("MILK", 2, 99)],
         address("Main"),
@@ -35,7 +40,7 @@ pub(super) fn order() -> Order {
     .unwrap();
     Order::register(
         OrderId::generate(),
-        CustomerId::new("alice").unwrap(),
+        CustomerId::new(customer).unwrap(),
         new,
         now(),
     )

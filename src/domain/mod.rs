@@ -22,7 +22,7 @@ mod status;
 mod validation;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 
 pub use address::Address;
 pub use caller::Caller;

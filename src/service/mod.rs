@@ -103,9 +103,26 @@ impl Orders {
     /// The order, if it exists and the caller may see it; NOT_FOUND otherwise,
     /// whatever the id looks like.
     async fn visible(&self, caller: &Caller, raw_id: &str) -> Result<Order, ServiceError> {
+        let id = self.order_id(raw_id)?;
+        self.visible_id(caller, &id, raw_id).await
+    }
+
+    /// The id a client sent, checked as every read checks it: UNAVAILABLE
+    /// while the database is known to be down, NOT_FOUND for anything that
+    /// cannot name an order.
+    fn order_id(&self, raw_id: &str) -> Result<OrderId, ServiceError> {
         self.ensure_database()?;
-        let id = OrderId::parse(raw_id).ok_or_else(|| ServiceError::not_found(raw_id))?;
-        match self.store.get(&id).await? {
+        OrderId::parse(raw_id).ok_or_else(|| ServiceError::not_found(raw_id))
+    }
+
+    /// [`Orders::visible`] for an id already parsed from `raw_id`.
+    async fn visible_id(
+        &self,
+        caller: &Caller,
+        id: &OrderId,
+        raw_id: &str,
+    ) -> Result<Order, ServiceError> {
+        match self.store.get(id).await? {
             Some(order) if caller.may_see(&order) => Ok(order),
             _ => Err(ServiceError::not_found(raw_id)),
         }

@@ -2,7 +2,7 @@
 //! and return, and how a store is opened.
 
 use super::error::Result;
-use super::feed::Change;
+use super::feed::{Change, OrderChanges};
 use super::stats::{PoolStats, WriteStats};
 use crate::domain::{CustomerId, Order, OrderId, Status};
 use async_trait::async_trait;
@@ -66,6 +66,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Announcements of committed changes, from any replica.
     fn changes(&self) -> broadcast::Receiver<Change>;
+
+    /// Announcements of one order's committed changes, from any replica:
+    /// a follower of one order is woken by its changes only.
+    fn order_changes(&self, id: &OrderId) -> OrderChanges;
 
     /// The connection pool serving reads (for the pool gauges).
     fn pool_stats(&self) -> PoolStats;

@@ -33,14 +33,14 @@ use super::cache::OrderCache;
 use super::checkpoint;
 use super::contract::{Idempotency, Inserted};
 use super::error::{Result, StoreError};
-use super::feed::Change;
+use super::feed::Feed;
 use super::schema::{FIND_BY_REQUEST, INSERT_ORDER_ROW, INSERT_VERSION, UPDATE_ORDER, decode};
 use super::stats::WriteCounter;
 use crate::domain::Order;
 use grpc_platform::middleware::{CallContext, commit};
 use rusqlite::{Connection, TransactionBehavior, params};
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// The most writes one transaction takes. Bounded so one group's latency
 /// (and the time the write lock is held) stays short under a flood.
@@ -137,7 +137,7 @@ impl Writer {
     pub(super) fn start(
         conn: Connection,
         checkpoint_conn: Connection,
-        feed: broadcast::Sender<Change>,
+        feed: Arc<Feed>,
         written: Arc<WriteCounter>,
         cache: Option<Arc<OrderCache>>,
         max_group: usize,
@@ -198,7 +198,7 @@ fn writer_gone() -> StoreError {
 
 /// Who hears about committed writes.
 struct Sinks {
-    feed: broadcast::Sender<Change>,
+    feed: Arc<Feed>,
     written: Arc<WriteCounter>,
     cache: Option<Arc<OrderCache>>,
 }
@@ -251,11 +251,7 @@ fn write_group(conn: &mut Connection, group: &mut Vec<Write>, sinks: &Sinks) {
                 cache.committed(stored.iter().copied());
             }
             for order in stored {
-                // No receivers is fine: nobody is watching.
-                let _ = sinks.feed.send(Change::Order {
-                    id: order.id().clone(),
-                    version: order.version(),
-                });
+                sinks.feed.announce(order);
             }
             for (write, done) in group.drain(..).zip(done) {
                 match &done {

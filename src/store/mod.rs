@@ -6,9 +6,11 @@
 //! `order_versions`, so watchers can resume from any stored version. Every
 //! committed change is announced on the change feed ([`Change`]): in-process
 //! for SQLite, through `LISTEN/NOTIFY` for PostgreSQL so every replica hears
-//! every other replica's changes. The feed only says *that* an order changed;
-//! watchers read the versions themselves from `order_versions`, so a missed or
-//! coalesced notification can never lose an event.
+//! every other replica's changes. The feed says *that* an order changed (and
+//! with SQLite, carries the new version); watchers read the versions
+//! themselves from `order_versions` whenever an announcement does not carry
+//! the very next one, so a missed or coalesced notification can never lose
+//! an event.
 //!
 //! Files: `contract.rs` (the trait and its values), `error.rs`, `stats.rs`;
 //! `schema.rs` (migrations and the statements both backends run);
@@ -33,7 +35,7 @@ mod stats;
 
 pub use contract::{Idempotency, Inserted, ListQuery, Store, StoreOptions};
 pub use error::{Result, StoreError};
-pub use feed::Change;
+pub use feed::{Change, OrderChanges};
 pub use metrics::StoreMetrics;
 pub use stats::{PoolStats, WriteStats};
 

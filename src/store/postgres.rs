@@ -4,7 +4,7 @@
 
 use super::contract::{Idempotency, Inserted, StoreOptions};
 use super::error::{Result, StoreError};
-use super::feed::{self, Change};
+use super::feed::{Change, Feed};
 use super::schema::{self, FIND_BY_REQUEST, INSERT_ORDER, INSERT_VERSION, UPDATE_ORDER, decode};
 use super::sql_store::{ACQUIRE_TIMEOUT, sql_store};
 use super::stats::WriteCounter;
@@ -13,7 +13,6 @@ use grpc_platform::middleware::commit;
 use sqlx::Row;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, Postgres};
 use std::time::Duration;
-use tokio::sync::broadcast;
 
 /// The PostgreSQL NOTIFY channel of the change feed.
 const CHANNEL: &str = "orders_changes";
@@ -24,7 +23,7 @@ const CHANNEL: &str = "orders_changes";
 pub(super) struct PostgresStore {
     pool: PgPool,
     written: std::sync::Arc<WriteCounter>,
-    feed: broadcast::Sender<Change>,
+    feed: std::sync::Arc<Feed>,
     cursor_key: Vec<u8>,
     /// Stops the LISTEN task (and frees its connection) with the store.
     _listener: tokio_util::task::AbortOnDropHandle<()>,
@@ -40,7 +39,7 @@ impl PostgresStore {
             .map_err(StoreError::classify)?;
         schema::migrate_postgres(&pool).await?;
         let cursor_key = Self::load_cursor_key(&pool).await?;
-        let feed = feed::channel();
+        let feed = Feed::new();
         let mut listener = PgListener::connect_with(&pool)
             .await
             .map_err(StoreError::classify)?;
@@ -218,23 +217,23 @@ sql_store!(PostgresStore, Postgres);
 /// Relays notifications to the in-process feed. When the LISTEN connection
 /// drops, notifications sent meanwhile are lost, so watchers are told to
 /// re-read (`Resync`) once it is back.
-async fn listen(mut listener: PgListener, feed: broadcast::Sender<Change>) {
+async fn listen(mut listener: PgListener, feed: std::sync::Arc<Feed>) {
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
                 if let Some(change) = Change::parse_payload(notification.payload()) {
-                    let _ = feed.send(change);
+                    feed.send(change);
                 }
             }
             Ok(None) => {
                 tracing::warn!("change feed connection lost; reconnecting");
-                let _ = feed.send(Change::Resync);
+                feed.send(Change::Resync);
             }
             Err(sqlx::Error::PoolClosed) => return,
             Err(err) => {
                 tracing::warn!(error = %err, "change feed unavailable; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = feed.send(Change::Resync);
+                feed.send(Change::Resync);
             }
         }
     }

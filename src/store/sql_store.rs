@@ -36,7 +36,7 @@ macro_rules! sql_store {
             use $crate::domain::{Order, OrderId};
             use $crate::store::contract::{Idempotency, Inserted, ListQuery, Store};
             use $crate::store::error::{Result, StoreError};
-            use $crate::store::feed::Change;
+            use $crate::store::feed::{Change, OrderChanges};
             use $crate::store::schema::{
                 CURSOR_KEY_NAME, GET_KEY, GET_ORDER, HISTORY, INSERT_KEY, decode,
             };
@@ -141,6 +141,10 @@ macro_rules! sql_store {
 
                 fn changes(&self) -> broadcast::Receiver<Change> {
                     self.feed.subscribe()
+                }
+
+                fn order_changes(&self, id: &OrderId) -> OrderChanges {
+                    self.feed.follow(id)
                 }
 
                 fn write_stats(&self) -> WriteStats {

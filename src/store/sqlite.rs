@@ -5,7 +5,7 @@
 use super::cache::OrderCache;
 use super::contract::{Idempotency, Inserted, StoreOptions};
 use super::error::{Result, StoreError};
-use super::feed::{self, Change};
+use super::feed::Feed;
 use super::group_commit::{self, MAX_GROUP, Writer};
 use super::schema;
 use super::sql_store::{ACQUIRE_TIMEOUT, sql_store};
@@ -17,7 +17,6 @@ use sqlx::sqlite::{
 };
 use std::str::FromStr;
 use std::time::Duration;
-use tokio::sync::broadcast;
 
 /// SQLite: one file, WAL mode, `synchronous = FULL` so an acknowledged order
 /// survives a crash or power loss. Writes go through one writer task on a
@@ -31,7 +30,7 @@ pub(super) struct SqliteStore {
     written: std::sync::Arc<WriteCounter>,
     /// Current orders (`None` with `database.cache_orders = 0`).
     cache: Option<std::sync::Arc<OrderCache>>,
-    feed: broadcast::Sender<Change>,
+    feed: std::sync::Arc<Feed>,
     cursor_key: Vec<u8>,
 }
 
@@ -70,7 +69,7 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Database(sqlx::Error::Io(e.into())))??;
-        let feed = feed::channel();
+        let feed = Feed::new();
         let max_group = if options.group_commit { MAX_GROUP } else { 1 };
         let written = std::sync::Arc::new(WriteCounter::default());
         let cache = (options.cache_orders > 0)
@@ -138,33 +137,14 @@ sql_store!(SqliteStore, Sqlite);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Address, CustomerId, LineItem, NewOrder, Violations};
+    use crate::domain::fixtures::order_of;
+    use crate::store::Change;
     use crate::store::checkpoint;
     use crate::store::contract::Store;
     use crate::store::stats::WriteStats;
     use chrono::Utc;
     use rusqlite::Connection;
     use std::sync::Arc;
-
-    fn new_order(customer: &str) -> Order {
-        let mut v = Violations::default();
-        let item = LineItem::parse("APPLE".into(), 1, 100, "items[0]", &mut v).unwrap();
-        let address = Address::parse(
-            "Main".into(),
-            1,
-            "Utrecht".into(),
-            "3511 AB".into(),
-            "address",
-            &mut v,
-        )
-        .unwrap();
-        Order::register(
-            OrderId::generate(),
-            CustomerId::new(customer).unwrap(),
-            NewOrder::new(vec![item], address, None).unwrap(),
-            Utc::now(),
-        )
-    }
 
     async fn store(dir: &tempfile::TempDir, group_commit: bool) -> Arc<SqliteStore> {
         let url = format!("sqlite://{}", dir.path().join("orders.db").display());
@@ -178,7 +158,7 @@ mod tests {
 
     /// Registers `n` orders at once; returns them.
     async fn register_together(store: &Arc<SqliteStore>, n: usize) -> Vec<Order> {
-        let orders: Vec<Order> = (0..n).map(|_| new_order("alice")).collect();
+        let orders: Vec<Order> = (0..n).map(|_| order_of("alice")).collect();
         let calls = orders.iter().cloned().map(|order| {
             let store = store.clone();
             tokio::spawn(async move { store.insert(&order, None).await })
@@ -298,14 +278,14 @@ mod tests {
     async fn a_failing_write_is_rolled_back_alone_and_later_writes_see_earlier_ones() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir, true).await;
-        let order = new_order("alice");
+        let order = order_of("alice");
         store.insert(&order, None).await.unwrap();
         let now = Utc::now();
         let v2 = order.advance(1, now).unwrap();
         let v3 = v2.advance(2, now).unwrap();
         let stale = order.cancel(1, now).unwrap();
-        let other = new_order("bob");
-        let retry = new_order("bob");
+        let other = order_of("bob");
+        let retry = order_of("bob");
         let key = Idempotency {
             request_id: "7c3e1c2a-0000-4000-8000-000000000001",
             fingerprint: "f",
@@ -348,8 +328,11 @@ mod tests {
         let mut announced = Vec::new();
         for _ in 0..20 {
             match feed.recv().await.unwrap() {
-                Change::Order { id, version } => {
+                Change::Order { id, version, order } => {
                     assert_eq!(version, 1);
+                    // The committed order itself rides along.
+                    let order = order.expect("SQLite's writer announces the order");
+                    assert_eq!((order.id(), order.version()), (&id, 1));
                     announced.push(id);
                 }
                 Change::Resync => panic!("SQLite's feed never resyncs"),
