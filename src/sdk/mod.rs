@@ -504,7 +504,7 @@ impl Client {
         mut request: pb::RegisterOrderRequest,
     ) -> Result<pb::RegisterOrderResponse, Error> {
         if request.request_id.is_empty() {
-            request.request_id = uuid::Uuid::new_v4().to_string();
+            request.request_id = uuid::Uuid::now_v7().to_string();
         }
         self.unary(true, request, |mut c, r| async move {
             c.register_order(r).await

@@ -114,7 +114,7 @@ pub async fn register_orders(target: &Target, n: usize) -> Result<Vec<String>, S
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
         let mut request = new_order();
-        request.request_id = uuid::Uuid::new_v4().to_string();
+        request.request_id = uuid::Uuid::now_v7().to_string();
         let response = client
             .register_order(target.request(request))
             .await?
@@ -207,7 +207,7 @@ impl Workload {
                     .await?;
             }
             Op::Register if !self.typed => {
-                let id = uuid::Uuid::new_v4();
+                let id = uuid::Uuid::now_v7();
                 let message = raw::with_request_id(
                     &self.register_raw,
                     id.hyphenated()
@@ -217,7 +217,7 @@ impl Workload {
             }
             Op::Register => {
                 let mut request = self.register.clone();
-                request.request_id = uuid::Uuid::new_v4().to_string();
+                request.request_id = uuid::Uuid::now_v7().to_string();
                 client.register_order(target.request(request)).await?;
             }
             Op::Update => {
