@@ -1622,6 +1622,15 @@ def write_results(
     run made the breakdown (breakdown.md and .json are written when it is
     made); the README's short table after a full run."""
     targets = compute_targets(results)
+    if meta["mode"] in ("full", "smoke"):
+        # A run reports every target and guard: one left without a figure
+        # fails the run as a failed measurement does, so the smoke run in
+        # CI notices a row that stopped being measured.
+        unmeasured = [r["target"] for r in targets if r["value"] is None]
+        if unmeasured:
+            message = "not measured: " + "; ".join(unmeasured)
+            log(f"targets: {message}")
+            failures.append(("targets", message))
     if breakdown and breakdown.get("status") == "made":
         breakdown.pop("chart_error", None)
         try:
