@@ -203,3 +203,31 @@ async fn the_readme_examples_work_as_written() {
     );
     server.stop().await;
 }
+
+/// The licence the package declares is the one the README names, and both
+/// texts it offers are in the repository.
+#[test]
+fn the_declared_licences_are_the_readmes_and_their_texts_ship() {
+    let repo = repo();
+    let manifest = std::fs::read_to_string(repo.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("license = \"MIT OR Apache-2.0\""),
+        "Cargo.toml declares MIT OR Apache-2.0"
+    );
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let licence = section(&readme, "## License");
+    for (file, opening) in [
+        (
+            "LICENSE-MIT",
+            "Permission is hereby granted, free of charge",
+        ),
+        ("LICENSE-APACHE", "Apache License"),
+    ] {
+        assert!(
+            licence.contains(file),
+            "the README's License section names {file}"
+        );
+        let text = std::fs::read_to_string(repo.join(file)).unwrap();
+        assert!(text.contains(opening), "{file} is the licence's text");
+    }
+}
