@@ -52,6 +52,11 @@ const CONNECTION_ERROR: &str = "connection ended with an error";
 /// hyper's word for an HTTP/2 protocol failure of the connection (such as
 /// the PROTOCOL_ERROR h2 answers a frame with), as opposed to I/O errors.
 const HTTP2_ERROR: &str = "http2 error";
+/// Each client process is one token subject standing in for a busy
+/// application's many callers, in a closed loop as fast as the replicas
+/// answer: on a quick host that is past the per-caller rate, whose refusals
+/// these scenarios are not about (the calls-in-flight quota still binds).
+const NO_CALLER_RATE: (&str, &str) = ("ORDERS__SERVER__MAX_CALL_RATE_PER_CALLER", "0");
 
 /// The two kinds of foreign client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -622,6 +627,7 @@ pub async fn recycling() {
             ("ORDERS__SERVER__MAX_CONNECTION_AGE_SECS", "1"),
             ("ORDERS__SERVER__MAX_CONNECTION_AGE_GRACE_SECS", "2"),
             ("ORDERS__TELEMETRY__LOG_LEVEL", LOG_LEVEL),
+            NO_CALLER_RATE,
         ],
     );
     server.start().await;
@@ -701,6 +707,7 @@ pub async fn sigterm_drain() {
             // A short lame-duck time keeps the test quick.
             ("ORDERS__SHUTDOWN__DRAIN_SECS", "1"),
             ("ORDERS__TELEMETRY__LOG_LEVEL", LOG_LEVEL),
+            NO_CALLER_RATE,
         ],
     )
     .await;
