@@ -22,7 +22,7 @@ use crate::log_json::AccessLine;
 use crate::log_writer::LogWriter;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 use tonic::Code;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
@@ -76,12 +76,13 @@ impl std::fmt::Display for Printable<'_> {
 }
 
 pub(super) struct Entry {
-    method: String,
+    /// The request's own, whose path is the method: a reference to the
+    /// bytes HTTP/2 decoded, not a copy of the path.
+    uri: http::Uri,
     /// Formatted only when the line is written (by the log writer's layer).
     peer: Peer,
     trace_id: String,
     context: Arc<CallContext>,
-    started: Instant,
     /// Where the line goes directly, if the logs are JSON lines of ours.
     direct: Option<LogWriter>,
 }
@@ -97,13 +98,12 @@ impl Entry {
         direct: Option<LogWriter>,
     ) -> Self {
         Entry {
-            method: request.uri().path().to_owned(),
+            uri: request.uri().clone(),
             peer: Peer(peer(request)),
             trace_id: trace_id
                 .or_else(|| self::trace_id(request.headers()))
                 .unwrap_or_default(),
             context,
-            started: Instant::now(),
             direct,
         }
     }
@@ -112,17 +112,17 @@ impl Entry {
         &self.context
     }
 
-    /// Writes the line: `code` as the call ended, `client_gone` when the
-    /// client left before its answer was complete.
-    pub(super) fn finish(self, code: Code, client_gone: bool) {
+    /// Writes the line: `code` as the call ended, `took` after it started,
+    /// `client_gone` when the client left before its answer was complete.
+    pub(super) fn finish(self, code: Code, took: Duration, client_gone: bool) {
         // The log filter decides either way (`telemetry.log_level`,
         // `RUST_LOG`: `access=off` turns the access log off).
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return;
         }
-        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let latency_ms = took.as_secs_f64() * 1000.0;
         let line = AccessLine {
-            method: &self.method,
+            method: self.uri.path(),
             code: code_name(code),
             client_gone,
             latency_ms: (latency_ms * 1000.0).round() / 1000.0,

@@ -29,6 +29,12 @@ pub(crate) fn scope<F: Future>(
     CALL.scope(context, future)
 }
 
+/// Runs `f` as the call `context` describes: what a layer does to make the
+/// call's future, before that future is polled inside [`scope`].
+pub(crate) fn sync_scope<R>(context: Arc<CallContext>, f: impl FnOnce() -> R) -> R {
+    CALL.sync_scope(context, f)
+}
+
 /// The context of the call being polled on this task, if any.
 pub(crate) fn current() -> Option<Arc<CallContext>> {
     CALL.try_with(Arc::clone).ok()

@@ -4,17 +4,20 @@
 //! are never shed: probes must answer under load. Every other call is,
 //! whatever service it names.
 //!
-//! tower's concurrency limit under tower's load shedding: a call that finds
-//! every slot taken fails with tower's `Overloaded`, which the rescue layer
+//! A call that finds every slot taken fails with tower's `Overloaded` (the
+//! error of tower's load shedding), which the rescue layer
 //! (`super::rescue`) answers RESOURCE_EXHAUSTED with `ErrorInfo` (reason
 //! `SERVER_OVERLOADED`) and `RetryInfo` ([`SHED_RETRY_DELAY`]): the same
 //! call may well succeed a little later.
 //!
-//! Health and reflection go around the limit ([`Shed`]): tower's limit
-//! takes its slot in `poll_ready`, before it sees the request, so it
-//! cannot spare a call by its method itself. Each other call takes a slot
-//! on a copy of the limited service (reference counts; no allocation
-//! unless it is shed).
+//! Health and reflection go around the limit ([`Shed`]). A call takes its
+//! slot in `call`, once its method is known, with the semaphore's
+//! `try_acquire`: a free slot or none, never a wait, which is what tower's
+//! load shedding over its concurrency limit decides in `poll_ready`. Not
+//! tower's pair itself: it takes the slot before it sees the request, so
+//! it cannot spare a call by its method, and a layer that must choose
+//! per request would keep a second copy of the stack below for the
+//! limited calls and clone it for every call.
 //!
 //! Outside deadlines and auth: a shed call costs nothing but this check.
 //! A streaming call holds its slot until its response starts, not for the
@@ -22,15 +25,15 @@
 
 use super::RpcMethod;
 use super::rescue::BoxError;
-use futures::future::{Either, TryFutureExt};
+use futures::future::{Either, Ready, TryFutureExt, ready};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::Semaphore;
-use tower::limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer};
-use tower::load_shed::{LoadShed, LoadShedLayer};
-use tower::util::Oneshot;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::load_shed::error::Overloaded;
+use tower::{Layer, Service};
 
 /// The least a shed client should wait before trying again (`RetryInfo`);
 /// clients add their own backoff and jitter on top.
@@ -51,44 +54,38 @@ impl ConcurrencyLimitLayer {
     }
 }
 
-impl<S: Clone> Layer<S> for ConcurrencyLimitLayer {
+impl<S> Layer<S> for ConcurrencyLimitLayer {
     type Service = Shed<S>;
     fn layer(&self, inner: S) -> Self::Service {
         Shed {
-            limited: ServiceBuilder::new()
-                .layer(LoadShedLayer::new())
-                .layer(GlobalConcurrencyLimitLayer::with_semaphore(
-                    self.permits.clone(),
-                ))
-                .service(inner.clone()),
-            spared: inner,
+            inner,
+            permits: self.permits.clone(),
         }
     }
 }
 
-/// The calls to the platform's own services go to `spared`, the others
-/// through the limit.
+/// The calls to the platform's own services go straight through, the
+/// others only with a slot of `permits`.
 #[derive(Clone)]
 pub(crate) struct Shed<S> {
-    spared: S,
-    limited: Limited<S>,
+    inner: S,
+    permits: Arc<Semaphore>,
 }
-
-type Limited<S> = LoadShed<ConcurrencyLimit<S>>;
 
 impl<S, B> Service<http::Request<B>> for Shed<S>
 where
-    S: Service<http::Request<B>> + Clone,
+    S: Service<http::Request<B>>,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Either<ErrInto<S::Future>, Oneshot<Limited<S>, http::Request<B>>>;
+    type Future = Either<
+        Either<ErrInto<S::Future>, Holding<ErrInto<S::Future>>>,
+        Ready<Result<S::Response, BoxError>>,
+    >;
 
-    /// Readiness of the service below, for a spared call. A limited call
-    /// readies its own copy: that is where the slot is taken, or not.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.spared.poll_ready(cx).map_err(Into::into)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
@@ -97,23 +94,48 @@ where
             .get::<RpcMethod>()
             .is_some_and(|method| method.platform)
         {
-            return Either::Left(self.spared.call(request).err_into());
+            return Either::Left(Either::Left(self.inner.call(request).err_into()));
         }
-        // Load shedding readies the limit at once: with a slot free it
-        // takes it (held by the response future until the response starts),
-        // else the call fails with `Overloaded`.
-        Either::Right(self.limited.clone().oneshot(request))
+        match self.permits.clone().try_acquire_owned() {
+            // Held by the response future until the response starts.
+            Ok(permit) => Either::Left(Either::Right(Holding {
+                call: self.inner.call(request).err_into(),
+                permit: Some(permit),
+            })),
+            Err(_) => Either::Right(ready(Err(Overloaded::new().into()))),
+        }
     }
 }
 
 type ErrInto<F> = futures::future::ErrInto<F, BoxError>;
+
+pin_project_lite::pin_project! {
+    /// A call's response future holding its slot, which goes back the
+    /// moment the response (or the error) is ready.
+    pub(crate) struct Holding<F> {
+        #[pin]
+        call: F,
+        permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl<F: Future> Future for Holding<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.call.poll(cx));
+        this.permit.take();
+        Poll::Ready(output)
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tonic::{Code, Status};
     use tonic_types::StatusExt;
-    use tower::load_shed::error::Overloaded;
+    use tower::ServiceExt;
 
     #[tokio::test]
     async fn a_call_over_the_limit_is_shed_with_retry_info() {
@@ -191,8 +213,9 @@ mod tests {
         // A call takes the only slot and holds it: the mock answers
         // nothing until told to.
         assert!(limited.poll_ready().is_ready());
-        // The slot is taken when the call's future is first polled.
+        // The slot is taken when the call is made, and held by its future.
         let mut holding = Box::pin(limited.call(call("/things.v1.ThingService/GetThing")));
+        assert_eq!(permits.available_permits(), 0);
         assert!(futures::poll!(&mut holding).is_pending());
         let Poll::Ready(Some((_, release))) = handle.poll_request() else {
             panic!("the first call reaches the handler");
@@ -266,7 +289,7 @@ mod tests {
                     .unwrap(),
             ),
         );
-        // A limited call reaches the service below when its future is polled.
+        // A limited call reaches the service below; its error comes back as is.
         assert!(futures::poll!(&mut response).is_pending());
         let (_, reply) = handle.next_request().await.unwrap();
         reply.send_error(Status::unavailable("gone"));

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::Duration;
 use tonic::Code;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -186,7 +186,6 @@ fn labels(method: &RpcMethod) -> MethodLabels {
 
 pub(super) struct Recorder {
     handles: Arc<MethodHandles>,
-    started: Instant,
 }
 
 impl Recorder {
@@ -194,10 +193,9 @@ impl Recorder {
         self.handles.sent.inc_by(count);
     }
 
-    pub(super) fn finish(self, code: Code) {
-        self.handles
-            .handling
-            .observe(self.started.elapsed().as_secs_f64());
+    /// The call ended with `code`, `took` after it started.
+    pub(super) fn finish(self, code: Code, took: Duration) {
+        self.handles.handling.observe(took.as_secs_f64());
         self.handles.handled(code).inc();
     }
 }
@@ -256,10 +254,7 @@ impl GrpcMetrics {
             counter: MessageCounter::default(),
             received,
         });
-        Recorder {
-            handles,
-            started: Instant::now(),
-        }
+        Recorder { handles }
     }
 }
 

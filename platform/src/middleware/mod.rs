@@ -20,9 +20,9 @@
 //!    (`Err(BoxError)`, named below), which rescue looks up in its table
 //!    and answers with a `google.rpc.Status` (details). It also completes
 //!    the details of error statuses the handlers or tonic answered with.
-//! 3. `concurrency`: sheds load before any work is done (tower's load
-//!    shedding over its concurrency limit; health and reflection go around
-//!    it): tower's `Overloaded`.
+//! 3. `concurrency`: sheds load before any work is done (a slot of the
+//!    server's concurrency limit, or none, never a wait; health and
+//!    reflection go around it): tower's `Overloaded`.
 //! 4. [`deadline`]: the budget covers authentication and the handler:
 //!    [`deadline::DeadlineExceeded`], from the call or from its stream.
 //! 5. `auth` (in `crate::auth`): only authenticated calls reach handlers:

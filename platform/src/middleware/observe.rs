@@ -20,12 +20,20 @@ use crate::telemetry::CallTelemetry;
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 use tonic::Code;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
 #[derive(Clone)]
 pub(crate) struct ObserveLayer {
+    shared: Arc<Shared>,
+}
+
+/// What every copy of the layer's service reads: one reference count to
+/// copy with the stack (hyper copies it for each request), not one for
+/// each metric family.
+struct Shared {
     metrics: GrpcMetrics,
     methods: Arc<MethodTable>,
     telemetry: CallTelemetry,
@@ -41,9 +49,11 @@ impl ObserveLayer {
         telemetry: CallTelemetry,
     ) -> Self {
         Self {
-            metrics,
-            methods,
-            telemetry,
+            shared: Arc::new(Shared {
+                metrics,
+                methods,
+                telemetry,
+            }),
         }
     }
 }
@@ -53,9 +63,7 @@ impl<S> Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Observe {
             inner,
-            metrics: self.metrics.clone(),
-            methods: self.methods.clone(),
-            telemetry: self.telemetry.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -63,9 +71,7 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Clone)]
 pub(crate) struct Observe<S> {
     inner: S,
-    metrics: GrpcMetrics,
-    methods: Arc<MethodTable>,
-    telemetry: CallTelemetry,
+    shared: Arc<Shared>,
 }
 
 /// How a call ends, told to its span, its metrics and its access-log entry.
@@ -73,6 +79,9 @@ struct Observed {
     span: SpanEnd,
     metrics: Recorder,
     entry: Entry,
+    /// One clock read when the call starts and one when it ends, for the
+    /// metrics and the access log alike.
+    started: Instant,
 }
 
 impl Observer for Observed {
@@ -117,19 +126,18 @@ impl Observed {
             span,
             metrics,
             entry,
+            started,
         } = self;
+        let took = started.elapsed();
         span.finish(code);
-        metrics.finish(code);
-        entry.finish(code, client_gone);
+        metrics.finish(code, took);
+        entry.finish(code, took, client_gone);
     }
 }
 
 impl<S> Service<http::Request<tonic::body::Body>> for Observe<S>
 where
-    S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -141,32 +149,38 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
-        let (context, method) = request_id::assign(&mut request, &self.methods);
+        let shared = &*self.shared;
+        let (context, method) = request_id::assign(&mut request, &shared.methods);
         let (log_span, span, span_end) =
-            trace::spans(&request, &method, &context.request_id, &self.telemetry);
+            trace::spans(&request, &method, &context.request_id, &shared.telemetry);
         let entry = Entry::start(
             &request,
             context.clone(),
             trace::trace_id_of(&span),
-            self.telemetry.access_log.clone(),
+            shared.telemetry.access_log.clone(),
         );
-        let metrics = self.metrics.begin(&mut request, &method);
+        let metrics = shared.metrics.begin(&mut request, &method);
         let observer: Box<dyn Observer> = Box::new(Observed {
             span: span_end,
             metrics,
             entry,
+            started: Instant::now(),
         });
-        // The readied service goes into the future (tower's contract); a
-        // clone stays behind for the next call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The readied service makes the call's future here, inside the
+        // call's spans and scope as every later poll of it is, so no copy
+        // of the stack below goes into the future.
+        let call = {
+            let _log = log_span.enter();
+            let _span = span.enter();
+            call_scope::sync_scope(context.clone(), || self.inner.call(request))
+        };
         Box::pin(call_scope::scope(
             context.clone(),
             async move {
                 // Reports CANCELLED if the call is dropped before it answers
                 // (a client cancel during a unary handler).
                 let mut guard = FinishOnDrop(Some(observer));
-                let mut response = inner.call(request).await?;
+                let mut response = call.await?;
                 if let Ok(mut value) = http::HeaderValue::from_str(&context.request_id) {
                     // Unique to this response: sent as a never-indexed
                     // literal (RFC 7541 §6.2.3), or each one would be added

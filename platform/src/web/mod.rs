@@ -10,6 +10,7 @@ pub mod connect;
 use crate::config::CorsSettings;
 use futures::future::Either;
 use http::{HeaderName, Method};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
@@ -121,16 +122,31 @@ where
 /// serving the browsers' protocols adds one look at two headers to a gRPC
 /// call and nothing else; with them off (`web: None`), every request takes
 /// the gRPC stack, whose gRPC-only layer refuses what is not gRPC.
-#[derive(Clone)]
+///
+/// The browser layers are shared, not copied, with each copy of this
+/// service (one per request, as hyper asks): a gRPC call never touches
+/// them, and a browser's request copies them for itself.
 pub struct ByProtocol<G, W> {
     grpc: G,
-    web: Option<W>,
+    web: Option<Arc<W>>,
 }
 
 impl<G, W> ByProtocol<G, W> {
     /// `web` must end in (a clone of) `grpc`.
     pub fn new(grpc: G, web: Option<W>) -> Self {
-        Self { grpc, web }
+        Self {
+            grpc,
+            web: web.map(Arc::new),
+        }
+    }
+}
+
+impl<G: Clone, W> Clone for ByProtocol<G, W> {
+    fn clone(&self) -> Self {
+        Self {
+            grpc: self.grpc.clone(),
+            web: self.web.clone(),
+        }
     }
 }
 
@@ -160,7 +176,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         match &self.web {
             Some(web) if !plain_grpc(&request) => {
-                Either::Right(tower::ServiceExt::oneshot(web.clone(), request))
+                Either::Right(tower::ServiceExt::oneshot(W::clone(web), request))
             }
             _ => Either::Left(self.grpc.call(request)),
         }
