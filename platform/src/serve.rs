@@ -26,6 +26,7 @@ use crate::goaway_guard::GoawayGuard;
 use crate::middleware::caller_quota::ConnectionCalls;
 use crate::tls::PeerIdentity;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -238,7 +239,14 @@ async fn serve_connection<IO, S, ResBody>(
         }
         request.extensions_mut().insert(recycled.clone());
         request.extensions_mut().insert(anonymous.clone());
-        let call = service.clone().oneshot(request);
+        // The stack is called in the stream's own task, as tonic's server
+        // does: hyper calls this closure on the connection's task, which
+        // reads the frames of all its streams, so the layers' work there (a
+        // token check, the handler's setup) would hold up the connection's
+        // other calls, and a panic would end them all. Boxed: hyper moves
+        // the future into that task, and unboxed it carries the stack's
+        // copy and the request.
+        let call: BoxFuture<'static, _> = Box::pin(service.clone().oneshot(request));
         async move {
             Ok::<_, Infallible>(match call.await {
                 Ok(response) => response.map(Body::new),

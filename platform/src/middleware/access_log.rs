@@ -28,7 +28,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
 pub(crate) fn trace_id(headers: &http::HeaderMap) -> Option<String> {
-    let value = headers.get("traceparent")?.to_str().ok()?;
+    let value = headers.get(&super::names::TRACEPARENT)?.to_str().ok()?;
     let mut parts = value.split('-');
     let (_version, trace) = (parts.next()?, parts.next()?);
     (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32))

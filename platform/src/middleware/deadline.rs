@@ -204,7 +204,7 @@ where
             .unwrap_or_else(|| RpcMethod::from_path(request.uri().path()).kind);
         let client = request
             .headers()
-            .get("grpc-timeout")
+            .get(&super::names::GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
         let Some((budget, set_by)) = self.layer.budget(client, kind) else {

@@ -120,10 +120,22 @@ pub struct CallContext {
 
 pub use crate::codes::go_name as code_name;
 
+/// The header names the layers look up on every call, made once: a lookup
+/// by `&str` parses and checks the name every time.
+pub(crate) mod names {
+    use http::HeaderName;
+
+    pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    pub(crate) static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    pub(crate) static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+    pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static(super::request_id::HEADER);
+}
+
 /// `grpc-status` from a header map (trailers, or the headers of a
 /// trailers-only response).
 pub fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
+    let value = headers.get(&names::GRPC_STATUS)?.to_str().ok()?;
     Some(Code::from_i32(value.parse().ok()?))
 }
 

@@ -188,7 +188,9 @@ where
                     // entries every response repeats (content type,
                     // encodings), which then travel whole again.
                     value.set_sensitive(true);
-                    response.headers_mut().insert(request_id::HEADER, value);
+                    response
+                        .headers_mut()
+                        .insert(super::names::X_REQUEST_ID.clone(), value);
                 }
                 let observer = guard.0.take().expect("taken once");
                 Ok(ObservedBody::wrap(response, observer))

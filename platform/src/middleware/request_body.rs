@@ -183,7 +183,7 @@ pub(crate) enum Encoding {
 
 impl Encoding {
     pub(crate) fn of(headers: &http::HeaderMap) -> Option<Self> {
-        match headers.get("grpc-encoding")?.as_bytes() {
+        match headers.get(&super::names::GRPC_ENCODING)?.as_bytes() {
             b"gzip" => Some(Encoding::Gzip),
             b"zstd" => Some(Encoding::Zstd),
             _ => None,

@@ -25,7 +25,7 @@ pub(super) fn assign(
 ) -> (Arc<CallContext>, RpcMethod) {
     let id = request
         .headers()
-        .get(HEADER)
+        .get(&super::names::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| acceptable(v))
         .map(str::to_owned)

@@ -8,7 +8,7 @@
 pub mod connect;
 
 use crate::config::CorsSettings;
-use futures::future::Either;
+use futures::future::{BoxFuture, Either};
 use http::{HeaderName, Method};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -161,11 +161,15 @@ fn plain_grpc<B>(request: &http::Request<B>) -> bool {
 impl<G, W, B> Service<http::Request<B>> for ByProtocol<G, W>
 where
     G: Service<http::Request<B>>,
-    W: Service<http::Request<B>, Response = G::Response, Error = G::Error> + Clone,
+    W: Service<http::Request<B>, Response = G::Response, Error = G::Error> + Clone + Send + 'static,
+    W::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = G::Response;
     type Error = G::Error;
-    type Future = Either<G::Future, tower::util::Oneshot<W, http::Request<B>>>;
+    /// A browser's request is boxed: the future of every request is as large
+    /// as its largest variant, and the gRPC call's is small.
+    type Future = Either<G::Future, BoxFuture<'static, Result<G::Response, G::Error>>>;
 
     /// Readiness of the gRPC stack; a request for the browser layers readies
     /// its own copy of them (they end in the same service).
@@ -176,7 +180,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         match &self.web {
             Some(web) if !plain_grpc(&request) => {
-                Either::Right(tower::ServiceExt::oneshot(W::clone(web), request))
+                Either::Right(Box::pin(tower::ServiceExt::oneshot(W::clone(web), request)))
             }
             _ => Either::Left(self.grpc.call(request)),
         }
