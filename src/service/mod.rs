@@ -102,7 +102,7 @@ impl Orders {
 
     /// The order, if it exists and the caller may see it; NOT_FOUND otherwise,
     /// whatever the id looks like.
-    async fn visible(&self, caller: &Caller, raw_id: &str) -> Result<Order, ServiceError> {
+    async fn visible(&self, caller: &Caller, raw_id: &str) -> Result<Arc<Order>, ServiceError> {
         let id = self.order_id(raw_id)?;
         self.visible_id(caller, &id, raw_id).await
     }
@@ -121,7 +121,7 @@ impl Orders {
         caller: &Caller,
         id: &OrderId,
         raw_id: &str,
-    ) -> Result<Order, ServiceError> {
+    ) -> Result<Arc<Order>, ServiceError> {
         match self.store.get(id).await? {
             Some(order) if caller.may_see(&order) => Ok(order),
             _ => Err(ServiceError::not_found(raw_id)),
@@ -152,7 +152,12 @@ impl Orders {
                 rule,
             })?;
             match self.store.commit(current.version(), &versions).await {
-                Ok(()) => return Ok(versions.last().cloned().unwrap_or(current)),
+                Ok(()) => {
+                    return Ok(versions
+                        .last()
+                        .cloned()
+                        .unwrap_or_else(|| Order::clone(&current)));
+                }
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -215,7 +220,7 @@ impl OrderService for Orders {
     ) -> Result<Response<pb::Order>, Status> {
         let caller = caller(&request)?;
         let order = self.visible(&caller, &request.get_ref().order_id).await?;
-        Ok(Response::new((&order).into()))
+        Ok(Response::new((&*order).into()))
     }
 
     async fn list_orders(

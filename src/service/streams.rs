@@ -134,7 +134,7 @@ pub(super) async fn watch(
     // here on they travel in the stream.
     let final_now = current.status().is_final();
     let initial = if after_version == 0 {
-        vec![current]
+        vec![Order::clone(&current)]
     } else {
         svc.store.history(&id, after_version).await?
     };

@@ -18,11 +18,13 @@
 
 use crate::domain::{Order, OrderId};
 use quick_cache::sync::Cache;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub(super) struct OrderCache {
-    orders: Cache<OrderId, Order>,
+    /// Shared with the readers it answers and the change feed: a hit is a
+    /// reference count, not a copy of the order.
+    orders: Cache<OrderId, Arc<Order>>,
     generation: AtomicU64,
     fill: Mutex<()>,
 }
@@ -41,7 +43,7 @@ impl OrderCache {
         }
     }
 
-    pub(super) fn get(&self, id: &OrderId) -> Option<Order> {
+    pub(super) fn get(&self, id: &OrderId) -> Option<Arc<Order>> {
         self.orders.get(id)
     }
 
@@ -50,7 +52,7 @@ impl OrderCache {
     }
 
     /// Remembers what a read found, unless a write committed since `ticket`.
-    pub(super) fn fill(&self, ticket: Ticket, order: &Order) {
+    pub(super) fn fill(&self, ticket: Ticket, order: &Arc<Order>) {
         let _one = self.lock();
         if self.generation.load(Ordering::Acquire) == ticket.0 {
             self.orders.insert(order.id().clone(), order.clone());
@@ -59,7 +61,7 @@ impl OrderCache {
 
     /// A write group committed these orders (their newest versions); call
     /// before answering the writers, so a caller reads its own write.
-    pub(super) fn committed<'a>(&self, orders: impl IntoIterator<Item = &'a Order>) {
+    pub(super) fn committed<'a>(&self, orders: impl IntoIterator<Item = &'a Arc<Order>>) {
         let _one = self.lock();
         self.generation.fetch_add(1, Ordering::AcqRel);
         for order in orders {
@@ -113,8 +115,8 @@ mod tests {
     #[test]
     fn a_read_that_raced_a_write_does_not_put_the_old_version_back() {
         let cache = OrderCache::new(10);
-        let v1 = order();
-        let v2 = v1.advance(1, Utc::now()).unwrap();
+        let v1 = Arc::new(order());
+        let v2 = Arc::new(v1.advance(1, Utc::now()).unwrap());
         // A reader takes its ticket and reads v1 from the database...
         let ticket = cache.ticket();
         // ...a write of v2 commits meanwhile (and may even be evicted)...

@@ -46,7 +46,8 @@ pub trait Store: Send + Sync + 'static {
     async fn insert(&self, order: &Order, idempotency: Option<Idempotency<'_>>)
     -> Result<Inserted>;
 
-    async fn get(&self, id: &OrderId) -> Result<Option<Order>>;
+    /// The order's current version, shared (a cache may hold it too).
+    async fn get(&self, id: &OrderId) -> Result<Option<std::sync::Arc<Order>>>;
 
     /// One page, in id (creation) order; at most `limit` orders.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Order>>;

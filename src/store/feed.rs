@@ -105,13 +105,13 @@ impl Feed {
 
     /// Announces `order` as committed, carrying it, when anyone follows it;
     /// with nobody following, it costs no copy.
-    pub(super) fn announce(&self, order: &Order) {
+    pub(super) fn announce(&self, order: &Arc<Order>) {
         let followed = self.all.receiver_count() > 0 || self.orders().contains_key(order.id());
         if followed {
             self.send(Change::Order {
                 id: order.id().clone(),
                 version: order.version(),
-                order: Some(Arc::new(order.clone())),
+                order: Some(order.clone()),
             });
         }
     }
@@ -205,7 +205,7 @@ mod tests {
     #[tokio::test]
     async fn a_follower_hears_its_own_order_only_and_carries_the_committed_version() {
         let feed = Feed::new();
-        let (a, b) = (order(), order());
+        let (a, b) = (order(), Arc::new(order()));
         let mut follows_a = feed.follow(a.id());
         let mut all = feed.subscribe();
         feed.announce(&b);
@@ -214,7 +214,7 @@ mod tests {
             None,
             "b's change woke a's follower"
         );
-        let a2 = a.advance(1, now()).unwrap();
+        let a2 = Arc::new(a.advance(1, now()).unwrap());
         feed.announce(&a2);
         assert_eq!(version_of(next(&mut follows_a).await), Some(2));
         // The broadcast has both, in order.
@@ -222,7 +222,7 @@ mod tests {
             match all.recv().await.unwrap() {
                 Change::Order { id, order, .. } => {
                     assert_eq!(&id, want.id());
-                    assert_eq!(order.as_deref(), Some(want));
+                    assert_eq!(order.as_ref(), Some(want));
                 }
                 Change::Resync => panic!("no resync was sent"),
             }
@@ -234,12 +234,12 @@ mod tests {
         let feed = Feed::new();
         let v1 = order();
         let mut first = feed.follow(v1.id());
-        let v2 = v1.advance(1, now()).unwrap();
+        let v2 = Arc::new(v1.advance(1, now()).unwrap());
         feed.announce(&v2);
         // Subscribed after v2: it is not news to the second follower.
         let mut second = feed.follow(v1.id());
         assert_eq!(next(&mut second).await, None);
-        let v3 = v2.advance(2, now()).unwrap();
+        let v3 = Arc::new(v2.advance(2, now()).unwrap());
         feed.announce(&v3);
         assert_eq!(version_of(next(&mut second).await), Some(3));
         // The first follower did not look in between: it gets the latest.

@@ -234,7 +234,9 @@ fn run(
 fn write_group(conn: &mut Connection, group: &mut Vec<Write>, sinks: &Sinks) {
     match run_group(conn, group) {
         Ok(done) => {
-            let stored: Vec<&Order> = group
+            // One copy of each committed order, shared by the cache and the
+            // change feed.
+            let stored: Vec<Arc<Order>> = group
                 .iter()
                 .zip(&done)
                 .filter_map(|(write, done)| match (write, done) {
@@ -244,13 +246,14 @@ fn write_group(conn: &mut Connection, group: &mut Vec<Write>, sinks: &Sinks) {
                     (Write::Commit { versions, .. }, Done::Committed(Ok(()))) => versions.last(),
                     _ => None,
                 })
+                .map(|order| Arc::new(order.clone()))
                 .collect();
             sinks.written.committed(stored.len() as u64);
             // Before anyone is answered: a caller then reads its own write.
             if let Some(cache) = &sinks.cache {
-                cache.committed(stored.iter().copied());
+                cache.committed(&stored);
             }
-            for order in stored {
+            for order in &stored {
                 sinks.feed.announce(order);
             }
             for (write, done) in group.drain(..).zip(done) {

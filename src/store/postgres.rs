@@ -145,8 +145,8 @@ impl PostgresStore {
 
     /// Always the database: other replicas write too, so nothing in this
     /// process can know an order is current.
-    async fn get_current(&self, id: &OrderId) -> Result<Option<Order>> {
-        self.read_current(id).await
+    async fn get_current(&self, id: &OrderId) -> Result<Option<std::sync::Arc<Order>>> {
+        Ok(self.read_current(id).await?.map(std::sync::Arc::new))
     }
 
     async fn write_insert(

@@ -83,7 +83,7 @@ macro_rules! sql_store {
                     self.write_insert(order, idempotency).await
                 }
 
-                async fn get(&self, id: &OrderId) -> Result<Option<Order>> {
+                async fn get(&self, id: &OrderId) -> Result<Option<std::sync::Arc<Order>>> {
                     self.get_current(id).await
                 }
 

@@ -96,15 +96,15 @@ impl SqliteStore {
         &self.read
     }
 
-    async fn get_current(&self, id: &OrderId) -> Result<Option<Order>> {
+    async fn get_current(&self, id: &OrderId) -> Result<Option<std::sync::Arc<Order>>> {
         let Some(cache) = &self.cache else {
-            return self.read_current(id).await;
+            return Ok(self.read_current(id).await?.map(std::sync::Arc::new));
         };
         if let Some(order) = cache.get(id) {
             return Ok(Some(order));
         }
         let ticket = cache.ticket();
-        let order = self.read_current(id).await?;
+        let order = self.read_current(id).await?.map(std::sync::Arc::new);
         if let Some(order) = &order {
             cache.fill(ticket, order);
         }
@@ -254,7 +254,7 @@ mod tests {
         let reopened = self::store(&dir, true).await;
         for order in &orders {
             assert_eq!(
-                reopened.get(order.id()).await.unwrap().as_ref(),
+                reopened.get(order.id()).await.unwrap().as_deref(),
                 Some(order)
             );
         }
@@ -308,7 +308,7 @@ mod tests {
             Inserted::Existing { order, .. } => assert_eq!(order.id(), other.id()),
             Inserted::Created => panic!("one request_id made two orders"),
         }
-        assert_eq!(store.get(order.id()).await.unwrap().unwrap(), v3);
+        assert_eq!(*store.get(order.id()).await.unwrap().unwrap(), v3);
         let versions: Vec<i64> = store
             .history(order.id(), 0)
             .await
