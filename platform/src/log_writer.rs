@@ -30,6 +30,10 @@ pub(crate) const MAX_PENDING: usize = 8 * 1024 * 1024;
 struct Pending {
     lines: Vec<u8>,
     closed: bool,
+    /// Writers waiting for room: the writer thread wakes them only then
+    /// (a condition variable's notify is a system call whether or not
+    /// anyone waits).
+    waiting: usize,
 }
 
 #[derive(Default)]
@@ -102,8 +106,11 @@ fn write_out(shared: &Shared, mut out: impl Write) {
             pending = shared.lock();
         }
         std::mem::swap(&mut pending.lines, &mut batch);
+        let waiting = pending.waiting > 0;
         drop(pending);
-        shared.drained.notify_all();
+        if waiting {
+            shared.drained.notify_all();
+        }
         // Nowhere to report a failing stdout; the lines are dropped, as
         // tracing's own writers do.
         let _ = out.write_all(&batch).and_then(|()| out.flush());
@@ -126,11 +133,13 @@ impl LogWriter {
     pub(crate) fn append(&self, line: &[u8]) {
         let mut pending = self.shared.lock();
         while pending.lines.len() >= MAX_PENDING && !pending.closed {
+            pending.waiting += 1;
             pending = self
                 .shared
                 .drained
                 .wait(pending)
                 .unwrap_or_else(|e| e.into_inner());
+            pending.waiting -= 1;
         }
         let was_empty = pending.lines.is_empty();
         pending.lines.extend_from_slice(line);
@@ -214,6 +223,65 @@ mod tests {
             assert_eq!(mine, (0..5_000).collect::<Vec<_>>(), "writer {t}");
         }
         assert!(writes < 2_000, "{writes} writes for 20,000 lines");
+    }
+
+    /// A `Write` that holds its first write until the test lets it go.
+    struct Stalled {
+        go: Option<std::sync::mpsc::Receiver<()>>,
+        bytes: Arc<Mutex<usize>>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if let Some(go) = self.go.take() {
+                go.recv().unwrap();
+            }
+            *self.bytes.lock().unwrap() += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_writer_past_the_limit_waits_for_stdout_and_goes_on_when_it_drains() {
+        let (go, stalled) = std::sync::mpsc::channel();
+        let bytes = Arc::new(Mutex::new(0));
+        let sink = Stalled {
+            go: Some(stalled),
+            bytes: bytes.clone(),
+        };
+        let (writer, guard) = start(sink).unwrap();
+        let line = [b'x'; 1023]
+            .iter()
+            .copied()
+            .chain([b'\n'])
+            .collect::<Vec<u8>>();
+        let lines = 2 * MAX_PENDING / line.len() + 1;
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let appender = std::thread::spawn({
+            let line = line.clone();
+            move || {
+                for _ in 0..lines {
+                    writer.append(&line);
+                }
+                done_tx.send(()).unwrap();
+            }
+        });
+        // stdout is stuck on the first batch; the buffer fills and the
+        // writer waits for room rather than growing it or dropping lines.
+        assert!(
+            done.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the writer went on past the limit"
+        );
+        assert!(guard.shared.lock().waiting > 0, "the writer waits for room");
+        go.send(()).unwrap();
+        done.recv_timeout(Duration::from_secs(10))
+            .expect("the writer went on once stdout drained");
+        appender.join().unwrap();
+        drop(guard);
+        assert_eq!(*bytes.lock().unwrap(), lines * line.len());
     }
 
     #[test]
