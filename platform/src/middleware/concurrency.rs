@@ -274,6 +274,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_dropped_before_its_answer_gives_its_slot_back() {
+        let layer = ConcurrencyLimitLayer::new(1);
+        let permits = layer.permits.clone();
+        let (mut limited, mut handle) = tower_test::mock::spawn_layer::<
+            http::Request<()>,
+            http::Response<tonic::body::Body>,
+            _,
+        >(layer);
+        let call = || {
+            http::Request::builder()
+                .uri("/things.v1.ThingService/GetThing")
+                .body(())
+                .unwrap()
+        };
+        assert!(limited.poll_ready().is_ready());
+        let cancelled = limited.call(call());
+        assert_eq!(permits.available_permits(), 0, "the call holds the slot");
+        // The client went away: its future is dropped unanswered.
+        drop(cancelled);
+        assert_eq!(permits.available_permits(), 1, "the slot is free again");
+        let _ = handle.next_request().await;
+        // And the next call takes it rather than being shed.
+        assert!(limited.poll_ready().is_ready());
+        let mut next = Box::pin(limited.call(call()));
+        assert!(futures::poll!(&mut next).is_pending());
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_response(Status::ok("").into_http());
+        assert!(next.await.is_ok());
+    }
+
+    #[tokio::test]
     async fn an_error_of_the_service_below_is_not_a_shed() {
         let (mut limited, mut handle) = tower_test::mock::spawn_layer::<
             http::Request<()>,
